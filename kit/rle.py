@@ -58,7 +58,7 @@ def encode(mask: np.ndarray) -> str:
     mask = np.asarray(mask)
     if mask.ndim != 2:
         raise ValueError(f"encode expects a 2-D mask, got shape {mask.shape}")
-    return encode_labels(mask.astype(bool).astype(np.uint8))[0] if mask.any() else ""
+    return encode_labels(mask.astype(bool, copy=False))[0] if mask.any() else ""
 
 
 def decode(rle: str, shape: tuple[int, int] = IMAGE_SHAPE) -> np.ndarray:
@@ -124,13 +124,14 @@ def encode_labels(labels: np.ndarray) -> list[str]:
         raise ValueError(f"encode_labels expects a 2-D label image, got shape {labels.shape}")
     if not np.issubdtype(labels.dtype, np.integer) and labels.dtype != bool:
         raise ValueError(f"encode_labels expects integer labels, got dtype {labels.dtype}")
-    flat = np.ascontiguousarray(labels).reshape(-1).astype(np.int64, copy=False)
-    n_labels = int(flat.max(initial=0))
-    if flat.size and flat.min() < 0:
+    flat = np.ascontiguousarray(labels).reshape(-1)
+    if flat.dtype == bool:
+        flat = flat.view(np.uint8)
+    text, bounds = _encode_labels(flat)
+    if len(bounds) == 0:
         raise ValueError("encode_labels: labels must be >= 0 (0 is background)")
-    text, bounds = _encode_labels(flat, n_labels)
-    raw = text.tobytes()
-    return [raw[bounds[k] : bounds[k + 1]].decode("ascii") for k in range(n_labels)]
+    raw = text.tobytes().decode("ascii")
+    return [raw[bounds[k] : bounds[k + 1]] for k in range(len(bounds) - 1)]
 
 
 def _excerpt(rle: str, token: int) -> str:
@@ -218,21 +219,30 @@ def _write_int(out, pos, value):
 
 
 @numba.njit(cache=True)
-def _encode_labels(flat, n_labels):
-    """One pixel pass collects runs in pixel order; a counting sort over runs groups them by label."""
+def _encode_labels(flat):
+    """One pixel pass collects runs in pixel order; a counting sort over runs groups them by label.
+
+    Returns (ASCII text of all RLEs, label k's text at bounds[k-1]:bounds[k]); empty bounds when a
+    label is negative.
+    """
     run_start = np.empty(len(flat) + 1, np.int64)  # worst case: every pixel its own run
     run_len = np.empty_like(run_start)
     run_label = np.empty_like(run_start)
-    n_runs, i = 0, 0
-    while i < len(flat):
+    n_runs, n_labels, prev = 0, 0, flat[:1].sum() * 0  # prev: a zero of the labels' dtype
+    for i in range(len(flat)):  # branch only where the label changes: the loop stays tight
         lab = flat[i]
-        j = i + 1
-        while j < len(flat) and flat[j] == lab:
-            j += 1
-        if lab > 0:
-            run_start[n_runs], run_len[n_runs], run_label[n_runs] = i, j - i, lab
-            n_runs += 1
-        i = j
+        if lab != prev:
+            if prev > 0:
+                run_len[n_runs - 1] = i - run_start[n_runs - 1]
+            if lab > 0:
+                run_start[n_runs], run_label[n_runs] = i, lab
+                n_runs += 1
+                n_labels = max(n_labels, lab)
+            elif lab < 0:
+                return np.empty(0, np.uint8), np.empty(0, np.int64)
+            prev = lab
+    if prev > 0:
+        run_len[n_runs - 1] = len(flat) - run_start[n_runs - 1]
     first = np.zeros(n_labels + 2, np.int64)
     for r in range(n_runs):
         first[run_label[r] + 1] += 1

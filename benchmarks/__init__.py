@@ -1,0 +1,1 @@
+"""Side-by-side speed measurements: run each as `python -m benchmarks.<name>` from the repo root."""
