@@ -1,0 +1,198 @@
+"""The paper's U-Net, its inputs and outputs, and checkpoints that say which variant they hold.
+
+A checkpoint is a plain dict (tensors, numbers, strings, lists, dicts) so that
+``torch.load(path, weights_only=True)`` reads it: ``format``, ``variant`` (``Variant.to_dict()``),
+``model`` (state dict), ``epoch``, ``best_score``, ``history`` (the per-epoch metrics rows); a
+resumable checkpoint adds ``optimizer``, ``scheduler`` and ``scaler`` states. No random state is
+saved: the trainer seeds batch order, crops and augmentation per epoch (only dropout masks differ
+after a resume).
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from typing import Any, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kit.data import CELL_TYPES
+from kit.files import atomic_output
+from kit.variants import IMAGE_CHANNELS, Variant
+
+CHECKPOINT_FORMAT = "kit-checkpoint-v1"
+ENCODER_WIDTHS = (32, 64, 128, 256)
+BOTTLENECK_WIDTH = 512
+SIZE_MULTIPLE = 2 ** len(ENCODER_WIDTHS)  # four 2x poolings: H and W are padded to a multiple of 16
+# Settings that change the network or what it computes; schedule settings may differ on resume.
+ARCHITECTURE_SETTINGS = ("in_channels", "out_channels", "target", "dropout", "flow_scale")
+
+
+class UNet(nn.Module):
+    """U-Net of the paper: 4 encoder levels (32-256 filters) of 2x(3x3 conv + BN + ReLU) with max
+    pooling, a 512-filter bottleneck, transposed-conv upsampling with skip connections, 1x1 head.
+
+    ``forward``: float[B, in_channels, H, W] -> float[B, out_channels, H, W] logits, any H x W:
+    the input is reflect-padded at the bottom/right to a multiple of 16 and the output cropped back.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, dropout: float = 0.0):
+        super().__init__()
+        self.encoders = nn.ModuleList()
+        width_in = in_channels
+        for width in ENCODER_WIDTHS:
+            self.encoders.append(_double_conv(width_in, width, dropout))
+            width_in = width
+        self.bottleneck = _double_conv(width_in, BOTTLENECK_WIDTH, dropout)
+        self.upsamplers = nn.ModuleList()
+        self.decoders = nn.ModuleList()
+        width_in = BOTTLENECK_WIDTH
+        for width in reversed(ENCODER_WIDTHS):
+            self.upsamplers.append(nn.ConvTranspose2d(width_in, width, kernel_size=2, stride=2))
+            self.decoders.append(_double_conv(2 * width, width, dropout))
+            width_in = width
+        self.head = nn.Conv2d(width_in, out_channels, kernel_size=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        height, width = x.shape[-2:]
+        pad_h, pad_w = -height % SIZE_MULTIPLE, -width % SIZE_MULTIPLE
+        if pad_h or pad_w:
+            # Reflection continues the image texture; it needs the pad smaller than the side.
+            mode = "reflect" if pad_h < height and pad_w < width else "replicate"
+            x = F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
+        skips = []
+        for encoder in self.encoders:
+            x = encoder(x)
+            skips.append(x)
+            x = F.max_pool2d(x, 2)
+        x = self.bottleneck(x)
+        for upsample, decoder, skip in zip(self.upsamplers, self.decoders, reversed(skips)):
+            x = decoder(torch.cat([upsample(x), skip], dim=1))
+        return self.head(x)[..., :height, :width]
+
+
+def build_model(variant: Variant) -> UNet:
+    """The network of ``variant``: 1 output channel for mask targets, 3 (dy, dx, cell logit) for flows."""
+    return UNet(variant.in_channels, variant.out_channels, variant.dropout)
+
+
+def model_input(images: torch.Tensor, cell_types: Sequence[str], variant: Variant) -> torch.Tensor:
+    """The network input for a batch: float32[B, C, H, W] on the images' device.
+
+    ``images``: uint8[B, H, W] or uint8[B, 1, H, W]; channel 0 of the result is image / 255.
+    One-hot variants append ``len(CELL_TYPES)`` constant planes in ``CELL_TYPES`` order.
+    """
+    if images.dtype != torch.uint8:
+        raise TypeError(f"model_input expects uint8 images, got {images.dtype}")
+    if images.ndim == 4 and images.shape[1] == IMAGE_CHANNELS:
+        images = images[:, 0]
+    if images.ndim != 3:
+        raise ValueError(f"model_input expects images of shape [B, H, W] or [B, 1, H, W], got {tuple(images.shape)}")
+    if len(cell_types) != images.shape[0]:
+        raise ValueError(f"{images.shape[0]} images but {len(cell_types)} cell types")
+    x = images.unsqueeze(1).float().div_(255.0)
+    if not variant.one_hot:
+        return x
+    unknown = sorted(set(cell_types) - set(CELL_TYPES))
+    if unknown:
+        raise ValueError(f"unknown cell type(s) {unknown}; valid: {', '.join(CELL_TYPES)}")
+    index = torch.tensor([CELL_TYPES.index(c) for c in cell_types], device=images.device)
+    planes = F.one_hot(index, len(CELL_TYPES)).to(x.dtype)[:, :, None, None]
+    return torch.cat([x, planes.expand(-1, -1, *x.shape[-2:])], dim=1)
+
+
+def decode_output(output: torch.Tensor, variant: Variant) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Network output float[B, out_channels, H, W] -> (cell probability float[B, H, W],
+    flows float[B, 2, H, W] as (dy, dx) in the units of ``kit.flows.masks_to_flows``, or None)."""
+    output = output.float()
+    if variant.target == "flow":
+        return torch.sigmoid(output[:, 2]), output[:, :2] / variant.flow_scale
+    return torch.sigmoid(output[:, 0]), None
+
+
+def save_checkpoint(path: str | os.PathLike, model: nn.Module, variant: Variant, *,
+                    optimizer: torch.optim.Optimizer | None = None, scheduler: Any = None,
+                    scaler: torch.amp.GradScaler | None = None, epoch: int = 0,
+                    best_score: float = float("nan"), history: Sequence[Mapping[str, Any]] = ()) -> None:
+    """Write a checkpoint atomically (a reader never sees half a file).
+
+    With only ``model`` and ``variant`` it is a weights file (what ``kit.infer`` needs); pass the
+    optimizer, scheduler and scaler to make it resumable.
+    """
+    checkpoint: dict[str, Any] = {
+        "format": CHECKPOINT_FORMAT,
+        "variant": variant.to_dict(),
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "epoch": int(epoch),
+        "best_score": float(best_score),
+        "history": [dict(row) for row in history],
+    }
+    optional = {"optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}
+    checkpoint.update({key: part.state_dict() for key, part in optional.items() if part is not None})
+    with atomic_output(path) as tmp:
+        torch.save(checkpoint, tmp)
+
+
+def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
+    """A checkpoint's dict, read with ``weights_only=True``; a clear error for anything else."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as err:
+        # torch's own message suggests weights_only=False, which is exactly what not to do here.
+        raise ValueError(f"{path} is not a readable checkpoint: corrupt, truncated, or not a torch file "
+                         f"({type(err).__name__}); delete it and train again") from None
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} is a torch file but not a kit checkpoint (no format {CHECKPOINT_FORMAT!r}); "
+                         "model files come from `python -m kit.train`")
+    return checkpoint
+
+
+def load_checkpoint(path: str | os.PathLike, expected_variant: str | Variant | None = None,
+                    map_location: str | torch.device = "cpu") -> tuple[UNet, Variant, dict[str, Any]]:
+    """``(model in eval mode, variant, checkpoint dict)`` from a file of ``save_checkpoint``.
+
+    ``expected_variant`` (a name or a ``Variant``) makes a checkpoint of another variant, or one whose
+    architecture settings differ, an error naming both.
+    """
+    checkpoint = read_checkpoint(path, map_location)
+    try:
+        variant = Variant.from_dict(checkpoint["variant"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"{os.fspath(path)}: unreadable variant settings: {err}") from None
+    if expected_variant is not None:
+        _check_variant(os.fspath(path), variant, expected_variant)
+    model = build_model(variant)
+    try:
+        model.load_state_dict(checkpoint["model"])
+    except (KeyError, RuntimeError) as err:
+        raise ValueError(f"{os.fspath(path)}: the weights do not fit variant {variant.name!r}: "
+                         f"{str(err).splitlines()[0]}") from None
+    return model.to(map_location).eval(), variant, checkpoint
+
+
+def _check_variant(path: str, found: Variant, expected: str | Variant) -> None:
+    expected_name = expected if isinstance(expected, str) else expected.name
+    if found.name != expected_name:
+        raise ValueError(f"{path} holds variant {found.name!r}, not {expected_name!r}; "
+                         f"pass --variant {found.name} or another checkpoint")
+    if isinstance(expected, Variant):
+        differ = [f"{key} {getattr(found, key)!r} != {getattr(expected, key)!r}"
+                  for key in ARCHITECTURE_SETTINGS if getattr(found, key) != getattr(expected, key)]
+        if differ:
+            raise ValueError(f"{path}: variant {found.name!r} was saved with other settings: {', '.join(differ)}")
+
+
+def _double_conv(width_in: int, width: int, dropout: float) -> nn.Sequential:
+    """Two 3x3 conv + BatchNorm + ReLU blocks, each followed by dropout when ``dropout > 0``."""
+    layers: list[nn.Module] = []
+    for block_in in (width_in, width):
+        layers += [nn.Conv2d(block_in, width, kernel_size=3, padding=1, bias=False),
+                   nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
+        if dropout > 0:
+            layers.append(nn.Dropout(dropout))
+    return nn.Sequential(*layers)

@@ -1,0 +1,595 @@
+"""Train one variant: ``python -m kit.train --variant NAME --data DIR --out DIR``.
+
+Writes ``OUT/NAME.pt`` (best weights by validation leaderboard score), ``OUT/NAME-last.pt``
+(resumable, every epoch), ``OUT/NAME-metrics.csv`` (one row per epoch) and ``OUT/NAME-curves.png``.
+
+Built for the Kaggle GPUs: images are decoded once and kept on the device as uint8, flow
+targets are computed once per image and cached under ``OUT/cache``, cropping and augmentation
+run as batched torch ops on the device, mixed precision (bf16 where supported, else fp16 with
+a GradScaler) and channels_last on CUDA. Two GPUs (Kaggle's T4 x2) train through DDP:
+``torchrun --nproc_per_node 2 -m kit.train ...`` (``--batch-size`` is then per GPU).
+Before each epoch the run stops cleanly if the slowest recent epoch would not fit in
+``--time-limit``; ``--resume`` continues from ``NAME-last.pt``.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import hashlib
+import io
+import math
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from kit import data, flows, metrics, models, paths, postprocess, rle
+from kit.files import atomic_output, write_text_atomic
+from kit.losses import build_loss
+from kit.variants import VARIANTS, Variant, describe_variants, get_variant
+
+DEFAULT_TIME_LIMIT = "8:30"
+# Augmentation ranges (hot-drop-unet); the paper names "random affine" without its ranges.
+MAX_ROTATION_DEG = 20.0
+SCALE_RANGE = (0.9, 1.1)
+MAX_TRANSLATE = 0.05  # fraction of the image side
+METRIC_COLUMNS = ("epoch", "train_loss", "val_loss", "val_dice", "val_iou", "val_accuracy", "val_score",
+                  "lr", "images_per_s", "epoch_s", "elapsed_s")
+
+
+@dataclass
+class TrainData:
+    """Images and targets of one split, decoded once and kept on the training device.
+
+    ``images``: uint8[N, H, W]; ``targets``: uint8[N, 1, H, W] union masks, or float16[N, 3, H, W]
+    (dy, dx, cell mask) for the flow target; ``annotations``: each image's original RLEs.
+    """
+
+    ids: list[str]
+    cell_types: list[str]
+    images: torch.Tensor
+    targets: torch.Tensor
+    annotations: list[list[str]]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+@dataclass
+class _TrainingState:
+    """What one training process updates and checkpoints; ``model`` may wrap ``raw_model`` (compile, DDP)."""
+
+    variant: Variant
+    out: Path
+    rank: int
+    world: int
+    raw_model: nn.Module
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    amp_dtype: torch.dtype | None
+    criterion: nn.Module
+    history: list[dict]
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m kit.train", description=__doc__.splitlines()[0])
+    parser.add_argument("--variant", choices=sorted(VARIANTS), help="variant to train (see --list)")
+    parser.add_argument("--list", action="store_true", help="print the variants and exit")
+    parser.add_argument("--data", type=Path, help="folder holding the competition data (default: kit.paths.input_root())")
+    parser.add_argument("--out", type=Path, help="output folder (default: kit.paths.working_dir())")
+    parser.add_argument("--epochs", type=int, help="epochs in all (default: the variant's, 50)")
+    parser.add_argument("--batch-size", type=int, help="images per step (per GPU under torchrun; default 2)")
+    parser.add_argument("--lr", type=float, help="initial learning rate (default: the variant's, 0.01)")
+    parser.add_argument("--optimizer", choices=("sgd", "adam"), help="default: the variant's (sgd, momentum 0.9)")
+    parser.add_argument("--max-images", type=int,
+                        help="smoke runs: the first N training images and N/4 validation images")
+    parser.add_argument("--val-fraction", type=float, default=0.2, help="stratified validation share (default 0.2)")
+    parser.add_argument("--crop", type=_crop_size, metavar="HxW",
+                        help="train on random HxW crops and validate on centre crops (smoke runs)")
+    parser.add_argument("--time-limit", type=parse_time_limit, default=DEFAULT_TIME_LIMIT, metavar="H:MM",
+                        help=f"stop before an epoch that would end past this (default {DEFAULT_TIME_LIMIT})")
+    parser.add_argument("--device", choices=("cuda", "cpu"), help="default: cuda when available")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
+                        help="auto: bf16 on GPUs that have it, else fp16; fp32 on CPU")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA)")
+    parser.add_argument("--resume", action="store_true", help="continue from OUT/NAME-last.pt")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the split, initialisation and batches")
+    return parser
+
+
+def main(args: argparse.Namespace) -> Path | None:
+    """Run the command line; returns the best-weights path (None for ``--list``)."""
+    if args.list:
+        print(describe_variants())
+        return None
+    if args.variant is None:
+        raise SystemExit("kit.train: --variant is required (see --list)")
+    return train(args)
+
+
+def parse_time_limit(text: str) -> float:
+    """``"H:MM"`` -> seconds."""
+    match = re.fullmatch(r"(\d+):([0-5]\d)", text.strip())
+    if not match:
+        raise argparse.ArgumentTypeError(f"time limit {text!r} is not H:MM (e.g. 8:30)")
+    return 3600.0 * int(match.group(1)) + 60.0 * int(match.group(2))
+
+
+def train(args: argparse.Namespace) -> Path:
+    """Train ``args.variant`` as the command line asks; returns ``OUT/NAME.pt``."""
+    started = time.monotonic()
+    rank, world, device = _setup_distributed(args.device)
+    variant = _effective_variant(args)
+    out = Path(args.out) if args.out is not None else paths.working_dir()
+    train_data, val_data = _load_splits(args, variant, device, out / "cache", rank)
+    state = _training_state(args, variant, device, world, out)
+    log = print if rank == 0 else (lambda *a, **k: None)
+    done = len(state.history)
+    if done >= variant.epochs:
+        log(f"{out / f'{variant.name}-last.pt'} already holds {done} epochs; raise --epochs to go on")
+    else:
+        log(f"{variant.name}: {len(train_data)} train / {len(val_data or ())} val images on {device}"
+            f"{f' x{world}' if world > 1 else ''}, {_precision_name(state.amp_dtype)}, batch {variant.batch_size}"
+            f", epochs {done + 1}-{variant.epochs}; validation instances: {instance_method(variant)}")
+    epoch_seconds: list[float] = []
+    for epoch in range(done + 1, variant.epochs + 1):
+        next_epoch = max(epoch_seconds[-3:], default=0.0)
+        if epoch_seconds and _stop(device, time.monotonic() - started + next_epoch, args.time_limit):
+            log(f"stopping before epoch {epoch}: it would end past the time limit {_clock(args.time_limit)} "
+                f"({_clock(time.monotonic() - started)} used, an epoch takes {_clock(next_epoch)}); "
+                f"best weights kept in {out / f'{variant.name}.pt'}; --resume continues")
+            break
+        epoch_start = time.monotonic()
+        row = _run_epoch(state, epoch, train_data, val_data, args)
+        epoch_seconds.append(time.monotonic() - epoch_start)
+        if row is not None:
+            log(_progress_line(row, variant.epochs, epoch_seconds))
+    if state.history:
+        best = max(state.history, key=_quality)
+        log(f"best epoch {best['epoch']}: score {best['val_score']:.4f}, dice {best['val_dice']:.3f}; "
+            f"weights in {out / f'{variant.name}.pt'}")
+    if world > 1:
+        dist.destroy_process_group()
+    return out / f"{variant.name}.pt"
+
+
+def train_epoch(model: nn.Module, train_data: TrainData, order: torch.Tensor, variant: Variant,
+                criterion: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+                amp_dtype: torch.dtype | None, generator: torch.Generator | None = None,
+                crop: tuple[int, int] | None = None) -> tuple[float, float]:
+    """One pass over the images ``order`` (int64[n] indices) in batches of ``variant.batch_size``.
+
+    ``generator`` draws the crops and augmentation. Returns (mean loss, this process' images/s).
+    """
+    model.train()
+    batches = order.split(variant.batch_size)
+    total = torch.zeros((), device=train_data.images.device)
+    count, start = 0, time.perf_counter()
+    for index in batches:
+        x, target = make_batch(train_data, index, variant, crop, generator, augment=variant.augment)
+        loss = train_step(model, x, target, criterion, optimizer, scaler, amp_dtype)
+        total += loss * len(index)
+        count += len(index)
+    mean_loss = total.item() / max(count, 1)  # no per-step .item(): the device runs ahead of the host
+    return mean_loss, count / (time.perf_counter() - start)
+
+
+def train_step(model: nn.Module, x: torch.Tensor, target: torch.Tensor, criterion: nn.Module,
+               optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+               amp_dtype: torch.dtype | None) -> torch.Tensor:
+    """One optimisation step on a batch; returns the (detached, not synced) loss."""
+    optimizer.zero_grad(set_to_none=True)
+    with _autocast(x.device, amp_dtype):
+        loss = criterion(model(x), target)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return loss.detach()
+
+
+def make_batch(split: TrainData, index: torch.Tensor, variant: Variant, crop: tuple[int, int] | None = None,
+               generator: torch.Generator | None = None, augment: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(network input float[B, C, h, w], target float[B, out_channels, h, w]) on the data's device.
+
+    ``crop``: random crops (with ``generator``), or centre crops when ``generator`` is None.
+    """
+    images, targets = split.images[index.to(split.images.device)], split.targets[index.to(split.images.device)]
+    if crop is not None:
+        tops, lefts = _crop_offsets(images.shape[-2:], crop, len(index), generator)
+        images, targets = _crop(images, tops, lefts, crop), _crop(targets, tops, lefts, crop)
+    x = models.model_input(images, [split.cell_types[i] for i in index.tolist()], variant)
+    target = targets.float()
+    if augment:
+        x, target = augment_batch(x, target, generator)
+    if x.is_cuda:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x, target
+
+
+def augment_batch(x: torch.Tensor, target: torch.Tensor,
+                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random affine (rotation, scale, translation) and horizontal/vertical flips per sample.
+
+    ``x``: float[B, C, H, W] whose channel 0 is the image (other channels, the constant one-hot
+    planes, are left alone); ``target``: float[B, 1, H, W] mask. The image is resampled bilinearly,
+    the mask by nearest neighbour, both with reflection at the borders, on ``x``'s device.
+    """
+    batch, _, height, width = x.shape
+    u = torch.rand(batch, 6, generator=generator).to(x.device)
+    angle = torch.deg2rad((2 * u[:, 0] - 1) * MAX_ROTATION_DEG)
+    scale = SCALE_RANGE[0] + (SCALE_RANGE[1] - SCALE_RANGE[0]) * u[:, 1]
+    flip_x, flip_y = torch.where(u[:, 2] < 0.5, -1.0, 1.0), torch.where(u[:, 3] < 0.5, -1.0, 1.0)
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.zeros(batch, 2, 3, device=x.device)
+    # A rotation in pixels, written in grid_sample's [-1, 1] coordinates of a non-square image.
+    theta[:, 0, 0], theta[:, 0, 1] = cos * flip_x, -sin * flip_y * height / width
+    theta[:, 1, 0], theta[:, 1, 1] = sin * flip_x * width / height, cos * flip_y
+    theta[:, :, 2] = (2 * u[:, 4:6] - 1) * 2 * MAX_TRANSLATE
+    grid = F.affine_grid(theta, [batch, 1, height, width], align_corners=False)
+    image = F.grid_sample(x[:, :1], grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    mask = F.grid_sample(target, grid, mode="nearest", padding_mode="reflection", align_corners=False)
+    return torch.cat([image, x[:, 1:]], dim=1), mask
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, split: TrainData, variant: Variant, criterion: nn.Module,
+             amp_dtype: torch.dtype | None = None, crop: tuple[int, int] | None = None) -> dict[str, float]:
+    """Validation loss, the paper's pixel metrics (mean over images) and the leaderboard score."""
+    model.eval()
+    losses, pixel, labels, truth = [], [], [], []
+    for index in torch.arange(len(split)).split(variant.batch_size):
+        x, target = make_batch(split, index, variant, crop)
+        with _autocast(x.device, amp_dtype):
+            output = model(x)
+        losses.append(criterion(output, target).item() * len(index))
+        prob, flow = models.decode_output(output, variant)
+        prob, flow = prob.cpu().numpy(), None if flow is None else flow.cpu().numpy()
+        images = x[:, 0].mul(255).round().to(torch.uint8).cpu().numpy()
+        for k, i in enumerate(index.tolist()):
+            true_mask = target[k, -1].cpu().numpy() > 0.5
+            pixel.append(metrics.pixel_metrics(true_mask, prob[k] > 0.5))
+            labels.append(predict_instances(prob[k], None if flow is None else flow[k], images[k],
+                                            split.cell_types[i], variant))
+            truth.append(split.annotations[i] if crop is None else _crop_annotations(split.annotations[i], crop))
+    return {"val_loss": sum(losses) / len(split),
+            **{f"val_{key}": float(np.mean([p[key] for p in pixel])) for key in ("dice", "iou", "accuracy")},
+            "val_score": float(np.mean(metrics.score_labels(truth, labels)))}
+
+
+def predict_instances(prob: np.ndarray, flow: np.ndarray | None, image: np.ndarray, cell_type: str,
+                      variant: Variant) -> np.ndarray:
+    """int32[H, W] non-overlapping instances from a network's decoded output for one image.
+
+    ``prob``: float[H, W] cell probability; ``flow``: float[2, H, W] (dy, dx) or None;
+    ``image``: uint8[H, W]. Flow variants follow the flows inside ``prob > 0.5``
+    (``kit.flows.flows_to_labels``); mask variants use ``kit.postprocess.mask_to_labels``.
+    """
+    if variant.target == "flow":
+        return flows.flows_to_labels(flow, prob > 0.5)
+    return postprocess.mask_to_labels(prob, image, cell_type)
+
+
+def instance_method(variant: Variant) -> str:
+    """Which instance extraction ``predict_instances`` uses for ``variant`` (for the log)."""
+    return "kit.flows.flows_to_labels" if variant.target == "flow" else "kit.postprocess.mask_to_labels"
+
+
+def load_split(layout: data.CompetitionLayout, ids: Sequence[str], variant: Variant, device: torch.device,
+               cache_dir: Path | None = None, df: pd.DataFrame | None = None) -> TrainData:
+    """Decode the images and build the targets of ``ids`` once; tensors end up on ``device``.
+
+    ``df``: the already read ``train.csv`` (read again when None); ``cache_dir``: see ``flow_target``.
+    """
+    samples = data.load_samples(layout, ids, df)
+    images = torch.from_numpy(np.stack([s.image for s in samples]))
+    if variant.target == "flow":
+        targets = torch.from_numpy(np.stack([
+            np.concatenate([flow_target(s, cache_dir), (s.labels > 0)[None].astype(np.float16)])
+            for s in samples]))
+    else:
+        targets = torch.from_numpy(np.stack([(s.labels > 0)[None] for s in samples]).astype(np.uint8))
+    return TrainData([s.id for s in samples], [s.cell_type for s in samples], images.to(device),
+                     targets.to(device), [s.annotations for s in samples])
+
+
+def flow_target(sample: data.Sample, cache_dir: Path | None = None) -> np.ndarray:
+    """float16[2, H, W] (dy, dx) of ``kit.flows.masks_to_flows``, cached as ``cache_dir/ID-DIGEST.npy``.
+
+    The digest covers the labels and the source of ``kit.flows``, so a changed annotation or flow
+    algorithm never reuses a stale file.
+    """
+    if cache_dir is None:
+        return flows.masks_to_flows(sample.labels).astype(np.float16)
+    digest = hashlib.sha1(np.ascontiguousarray(sample.labels).tobytes())
+    digest.update(Path(flows.__file__).read_bytes())
+    path = Path(cache_dir) / f"{sample.id}-{digest.hexdigest()[:16]}.npy"
+    if path.is_file():
+        return np.load(path)
+    flow = flows.masks_to_flows(sample.labels).astype(np.float16)
+    with atomic_output(path) as tmp, open(tmp, "wb") as handle:
+        np.save(handle, flow)
+    return flow
+
+
+def _setup_distributed(device_name: str | None) -> tuple[int, int, torch.device]:
+    """(rank, world size, device); under torchrun (RANK set) joins the process group as nanoGPT does."""
+    wanted = device_name or ("cuda" if torch.cuda.is_available() else "cpu")
+    if wanted == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("kit.train: --device cuda but no CUDA GPU is visible; use --device cpu")
+    torch.backends.cudnn.benchmark = wanted == "cuda"  # fixed image sizes: let cuDNN pick its fastest kernels
+    if int(os.environ.get("RANK", -1)) < 0:
+        return 0, 1, torch.device(wanted)
+    rank, world, local_rank = (int(os.environ[k]) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
+    device = torch.device(f"cuda:{local_rank}") if wanted == "cuda" else torch.device("cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return rank, world, device
+
+
+def _training_state(args: argparse.Namespace, variant: Variant, device: torch.device, world: int,
+                    out: Path) -> _TrainingState:
+    """Fresh model, optimizer, StepLR and scaler; loaded from ``OUT/NAME-last.pt`` with ``--resume``."""
+    torch.manual_seed(args.seed)  # same initial weights on every rank
+    raw_model = models.build_model(variant).to(device)
+    optimizer = _optimizer(raw_model, variant)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, variant.lr_step, variant.lr_gamma)
+    amp_dtype = _amp_dtype(device, args.precision)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    history: list[dict] = []
+    if args.resume:
+        history = _resume(out / f"{variant.name}-last.pt", variant, raw_model, optimizer, scheduler, scaler)
+    model = _wrap_model(raw_model, device, world, args.compile)
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    return _TrainingState(variant, out, rank, world, raw_model, model, optimizer, scheduler, scaler, amp_dtype,
+                          build_loss(variant), history)
+
+
+def _run_epoch(state: _TrainingState, epoch: int, train_data: TrainData, val_data: TrainData | None,
+               args: argparse.Namespace) -> dict | None:
+    """Train one epoch; on rank 0 also validate and write the outputs. Returns rank 0's metrics row."""
+    epoch_start = time.monotonic()
+    lr = state.optimizer.param_groups[0]["lr"]
+    order = _epoch_order(len(train_data), args.seed, epoch, state.rank, state.world)
+    train_loss, images_per_s = train_epoch(state.model, train_data, order, state.variant, state.criterion,
+                                           state.optimizer, state.scaler, state.amp_dtype,
+                                           _generator(args.seed, epoch, 1 + state.rank), args.crop)
+    state.scheduler.step()
+    if state.world > 1:  # mean loss and summed throughput over the ranks
+        totals = torch.tensor([train_loss / state.world, images_per_s], device=train_data.images.device)
+        dist.all_reduce(totals)
+        train_loss, images_per_s = totals.tolist()
+    if state.rank != 0:
+        return None
+    scores = evaluate(state.raw_model, val_data, state.variant, state.criterion, state.amp_dtype, args.crop)
+    row = {"epoch": epoch, "train_loss": train_loss, **scores, "lr": lr, "images_per_s": images_per_s}
+    _finish_epoch(row, state, epoch_start)
+    return row
+
+
+def _effective_variant(args: argparse.Namespace) -> Variant:
+    """The registered variant with the command line's schedule overrides."""
+    overrides = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "optimizer": args.optimizer}
+    return get_variant(args.variant).replace(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def _load_splits(args: argparse.Namespace, variant: Variant, device: torch.device, cache_dir: Path,
+                 rank: int) -> tuple[TrainData, TrainData | None]:
+    """The stratified split (or its ``--max-images`` head), decoded; validation on rank 0 only."""
+    if not 0.0 < args.val_fraction < 1.0:
+        raise ValueError(f"--val-fraction must be in (0, 1), got {args.val_fraction}")
+    layout = data.find_competition(args.data, need_test=False)
+    df = data.read_train_csv(layout.train_csv)
+    train_ids, val_ids = data.split_train_val(data.image_table(df), args.val_fraction, args.seed)
+    if args.max_images is not None:
+        if args.max_images < 1:
+            raise ValueError(f"--max-images must be >= 1, got {args.max_images}")
+        n_val = max(1, round(args.max_images * args.val_fraction / (1.0 - args.val_fraction)))
+        train_ids, val_ids = train_ids[: args.max_images], val_ids[:n_val]
+    if not val_ids:
+        raise ValueError(f"{layout.train_csv}: the split leaves no validation image; raise --val-fraction")
+    if rank != 0:
+        dist.barrier()  # rank 0 fills the flow cache first; the others then read it
+    train_data = load_split(layout, train_ids, variant, device, cache_dir, df)
+    val_data = load_split(layout, val_ids, variant, device, cache_dir, df) if rank == 0 else None
+    if rank == 0 and dist.is_initialized():
+        dist.barrier()
+    return train_data, val_data
+
+
+def _optimizer(model: nn.Module, variant: Variant) -> torch.optim.Optimizer:
+    if variant.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=variant.lr, weight_decay=variant.weight_decay)
+    return torch.optim.SGD(model.parameters(), lr=variant.lr, momentum=variant.momentum,
+                           weight_decay=variant.weight_decay)
+
+
+def _amp_dtype(device: torch.device, precision: str) -> torch.dtype | None:
+    """Autocast dtype (None: fp32). bf16 needs compute capability 8.0 (A100/H100); T4 and P100 get fp16."""
+    if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
+        return None
+    has_bf16 = device.type != "cuda" or torch.cuda.get_device_capability(device) >= (8, 0)
+    if precision == "auto":
+        return torch.bfloat16 if has_bf16 else torch.float16
+    if precision == "bf16" and not has_bf16:
+        raise SystemExit(f"kit.train: {torch.cuda.get_device_name(device)} has no bf16; use --precision fp16")
+    if precision == "fp16" and device.type != "cuda":
+        raise SystemExit("kit.train: --precision fp16 needs CUDA; use fp32 or bf16 on CPU")
+    return torch.bfloat16 if precision == "bf16" else torch.float16
+
+
+def _precision_name(amp_dtype: torch.dtype | None) -> str:
+    return {None: "fp32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast + GradScaler"}[amp_dtype]
+
+
+def _autocast(device: torch.device, amp_dtype: torch.dtype | None):
+    return contextlib.nullcontext() if amp_dtype is None else torch.autocast(device.type, dtype=amp_dtype)
+
+
+def _resume(path: Path, variant: Variant, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler,
+            scaler: torch.amp.GradScaler) -> list[dict]:
+    """Load the resumable checkpoint into the fresh training state; returns its per-epoch history."""
+    if not path.is_file():
+        raise FileNotFoundError(f"--resume: no checkpoint {path}; run without --resume to start training")
+    saved_model, saved, checkpoint = models.load_checkpoint(path, expected_variant=variant)
+    if "optimizer" not in checkpoint or "scheduler" not in checkpoint:
+        raise ValueError(f"--resume: {path} holds weights only (no optimizer state); it cannot be resumed")
+    if saved.optimizer != variant.optimizer:
+        raise ValueError(f"--resume: {path} was trained with {saved.optimizer}, not {variant.optimizer}")
+    model.load_state_dict(saved_model.state_dict())
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    scheduler.load_state_dict(checkpoint["scheduler"])
+    if scaler.is_enabled() and checkpoint.get("scaler"):
+        scaler.load_state_dict(checkpoint["scaler"])
+    history = [dict(row) for row in checkpoint["history"]]
+    if len(history) != checkpoint["epoch"]:
+        raise ValueError(f"--resume: {path} is inconsistent: epoch {checkpoint['epoch']}, {len(history)} history rows")
+    return history
+
+
+def _wrap_model(model: nn.Module, device: torch.device, world: int, compile_model: bool) -> nn.Module:
+    """channels_last on CUDA, then torch.compile and DDP as asked; ``model`` keeps the plain weights."""
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+        if world > 1:  # batch 2 per GPU: statistics over both GPUs' images (parameters are shared, not copied)
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    wrapped = torch.compile(model) if compile_model else model
+    if world > 1:
+        wrapped = nn.parallel.DistributedDataParallel(
+            wrapped, device_ids=[device.index] if device.type == "cuda" else None)
+    return wrapped
+
+
+def _epoch_order(n: int, seed: int, epoch: int, rank: int, world: int) -> torch.Tensor:
+    """This rank's equal share of the epoch's permutation (the same permutation on every rank)."""
+    order = torch.randperm(n, generator=_generator(seed, epoch, 0))
+    return order[rank::world][: n // world]
+
+
+def _generator(seed: int, epoch: int, stream: int) -> torch.Generator:
+    """A generator fixed by (seed, epoch, stream): a resumed run draws what an unbroken one would."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch * 1_009 + stream)
+
+
+def _stop(device: torch.device, projected_end: float, limit: float) -> bool:
+    """Whether the next epoch would end past the limit; rank 0 decides for every rank."""
+    stop = projected_end > limit
+    if dist.is_initialized():
+        flag = torch.tensor([float(stop)], device=device)
+        dist.broadcast(flag, 0)
+        stop = bool(flag.item())
+    return stop
+
+
+def _finish_epoch(row: dict, state: _TrainingState, epoch_start: float) -> None:
+    """Record the epoch; write the best weights (if best), the resumable checkpoint, CSV and curves."""
+    history, variant, out = state.history, state.variant, state.out
+    row["epoch_s"] = time.monotonic() - epoch_start
+    row["elapsed_s"] = row["epoch_s"] + (history[-1]["elapsed_s"] if history else 0.0)
+    history.append(row)
+    best = max(history, key=_quality)
+    if best is row:
+        models.save_checkpoint(out / f"{variant.name}.pt", state.raw_model, variant, epoch=row["epoch"],
+                               best_score=row["val_score"], history=history)
+    models.save_checkpoint(out / f"{variant.name}-last.pt", state.raw_model, variant, optimizer=state.optimizer,
+                           scheduler=state.scheduler, scaler=state.scaler, epoch=row["epoch"],
+                           best_score=best["val_score"], history=history)
+    _write_metrics(out / f"{variant.name}-metrics.csv", history)
+    _plot_curves(out / f"{variant.name}-curves.png", history, variant.name)
+
+
+def _quality(row: dict) -> tuple[float, float]:
+    """Best = highest validation score, then lowest validation loss; NaN ranks last."""
+    score, loss = row["val_score"], row["val_loss"]
+    return (score if math.isfinite(score) else -math.inf, -loss if math.isfinite(loss) else -math.inf)
+
+
+def _progress_line(row: dict, epochs: int, epoch_seconds: Sequence[float]) -> str:
+    eta = (epochs - row["epoch"]) * float(np.mean(epoch_seconds))
+    return (f"epoch {row['epoch']}/{epochs}  train {row['train_loss']:.4f}  val {row['val_loss']:.4f}  "
+            f"dice {row['val_dice']:.3f}  iou {row['val_iou']:.3f}  acc {row['val_accuracy']:.3f}  "
+            f"score {row['val_score']:.4f}  lr {row['lr']:.2e}  {row['images_per_s']:.1f} img/s  "
+            f"{row['epoch_s']:.0f}s  ETA {_clock(eta)}")
+
+
+def _clock(seconds: float) -> str:
+    minutes = int(round(seconds)) // 60
+    return f"{minutes // 60}:{minutes % 60:02d}" if seconds >= 60 else f"{seconds:.0f}s"
+
+
+def _write_metrics(path: Path, history: Sequence[dict]) -> None:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(METRIC_COLUMNS)
+    for row in history:
+        writer.writerow([row[c] if c == "epoch" else f"{row[c]:.6g}" for c in METRIC_COLUMNS])
+    write_text_atomic(path, buffer.getvalue())
+
+
+def _plot_curves(path: Path, history: Sequence[dict], title: str) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    epochs = [row["epoch"] for row in history]
+    figure = Figure(figsize=(10, 4))
+    FigureCanvasAgg(figure)
+    losses, scores = figure.subplots(1, 2)
+    for key in ("train_loss", "val_loss"):
+        losses.plot(epochs, [row[key] for row in history], marker=".", label=key)
+    for key in ("val_dice", "val_iou", "val_accuracy", "val_score"):
+        scores.plot(epochs, [row[key] for row in history], marker=".", label=key)
+    for axes, name in ((losses, "loss"), (scores, "validation")):
+        axes.set_xlabel("epoch")
+        axes.set_title(f"{title}: {name}")
+        axes.legend()
+    with atomic_output(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=100)
+
+
+def _crop_size(text: str) -> tuple[int, int]:
+    """``"HxW"`` or ``"N"`` (square) -> (height, width)."""
+    match = re.fullmatch(r"(\d+)(?:x(\d+))?", text.strip())
+    if not match or int(match.group(1)) < 1 or int(match.group(2) or 1) < 1:
+        raise argparse.ArgumentTypeError(f"crop {text!r} is not HxW (e.g. 128x128) or N")
+    return int(match.group(1)), int(match.group(2) or match.group(1))
+
+
+def _crop_offsets(shape: Sequence[int], crop: tuple[int, int], n: int,
+                  generator: torch.Generator | None) -> tuple[list[int], list[int]]:
+    """Top-left corners of ``n`` crops: random with ``generator``, else centred."""
+    height, width = shape
+    if crop[0] > height or crop[1] > width:
+        raise ValueError(f"--crop {crop[0]}x{crop[1]} is larger than the {height}x{width} images")
+    if generator is None:
+        return [(height - crop[0]) // 2] * n, [(width - crop[1]) // 2] * n
+    tops = torch.randint(0, height - crop[0] + 1, (n,), generator=generator).tolist()
+    lefts = torch.randint(0, width - crop[1] + 1, (n,), generator=generator).tolist()
+    return tops, lefts
+
+
+def _crop(batch: torch.Tensor, tops: Sequence[int], lefts: Sequence[int], crop: tuple[int, int]) -> torch.Tensor:
+    return torch.stack([item[..., top: top + crop[0], left: left + crop[1]]
+                        for item, top, left in zip(batch, tops, lefts)])
+
+
+def _crop_annotations(annotations: Sequence[str], crop: tuple[int, int]) -> list[str]:
+    """The centre crop of full-image annotation RLEs, re-encoded at the crop's size (empty ones dropped)."""
+    (top,), (left,) = _crop_offsets(rle.IMAGE_SHAPE, crop, 1, None)
+    cropped = (rle.decode(a)[top: top + crop[0], left: left + crop[1]] for a in annotations)
+    return [rle.encode(mask) for mask in cropped if mask.any()]
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())

@@ -1,0 +1,177 @@
+"""The U-Net, its input/output conventions, and checkpoints."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from kit import models
+from kit.models import UNet, build_model, decode_output, load_checkpoint, model_input, save_checkpoint
+from kit.variants import VARIANTS
+
+
+def _expected_parameters(in_channels: int, out_channels: int) -> int:
+    """Parameter count of the paper's U-Net worked out from its description."""
+    def double_conv(cin, cout):  # two bias-free 3x3 convs, each with a BatchNorm (weight + bias)
+        return 9 * cin * cout + 2 * cout + 9 * cout * cout + 2 * cout
+
+    widths = [32, 64, 128, 256]
+    total, cin = 0, in_channels
+    for w in widths:
+        total += double_conv(cin, w)
+        cin = w
+    total += double_conv(256, 512)
+    cin = 512
+    for w in reversed(widths):
+        total += 4 * cin * w + w  # 2x2 transposed conv with bias
+        total += double_conv(2 * w, w)  # after concatenating the skip
+        cin = w
+    return total + 32 * out_channels + out_channels  # 1x1 head with bias
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_build_model_has_the_papers_architecture(name):
+    v = VARIANTS[name]
+    model = build_model(v)
+    assert sum(p.numel() for p in model.parameters()) == _expected_parameters(v.in_channels, v.out_channels)
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3)]
+    dropouts = [m for m in model.modules() if isinstance(m, nn.Dropout)]
+    assert len(convs) == 18
+    assert len(dropouts) == (18 if v.dropout > 0 else 0)
+    assert all(d.p == v.dropout for d in dropouts)
+
+
+@pytest.mark.parametrize("height, width", [(37, 50), (16, 16), (33, 17)])
+def test_any_size_goes_in_and_comes_back_out(height, width):
+    model = UNet(4, 3).eval()
+    with torch.no_grad():
+        out = model(torch.rand(2, 4, height, width))
+    assert out.shape == (2, 3, height, width)
+    assert torch.isfinite(out).all()
+
+
+def test_a_whole_competition_image_goes_in():
+    model = UNet(1, 1).eval()
+    with torch.no_grad():
+        out = model(torch.rand(1, 1, 520, 704))
+    assert out.shape == (1, 1, 520, 704)
+
+
+def test_model_input_scales_the_image_and_appends_one_hot_planes_in_cell_type_order():
+    images = torch.tensor([[[0, 255], [51, 102]], [[1, 2], [3, 4]]], dtype=torch.uint8)
+    x = model_input(images, ["shsy5y", "cort"], VARIANTS["hot-unet"])
+    assert x.dtype == torch.float32 and x.shape == (2, 4, 2, 2)
+    assert torch.equal(x[0, 0], torch.tensor([[0.0, 1.0], [0.2, 0.4]]))
+    # CELL_TYPES = (cort, astro, shsy5y)
+    assert torch.equal(x[0, 1:], torch.tensor([0.0, 0.0, 1.0])[:, None, None].expand(3, 2, 2))
+    assert torch.equal(x[1, 1:], torch.tensor([1.0, 0.0, 0.0])[:, None, None].expand(3, 2, 2))
+    plain = model_input(images[:, None], ["astro", "astro"], VARIANTS["unet"])
+    assert plain.shape == (2, 1, 2, 2) and torch.equal(plain[:, 0], x[:, 0])
+
+
+def test_model_input_rejects_bad_batches():
+    images = torch.zeros(2, 4, 4, dtype=torch.uint8)
+    with pytest.raises(TypeError, match="uint8"):
+        model_input(images.float(), ["cort", "cort"], VARIANTS["unet"])
+    with pytest.raises(ValueError, match="2 images but 1 cell types"):
+        model_input(images, ["cort"], VARIANTS["hot-unet"])
+    with pytest.raises(ValueError, match="unknown cell type.*'neuron'.*cort, astro, shsy5y"):
+        model_input(images, ["cort", "neuron"], VARIANTS["hot-unet"])
+    with pytest.raises(ValueError, match=r"\[B, H, W\]"):
+        model_input(images[None], ["cort", "cort"], VARIANTS["unet"])
+
+
+def test_decode_output_undoes_the_flow_scale():
+    output = torch.zeros(1, 3, 2, 2)
+    output[0, 0] = 5.0  # dy, scaled by flow_scale = 5
+    output[0, 1] = -2.5
+    output[0, 2, 0, 0] = 100.0
+    prob, flows = decode_output(output, VARIANTS["hot-flow-unet"])
+    assert torch.allclose(flows[0, 0], torch.ones(2, 2)) and torch.allclose(flows[0, 1], torch.full((2, 2), -0.5))
+    assert torch.allclose(prob, torch.tensor([[[1.0, 0.5], [0.5, 0.5]]]))
+    prob, flows = decode_output(torch.zeros(1, 1, 2, 2), VARIANTS["unet"])
+    assert flows is None and torch.equal(prob, torch.full((1, 2, 2), 0.5))
+
+
+@pytest.fixture
+def saved(tmp_path):
+    torch.manual_seed(0)
+    variant = VARIANTS["hot-drop-unet"].replace(epochs=7)
+    model = build_model(variant)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model(torch.rand(2, 4, 16, 16)).mean().backward()
+    optimizer.step()  # gives the optimizer a momentum state to save
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, 10, 0.5)
+    path = tmp_path / "hot-drop-unet.pt"
+    save_checkpoint(path, model, variant, optimizer=optimizer, scheduler=scheduler, epoch=3, best_score=0.25,
+                    history=[{"epoch": 1, "val_score": 0.1}, {"epoch": 2, "val_score": 0.25}, {"epoch": 3}])
+    return path, model.eval(), variant
+
+
+def test_a_checkpoint_loads_with_weights_only(saved):
+    path, model, variant = saved
+    checkpoint = torch.load(path, weights_only=True)
+    assert checkpoint["variant"]["name"] == "hot-drop-unet" and checkpoint["variant"]["epochs"] == 7
+    assert checkpoint["epoch"] == 3 and checkpoint["best_score"] == 0.25 and len(checkpoint["history"]) == 3
+    assert set(checkpoint["model"]) == set(model.state_dict())
+    assert checkpoint["optimizer"]["state"] and checkpoint["scheduler"]["step_size"] == 10
+
+
+def test_load_checkpoint_rebuilds_the_same_network(saved):
+    path, model, variant = saved
+    loaded, loaded_variant, checkpoint = load_checkpoint(path, expected_variant="hot-drop-unet")
+    assert loaded_variant == variant and not loaded.training
+    x = torch.rand(1, 4, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+    assert load_checkpoint(path, expected_variant=variant)[1] == variant  # same architecture, schedule may differ
+
+
+def test_a_checkpoint_of_another_variant_is_a_clear_error(saved):
+    path, _, variant = saved
+    with pytest.raises(ValueError, match="holds variant 'hot-drop-unet', not 'hot-unet'"):
+        load_checkpoint(path, expected_variant="hot-unet")
+    with pytest.raises(ValueError, match="dropout 0.2 != 0.5"):
+        load_checkpoint(path, expected_variant=variant.replace(dropout=0.5))
+
+
+def test_corrupt_truncated_and_foreign_files_are_clear_errors(saved, tmp_path):
+    path, _, _ = saved
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint at all" * 10)
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(path.read_bytes()[:100_000])
+    for bad in (garbage, truncated):
+        with pytest.raises(ValueError, match=f"{bad.name} is not a readable checkpoint: corrupt, truncated"):
+            load_checkpoint(bad)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"state_dict": {"w": torch.zeros(2)}}, foreign)
+    with pytest.raises(ValueError, match="foreign.pt is a torch file but not a kit checkpoint"):
+        load_checkpoint(foreign)
+    with pytest.raises(FileNotFoundError, match="missing.pt does not exist"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_weights_that_do_not_fit_the_variant_are_a_clear_error(saved):
+    path, _, _ = saved
+    checkpoint = torch.load(path, weights_only=True)
+    checkpoint["variant"]["in_channels"] = 1  # the first conv still expects 4 channels
+    torch.save(checkpoint, path)
+    with pytest.raises(ValueError, match="the weights do not fit variant 'hot-drop-unet'"):
+        load_checkpoint(path)
+
+
+def test_a_failed_save_leaves_the_previous_checkpoint_intact(saved, monkeypatch):
+    path, model, variant = saved
+    before = path.read_bytes()
+
+    def broken_save(obj, f):
+        with open(f, "wb") as handle:
+            handle.write(b"half a file")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(models.torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(path, model, variant, epoch=4)
+    assert path.read_bytes() == before
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary file left behind

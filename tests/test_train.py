@@ -1,0 +1,339 @@
+"""Losses and the trainer: batches, augmentation, validation, and the command line on real images (CPU)."""
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from kit import data, flows, rle, train
+from kit.losses import FlowLoss, MaskLoss, build_loss, flow_loss, mask_loss
+from kit.models import build_model, load_checkpoint
+from kit.variants import VARIANTS
+
+CROP = ["--crop", "96x128"]  # small enough for CPU, large enough to hold cells
+REPO = Path(__file__).resolve().parent.parent
+
+
+# ---------------------------------------------------------------- losses
+
+def _bce(logit: np.ndarray, y: np.ndarray, pos_weight: float = 1.0) -> float:
+    p = 1.0 / (1.0 + np.exp(-logit))
+    return float(np.mean(-(pos_weight * y * np.log(p) + (1 - y) * np.log(1 - p))))
+
+
+def test_mask_loss_is_weighted_binary_cross_entropy():
+    logits = np.array([[-2.0, 0.5], [1.5, 3.0]])
+    target = np.array([[0.0, 1.0], [1.0, 0.0]])
+    as_tensor = lambda a: torch.tensor(a, dtype=torch.float32)[None, None]  # noqa: E731
+    for pos_weight in (1.0, 3.0):
+        got = mask_loss(as_tensor(logits), as_tensor(target), pos_weight).item()
+        assert got == pytest.approx(_bce(logits, target, pos_weight), rel=1e-6)
+    assert MaskLoss(3.0)(as_tensor(logits), as_tensor(target)).item() == pytest.approx(_bce(logits, target, 3.0))
+
+
+def test_flow_loss_is_half_mse_on_scaled_flows_plus_bce_on_the_cell_logit():
+    rng = np.random.default_rng(0)
+    output = rng.normal(size=(2, 3, 4, 5)).astype(np.float32)
+    target = np.concatenate([rng.uniform(-1, 1, (2, 2, 4, 5)), rng.integers(0, 2, (2, 1, 4, 5))], 1).astype(np.float32)
+    expected = 0.5 * np.mean((output[:, :2] - 5 * target[:, :2]) ** 2) + _bce(output[:, 2], target[:, 2])
+    got = flow_loss(torch.from_numpy(output), torch.from_numpy(target), flow_scale=5.0).item()
+    assert got == pytest.approx(expected, rel=1e-5)
+    assert FlowLoss(5.0)(torch.from_numpy(output), torch.from_numpy(target)).item() == pytest.approx(got)
+
+
+def test_build_loss_follows_the_variant_and_checks_shapes():
+    assert isinstance(build_loss(VARIANTS["hot-flow-unet"]), FlowLoss)
+    weighted = build_loss(VARIANTS["hot-unet-weighted"])
+    assert isinstance(weighted, MaskLoss) and weighted.pos_weight == 3.0
+    with pytest.raises(ValueError, match=r"\[B, 3, H, W\]"):
+        flow_loss(torch.zeros(1, 1, 4, 4), torch.zeros(1, 1, 4, 4))
+    with pytest.raises(ValueError, match=r"\[B, 1, H, W\]"):
+        mask_loss(torch.zeros(1, 1, 4, 4), torch.zeros(1, 1, 4, 5))
+
+
+# ---------------------------------------------------------------- batches and augmentation
+
+def test_parse_time_limit_and_crop():
+    assert train.parse_time_limit("8:30") == 8.5 * 3600
+    assert train.parse_time_limit("0:05") == 300
+    for bad in ("830", "1:75", "1:5", "-1:00"):
+        with pytest.raises(Exception, match="is not H:MM"):
+            train.parse_time_limit(bad)
+    parser = train.get_args_parser()
+    assert parser.parse_args(["--crop", "64x96"]).crop == (64, 96)
+    assert parser.parse_args(["--crop", "128"]).crop == (128, 128)
+    assert parser.parse_args([]).time_limit == 8.5 * 3600
+
+
+def _disc_split(n: int = 2, height: int = 64, width: int = 128) -> train.TrainData:
+    """Synthetic images: one bright disc per image (image = 255 x mask)."""
+    yy, xx = np.mgrid[:height, :width]
+    masks = np.stack([(yy - height / 2) ** 2 + (xx - width / 2 - 10 * i) ** 2 < 20 ** 2 for i in range(n)])
+    images = torch.from_numpy(masks.astype(np.uint8) * 255)
+    return train.TrainData([f"im{i}" for i in range(n)], ["astro"] * n, images,
+                           torch.from_numpy(masks[:, None].astype(np.uint8)),
+                           [[rle.encode(m)] for m in masks])
+
+
+def test_make_batch_crops_image_and_target_together():
+    split = _disc_split()
+    variant = VARIANTS["hot-unet"]
+    x, target = train.make_batch(split, torch.tensor([1, 0]), variant, crop=(32, 40))
+    assert x.shape == (2, 4, 32, 40) and target.shape == (2, 1, 32, 40) and target.dtype == torch.float32
+    assert torch.equal(x[:, 0], target[:, 0])  # image = mask here: the crops coincide
+    assert torch.equal(target[1, 0], split.targets[0, 0, 16:48, 44:84].float())  # centred without a generator
+    x, target = train.make_batch(split, torch.tensor([0, 1]), variant, crop=(32, 40),
+                                 generator=torch.Generator().manual_seed(1))
+    assert torch.equal(x[:, 0], target[:, 0])
+    with pytest.raises(ValueError, match="larger than the 64x128 images"):
+        train.make_batch(split, torch.tensor([0]), variant, crop=(65, 40))
+
+
+def test_augmentation_moves_image_and_mask_together_and_keeps_the_one_hot_planes():
+    split = _disc_split(8)
+    x, target = train.make_batch(split, torch.arange(8), VARIANTS["hot-drop-unet"])
+    ax, atarget = train.augment_batch(x, target, torch.Generator().manual_seed(0))
+    assert ax.shape == x.shape and atarget.shape == target.shape
+    assert torch.equal(ax[:, 1:], x[:, 1:])
+    assert not torch.equal(ax[:, 0], x[:, 0])
+    agree = ((ax[:, 0] > 0.5) == (atarget[:, 0] > 0.5)).float().mean().item()
+    assert agree > 0.99  # bilinear image vs nearest mask differ only along the disc edges
+    assert set(atarget.unique().tolist()) <= {0.0, 1.0}
+
+
+def test_flips_alone_give_exact_mirror_images(monkeypatch):
+    monkeypatch.setattr(train, "MAX_ROTATION_DEG", 0.0)
+    monkeypatch.setattr(train, "SCALE_RANGE", (1.0, 1.0))
+    monkeypatch.setattr(train, "MAX_TRANSLATE", 0.0)
+    image = torch.rand(16, 1, 6, 10)
+    out, _ = train.augment_batch(image, (image > 0.5).float(), torch.Generator().manual_seed(0))
+    seen = set()
+    for before, after in zip(image, out):
+        matches = [dims for dims in ((), (-1,), (-2,), (-2, -1))
+                   if torch.allclose(after, before.flip(dims) if dims else before, atol=1e-5)]
+        assert len(matches) == 1
+        seen.add(matches[0])
+    assert len(seen) == 4  # 16 draws: every flip combination occurs
+
+
+def test_rotation_keeps_a_disc_round_on_a_wide_image(monkeypatch):
+    # A rotation written naively in [-1, 1] grid coordinates would turn this disc into an ellipse.
+    monkeypatch.setattr(train, "SCALE_RANGE", (1.0, 1.0))
+    monkeypatch.setattr(train, "MAX_TRANSLATE", 0.0)
+    yy, xx = torch.meshgrid(torch.arange(64.0), torch.arange(192.0), indexing="ij")
+    disc = (((yy - 31.5) ** 2 + (xx - 95.5) ** 2) < 20 ** 2).float()[None, None].repeat(6, 1, 1, 1)
+    _, rotated = train.augment_batch(disc, disc, torch.Generator().manual_seed(3))
+    for mask in rotated[:, 0]:
+        rows, cols = mask.any(1).nonzero(), mask.any(0).nonzero()
+        assert rows.max() - rows.min() + 1 == pytest.approx(40, abs=2)
+        assert cols.max() - cols.min() + 1 == pytest.approx(40, abs=2)
+        assert mask.sum().item() == pytest.approx(disc[0].sum().item(), rel=0.03)
+
+
+# ---------------------------------------------------------------- validation and instances
+
+class _Fixed(nn.Module):
+    """A stand-in network that always answers the same output."""
+
+    def __init__(self, output: torch.Tensor):
+        super().__init__()
+        self.output = output
+
+    def forward(self, x):
+        return self.output
+
+
+def _two_cells(height: int = 64, width: int = 96) -> np.ndarray:
+    yy, xx = np.mgrid[:height, :width]
+    labels = np.zeros((height, width), np.int32)
+    labels[(yy - 30) ** 2 + (xx - 25) ** 2 < 12 ** 2] = 1
+    labels[(yy - 30) ** 2 + (xx - 65) ** 2 < 15 ** 2] = 2
+    return labels
+
+
+def test_evaluate_gives_perfect_scores_to_a_perfect_mask_prediction():
+    labels = _two_cells()
+    split = train.TrainData(["a"], ["cort"], torch.from_numpy((labels > 0).astype(np.uint8) * 200)[None],
+                            torch.from_numpy((labels > 0).astype(np.uint8))[None, None],
+                            [[rle.encode(labels == k) for k in (1, 2)]])
+    logits = torch.from_numpy(np.where(labels > 0, 20.0, -20.0).astype(np.float32))[None, None]
+    variant = VARIANTS["hot-unet"]
+    scores = train.evaluate(_Fixed(logits), split, variant, build_loss(variant))
+    assert scores["val_loss"] < 1e-6
+    assert (scores["val_dice"], scores["val_iou"], scores["val_accuracy"]) == (1.0, 1.0, 1.0)
+    assert scores["val_score"] >= 0.9
+
+
+def test_flow_outputs_decode_into_the_true_instances():
+    labels = _two_cells()
+    truth = flows.masks_to_flows(labels)
+    target = np.concatenate([truth, (labels > 0)[None]]).astype(np.float16)
+    split = train.TrainData(["a"], ["shsy5y"], torch.zeros(1, *labels.shape, dtype=torch.uint8),
+                            torch.from_numpy(target)[None], [[rle.encode(labels == k) for k in (1, 2)]])
+    variant = VARIANTS["hot-flow-unet"]
+    output = torch.from_numpy(np.concatenate([5.0 * truth, np.where(labels > 0, 20.0, -20.0)[None]]))
+    scores = train.evaluate(_Fixed(output[None].float()), split, variant, build_loss(variant))
+    assert scores["val_score"] == 1.0 and scores["val_dice"] == 1.0
+    assert scores["val_loss"] < 1e-3  # flows stored in float16
+
+
+# ---------------------------------------------------------------- real images
+
+@pytest.fixture(scope="module")
+def layout(shared_dir):
+    return data.find_competition(shared_dir, need_test=False)
+
+
+@pytest.fixture(scope="module")
+def four_ids(layout):
+    train_ids, _ = data.split_train_val(data.image_table(data.read_train_csv(layout.train_csv)))
+    return train_ids[:4]
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_every_variant_learns_a_fixed_batch(name, layout, four_ids):
+    variant = VARIANTS[name]
+    split = train.load_split(layout, four_ids, variant, torch.device("cpu"))
+    x, target = train.make_batch(split, torch.arange(4), variant, crop=(64, 96),
+                                 generator=torch.Generator().manual_seed(0))
+    assert x.shape == (4, variant.in_channels, 64, 96) and target.shape == (4, variant.out_channels, 64, 96)
+    torch.manual_seed(0)
+    model = build_model(variant)
+    optimizer = train._optimizer(model, variant)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    criterion = build_loss(variant)
+    model.train()
+    losses = [train.train_step(model, x, target, criterion, optimizer, scaler, None).item() for _ in range(6)]
+    assert all(math.isfinite(loss) for loss in losses)
+    assert np.mean(losses[-2:]) < 0.95 * losses[0], losses
+
+
+def test_flow_targets_are_cached_and_reused(layout, four_ids, tmp_path, monkeypatch):
+    variant = VARIANTS["hot-flow-unet"]
+    first = train.load_split(layout, four_ids[:2], variant, torch.device("cpu"), tmp_path)
+    assert len(list(tmp_path.glob(f"{four_ids[0]}-*.npy"))) == 1
+    sample = data.load_samples(layout, four_ids[:1])[0]
+    expected = flows.masks_to_flows(sample.labels)
+    assert np.allclose(first.targets[0, :2].float().numpy(), expected, atol=1e-3)
+    assert torch.equal(first.targets[0, 2], torch.from_numpy(sample.labels > 0).half())
+
+    def no_recompute(labels):
+        raise AssertionError("flows recomputed despite the cache")
+
+    monkeypatch.setattr(train.flows, "masks_to_flows", no_recompute)
+    again = train.load_split(layout, four_ids[:2], variant, torch.device("cpu"), tmp_path)
+    assert torch.equal(again.targets, first.targets)
+
+
+# ---------------------------------------------------------------- the command line
+
+def _run(*argv: str) -> str:
+    """``python -m kit.train ARGV`` in this process; returns what it printed."""
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        train.main(train.get_args_parser().parse_args(list(argv)))
+    return buffer.getvalue()
+
+
+def _cli(shared_dir: Path, out: Path, variant: str, *extra: str) -> list[str]:
+    return ["--variant", variant, "--data", str(shared_dir), "--out", str(out), "--max-images", "4",
+            "--device", "cpu", *CROP, *extra]
+
+
+@pytest.fixture(scope="module")
+def smoke_run(shared_dir, tmp_path_factory):
+    """An uninterrupted two-epoch hot-unet run: (output folder, printed log)."""
+    out = tmp_path_factory.mktemp("smoke")
+    return out, _run(*_cli(shared_dir, out, "hot-unet", "--epochs", "2"))
+
+
+def test_list_prints_the_variant_table():
+    printed = _run("--list")
+    assert all(name in printed for name in VARIANTS)
+
+
+def test_smoke_run_writes_weights_metrics_and_curves(smoke_run):
+    out, printed = smoke_run
+    assert "hot-unet: 4 train / 1 val images on cpu" in printed
+    epochs = [line for line in printed.splitlines() if line.startswith("epoch ")]
+    assert len(epochs) == 2 and all("img/s" in line and "ETA" in line and "score" in line for line in epochs)
+    metrics = pd.read_csv(out / "hot-unet-metrics.csv")
+    assert list(metrics.columns) == list(train.METRIC_COLUMNS)
+    assert metrics["epoch"].tolist() == [1, 2] and np.isfinite(metrics.to_numpy()).all()
+    assert (metrics["val_dice"] >= metrics["val_iou"]).all()
+    assert (out / "hot-unet-curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    weights = torch.load(out / "hot-unet.pt", weights_only=True)
+    assert weights["variant"]["name"] == "hot-unet" and weights["variant"]["epochs"] == 2
+    assert "optimizer" not in weights  # the best-weights file is weights + settings only
+    model, variant, _ = load_checkpoint(out / "hot-unet.pt", expected_variant="hot-unet")
+    last = torch.load(out / "hot-unet-last.pt", weights_only=True)
+    assert last["epoch"] == 2 and last["scheduler"]["last_epoch"] == 2 and len(last["history"]) == 2
+
+
+def test_resume_after_an_interrupted_run_continues_from_the_saved_epoch(shared_dir, tmp_path, smoke_run,
+                                                                        monkeypatch):
+    real_epoch, calls = train.train_epoch, []
+
+    def interrupted_in_epoch_2(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(train, "train_epoch", interrupted_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        _run(*_cli(shared_dir, tmp_path, "hot-unet", "--epochs", "2"))
+    assert torch.load(tmp_path / "hot-unet-last.pt", weights_only=True)["epoch"] == 1
+    monkeypatch.setattr(train, "train_epoch", real_epoch)
+    printed = _run(*_cli(shared_dir, tmp_path, "hot-unet", "--epochs", "2", "--resume"))
+    assert "epochs 2-2" in printed and "epoch 1/2" not in printed and "epoch 2/2" in printed
+    resumed = pd.read_csv(tmp_path / "hot-unet-metrics.csv")
+    unbroken = pd.read_csv(smoke_run[0] / "hot-unet-metrics.csv")
+    assert resumed["epoch"].tolist() == [1, 2]
+    # Seeds are fixed per epoch: the resumed run trains exactly as the unbroken one did.
+    for column in ("train_loss", "val_loss", "val_dice", "lr"):
+        assert resumed[column].tolist() == pytest.approx(unbroken[column].tolist(), rel=1e-4), column
+
+
+def test_the_time_limit_stops_cleanly_with_the_weights_saved(shared_dir, tmp_path):
+    printed = _run(*_cli(shared_dir, tmp_path, "unet", "--epochs", "3", "--time-limit", "0:00"))
+    assert "stopping before epoch 2: it would end past the time limit" in printed
+    assert pd.read_csv(tmp_path / "unet-metrics.csv")["epoch"].tolist() == [1]
+    assert torch.load(tmp_path / "unet.pt", weights_only=True)["epoch"] == 1
+    assert "--resume continues" in printed
+
+
+def test_resume_refuses_missing_foreign_and_corrupt_checkpoints(shared_dir, tmp_path, smoke_run):
+    args = _cli(shared_dir, tmp_path, "unet", "--epochs", "2", "--resume")
+    with pytest.raises(FileNotFoundError, match="no checkpoint .*unet-last.pt; run without --resume"):
+        _run(*args)
+    shutil.copy(smoke_run[0] / "hot-unet-last.pt", tmp_path / "unet-last.pt")
+    with pytest.raises(ValueError, match="holds variant 'hot-unet', not 'unet'"):
+        _run(*args)
+    (tmp_path / "unet-last.pt").write_bytes(b"\x00" * 1000)
+    with pytest.raises(ValueError, match="unet-last.pt is not a readable checkpoint"):
+        _run(*args)
+
+
+@pytest.mark.slow
+def test_two_processes_train_through_torchrun(shared_dir, tmp_path):
+    """The DDP path (gloo on CPU here, NCCL on GPUs): both ranks step, rank 0 writes."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "kit.train", *_cli(shared_dir, tmp_path, "hot-flow-unet", "--epochs", "1")]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "on cpu x2" in done.stdout and done.stdout.count("epoch 1/1") == 1
+    assert torch.load(tmp_path / "hot-flow-unet.pt", weights_only=True)["epoch"] == 1
+    assert len(list((tmp_path / "cache").glob("*.npy"))) == 5  # 4 train + 1 validation images
