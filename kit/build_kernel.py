@@ -1,0 +1,520 @@
+"""Build self-contained Kaggle kernels: one per training variant (or group) and one for inference.
+
+``python -m kit.build_kernel [--user U] [--variants all|NAME|NAME+NAME ...] [--out kernels]``
+writes one folder per kernel, each ready for ``kaggle kernels push -p FOLDER``:
+``kernel-metadata.json`` and a notebook that carries the kit's source in its cells. Kaggle runs a
+code competition's notebook offline with only its attached inputs, so nothing may be pip-installed:
+the first cells write the kit's modules to a scratch folder (checked against their SHA-256), then
+the notebook runs ``kit.train`` or ``kit.infer`` exactly as they run locally. Kaggle's image already
+holds torch, numba, opencv, scikit-image, scikit-learn and pandas.
+
+Builds are deterministic (sorted sources, fixed cell ids, no timestamps) and refuse to write a
+credential, the home folder or the checkout's path. The builder needs no torch.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from kit import files, paths, variants
+
+SLUG_PREFIX = "sartorius-kit"
+INFERENCE_SLUG = f"{SLUG_PREFIX}-infer"
+# GPU shapes Kaggle's kernel-metadata.json accepts; NvidiaTeslaT4 is "GPU T4 x2". The kaggle client
+# warns that NvidiaTeslaP100 is retired (sessions asking for it run on a T4).
+MACHINE_SHAPES = ("NvidiaTeslaT4", "NvidiaTeslaP100", "NvidiaL4", "NvidiaL4X1", "NvidiaTeslaA100", "NvidiaH100")
+DEFAULT_MACHINE_SHAPE = "NvidiaTeslaT4"
+DEFAULT_TIME_LIMIT = "8:30"  # inside the 9-hour GPU notebook limit, with time left to save outputs
+SAVE_MARGIN_SECONDS = 300  # kept back from each variant's share for kit.train's last validation and save
+MAX_SESSION_SECONDS = 12 * 3600
+MAX_TITLE_LENGTH = 50  # Kaggle's limit on a notebook title
+TRAIN_ARGS_ENV = "KIT_TRAIN_ARGS"  # extra kit.train arguments (tests: a tiny CPU run)
+INFER_ARGS_ENV = "KIT_INFER_ARGS"  # extra kit.infer arguments
+_BUILDER_FILE = Path(__file__).name  # the builder itself is not needed on Kaggle
+_USERNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+_SECRET_ENV = ("KAGGLE_KEY", "KAGGLE_API_TOKEN")
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """One kernel to build: its slug, its title, and the variants it trains (inference: whose weights it uses)."""
+
+    slug: str
+    title: str
+    variants: tuple[str, ...]
+
+    def ref(self, user: str) -> str:
+        """``user/slug``, as kernel-metadata.json's ``id`` and ``kernel_sources`` name it."""
+        return f"{user}/{self.slug}"
+
+
+def build_kernels(user: str, groups: Sequence[Sequence[str]], out: str | os.PathLike, *,
+                  machine_shape: str = DEFAULT_MACHINE_SHAPE,
+                  time_limit_s: int | None = None, use_all_gpus: bool = True,
+                  infer: Sequence[str] | None = None, tta: bool = False) -> list[Path]:
+    """Write one folder per training group and one for inference below ``out``; return the folders.
+
+    ``groups``: each a sequence of variant names one training kernel trains in turn (from
+    ``parse_variant_groups``). The inference kernel attaches every training kernel's output and
+    runs ``kit.infer`` (with flip TTA if ``tta``) on the weights of ``infer`` (default: see
+    ``inference_variants``) found there. ``time_limit_s``: each training
+    kernel's wall time (default ``DEFAULT_TIME_LIMIT``). ``use_all_gpus``: train through
+    DDP where the session has several GPUs (Kaggle's T4 x2), else on one.
+    """
+    user = check_username(user)
+    time_limit_s = parse_time_limit(DEFAULT_TIME_LIMIT) if time_limit_s is None else time_limit_s
+    if machine_shape not in MACHINE_SHAPES:
+        raise ValueError(f"unknown machine shape {machine_shape!r}; valid: {', '.join(MACHINE_SHAPES)}")
+    if not 0 < time_limit_s <= MAX_SESSION_SECONDS:
+        raise ValueError(f"time limit must be within (0, 12:00] (a Kaggle session's maximum), got {time_limit_s} s")
+    sources = kit_sources()
+    trainers = [training_kernel(group) for group in groups]
+    slugs = [k.slug for k in trainers]
+    if len(set(slugs)) != len(slugs):
+        raise ValueError(f"two training kernels would share a slug: {slugs}; list each variant once")
+    inferred = inference_variants(groups, infer)
+    refs = [k.ref(user) for k in trainers if set(k.variants) & set(inferred)]
+    inference = Kernel(INFERENCE_SLUG, "Sartorius kit: infer", tuple(inferred))
+    planned = [(kernel_metadata(user, k, machine_shape), training_notebook(k, sources, time_limit_s, use_all_gpus))
+               for k in trainers]
+    planned.append((kernel_metadata(user, inference, machine_shape, refs),
+                    inference_notebook(inference, sources, refs, tta)))
+    # Everything is rendered and checked before the first file is written: no half-built set.
+    rendered = {path: text for metadata, notebook in planned
+                for path, text in _render(Path(out), metadata, notebook).items()}
+    for path, text in rendered.items():
+        _refuse_private(text, path)
+    for path, text in rendered.items():
+        files.write_text_atomic(path, text)
+    return list(dict.fromkeys(path.parent for path in rendered))
+
+
+def resolve_username(user: str | None = None) -> str:
+    """``user``, else ``$KAGGLE_USERNAME``, else the ``username`` of the kaggle client's ``kaggle.json``.
+
+    Only the username is read from ``kaggle.json``; the key is never used or copied.
+    """
+    if user:
+        return check_username(user)
+    if os.environ.get("KAGGLE_USERNAME"):
+        return check_username(os.environ["KAGGLE_USERNAME"])
+    for config in _kaggle_json_candidates():
+        if config.is_file():
+            try:
+                name = json.loads(config.read_text(encoding="utf-8")).get("username")
+            except (OSError, ValueError, AttributeError) as error:
+                raise ValueError(f"cannot read the username from {config}: {error}; pass --user") from None
+            if not name:
+                raise ValueError(f"{config} has no 'username' field; pass --user")
+            return check_username(name)
+    raise ValueError("no Kaggle username: pass --user USERNAME, set KAGGLE_USERNAME, or put your "
+                     "kaggle.json (https://www.kaggle.com/settings -> API) in ~/.kaggle/")
+
+
+def check_username(user: str) -> str:
+    """``user`` if it can be a Kaggle username (letters, digits, '-' or '_'), else a clear error."""
+    if not isinstance(user, str) or not _USERNAME.match(user):
+        raise ValueError(f"{user!r} is not a Kaggle username (letters, digits, '-' and '_' only)")
+    return user
+
+
+def parse_variant_groups(tokens: Iterable[str]) -> list[tuple[str, ...]]:
+    """``["all"]`` -> one group per variant; ``"a+b"`` -> one kernel training a then b; names checked.
+
+    An unknown name is an error listing the valid ones; a variant named twice is an error.
+    """
+    groups: list[tuple[str, ...]] = []
+    for token in tokens:
+        if token == "all":
+            groups.extend((name,) for name in variants.VARIANTS)
+            continue
+        names = tuple(token.split("+"))
+        for name in names:
+            variants.get_variant(name)  # raises, listing the valid names
+        groups.append(names)
+    if not groups:
+        raise ValueError("no variants given; use --variants all or name some of: " + ", ".join(variants.VARIANTS))
+    named = [name for group in groups for name in group]
+    repeated = sorted({name for name in named if named.count(name) > 1})
+    if repeated:
+        raise ValueError(f"variant(s) {repeated} named more than once in --variants")
+    return groups
+
+
+def parse_time_limit(text: str) -> int:
+    """``"H:MM"`` -> seconds; at most 12:00, a Kaggle session's maximum."""
+    match = re.fullmatch(r"(\d{1,2}):([0-5]\d)", text.strip())
+    if not match:
+        raise ValueError(f"time limit {text!r} is not H:MM (e.g. 8:30 or 0:30)")
+    seconds = int(match.group(1)) * 3600 + int(match.group(2)) * 60
+    if not 0 < seconds <= MAX_SESSION_SECONDS:
+        raise ValueError(f"time limit {text} must be more than 0:00 and at most 12:00 (Kaggle's session limit)")
+    return seconds
+
+
+def training_kernel(group: Sequence[str]) -> Kernel:
+    """The kernel training ``group``'s variants in turn: slug ``sartorius-kit-train-<names>``.
+
+    A group whose joined names would exceed Kaggle's title length gets a short, stable hash instead.
+    """
+    words = " ".join(group)
+    title = f"Sartorius kit: train {words}"
+    if len(title) > MAX_TITLE_LENGTH:
+        digest = hashlib.sha256("+".join(group).encode()).hexdigest()[:8]
+        title = f"Sartorius kit: train {len(group)} variants {digest}"
+    return Kernel(slugify(title), title, tuple(group))
+
+
+def slugify(title: str) -> str:
+    """Kaggle's slug of a title: lower case, runs of other characters than letters/digits -> '-'."""
+    return re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-")
+
+
+def kernel_metadata(user: str, kernel: Kernel, machine_shape: str,
+                    kernel_sources: Sequence[str] = ()) -> dict:
+    """kernel-metadata.json for ``kernel``: private, GPU, internet OFF, the competition attached."""
+    return {
+        "id": kernel.ref(user),
+        "title": kernel.title,
+        "code_file": f"{kernel.slug}.ipynb",
+        "language": "python",
+        "kernel_type": "notebook",
+        "is_private": True,
+        "enable_gpu": True,
+        "enable_tpu": False,
+        # Stated explicitly: the kaggle client sends internet ON when the field is missing.
+        "enable_internet": False,
+        "machine_shape": machine_shape,
+        "dataset_sources": [],
+        "competition_sources": [paths.COMPETITION_SLUG],
+        "kernel_sources": list(kernel_sources),
+        "model_sources": [],
+    }
+
+
+def kit_sources() -> dict[str, str]:
+    """``{file name: source}`` of every kit module the kernels need (all but this builder), sorted.
+
+    Each source ends with a newline, as IPython's ``%%writefile`` writes it.
+    """
+    sources = {}
+    for path in sorted(Path(__file__).resolve().parent.glob("*.py")):
+        if path.name == _BUILDER_FILE:
+            continue
+        text = path.read_text(encoding="utf-8")
+        sources[path.name] = text if text.endswith("\n") else text + "\n"
+    if "__init__.py" not in sources:
+        raise FileNotFoundError(f"kit/__init__.py not found beside {__file__}; is the checkout complete?")
+    return sources
+
+
+def training_notebook(kernel: Kernel, sources: dict[str, str], time_limit_s: int,
+                      use_all_gpus: bool = True) -> dict:
+    """The notebook training ``kernel.variants`` in turn, sharing ``time_limit_s`` between them."""
+    rows = "\n".join(f"| `{name}` | {variants.get_variant(name).description} |" for name in kernel.variants)
+    intro = (f"# {kernel.title}\n\nTrains {_listing(kernel.variants)} on the competition's training images "
+             f"with `python -m kit.train`, one after another within {_hours(time_limit_s)} in all, and leaves "
+             "each variant's weights (`<variant>.pt`), metrics CSV and learning curves in the output.\n\n"
+             f"| variant | what differs |\n|---|---|\n{rows}\n\n" + _BUILT_BY)
+    settings = (f"VARIANTS = {list(kernel.variants)!r}\n"
+                f"TIME_LIMIT_SECONDS = {time_limit_s}  # the whole run, shared by the variants\n"
+                f"SAVE_MARGIN_SECONDS = {SAVE_MARGIN_SECONDS}\n"
+                f"USE_ALL_GPUS = {use_all_gpus}  # False: train on one GPU even where there are two\n")
+    return _notebook([_markdown(intro), *_kit_cells(sources), _code(settings + _TRAIN_CELL)])
+
+
+def inference_notebook(kernel: Kernel, sources: dict[str, str], kernel_refs: Sequence[str],
+                       tta: bool = False) -> dict:
+    """The notebook writing ``submission.csv`` with ``kit.infer`` from ``kernel.variants``' weights."""
+    weight_names = [f"{name}.pt" for name in kernel.variants]
+    averaged = " (averaged)" if len(weight_names) > 1 else ""
+    intro = (f"# {kernel.title}\n\nFinds {_listing(weight_names)}{averaged} among the inputs (the output of "
+             f"{_listing(kernel_refs)}), runs `python -m kit.infer`{' with flip TTA' if tta else ''} on the "
+             "competition's test images and leaves `submission.csv`, validated, in the working folder.\n\n"
+             + _BUILT_BY)
+    settings = (f"WEIGHT_FILES = {weight_names!r}\n"
+                f"WEIGHT_KERNELS = {list(kernel_refs)!r}  # attached as kernel_sources\n"
+                f"INFER_OPTIONS = {['--tta'] if tta else []!r}\n")
+    return _notebook([_markdown(intro), *_kit_cells(sources), _code(settings + _INFER_CELL)])
+
+
+def inference_variants(groups: Sequence[Sequence[str]], infer: Sequence[str] | None = None) -> list[str]:
+    """The variants whose weights the inference kernel averages, in training order.
+
+    ``kit.infer`` averages weights of one target type only. By default: every trained mask variant,
+    or the flow variant when no mask variant is trained. ``infer`` names them instead; each must be
+    trained by one of ``groups`` and all must share a target.
+    """
+    trained = [name for group in groups for name in group]
+    if infer is None:
+        masks = [name for name in trained if variants.get_variant(name).target == "mask"]
+        chosen = masks or trained[:1]
+    else:
+        missing = [name for name in infer if name not in trained]
+        if missing:
+            raise ValueError(f"--infer {missing}: not trained by these kernels (--variants trains {trained})")
+        chosen = [name for name in trained if name in infer]
+    targets = {name: variants.get_variant(name).target for name in chosen}
+    if len(set(targets.values())) > 1:
+        raise ValueError(f"kit.infer averages weights of one target type, but --infer mixes {targets}; "
+                         "name only mask variants or only the flow variant")
+    return chosen
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m kit.build_kernel",
+        description="Build pushable Kaggle kernel folders (training per variant, and inference).")
+    parser.add_argument("--user", help="Kaggle username (default: $KAGGLE_USERNAME, else kaggle.json's username)")
+    parser.add_argument("--variants", nargs="+", default=["all"], metavar="all|NAME|NAME+NAME",
+                        help="variants to train: 'all' (one kernel each), names, or a+b for one kernel "
+                             f"training a then b. Valid: {', '.join(variants.VARIANTS)}")
+    parser.add_argument("--out", default="kernels", help="folder receiving one sub-folder per kernel")
+    parser.add_argument("--machine-shape", default=DEFAULT_MACHINE_SHAPE, choices=MACHINE_SHAPES,
+                        help="Kaggle accelerator (NvidiaTeslaT4 = GPU T4 x2)")
+    parser.add_argument("--time-limit", default=DEFAULT_TIME_LIMIT, metavar="H:MM",
+                        help="wall time of a training kernel, shared by the variants it trains")
+    parser.add_argument("--infer", nargs="+", metavar="NAME",
+                        help="variants whose weights the inference kernel averages, one target type "
+                             "(default: every trained mask variant, else the flow variant)")
+    parser.add_argument("--tta", action="store_true", help="inference with flip test-time augmentation")
+    parser.add_argument("--one-gpu", action="store_true",
+                        help="train on one GPU even where the session has two (default: DDP over all)")
+    return parser
+
+
+def main(args: argparse.Namespace) -> list[Path]:
+    try:
+        groups = parse_variant_groups(args.variants)
+        folders = build_kernels(resolve_username(args.user), groups, args.out,
+                                machine_shape=args.machine_shape, time_limit_s=parse_time_limit(args.time_limit),
+                                use_all_gpus=not args.one_gpu, infer=args.infer, tta=args.tta)
+    except (ValueError, FileNotFoundError) as error:
+        raise SystemExit(f"kit.build_kernel: {error}") from None
+    for folder in folders:
+        print(f"kaggle kernels push -p {folder}")
+    return folders
+
+
+# --- the notebook's own code ------------------------------------------------------------------
+
+_BUILT_BY = ("Built by `python -m kit.build_kernel`: the kit's modules are embedded below and written to a "
+             "scratch folder, so nothing is installed and the internet stays off.")
+
+_SETUP_CELL = '''\
+# The kit travels inside this notebook. The next cells write its modules to a scratch folder outside
+# the working folder (so the source does not become part of this kernel's output); the cell after
+# them checks every file against the SHA-256 recorded when the notebook was built.
+import hashlib
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+STARTED = time.monotonic()
+KIT_SRC = Path(tempfile.mkdtemp(prefix="kit-src-"))
+(KIT_SRC / "kit").mkdir()
+KIT_FILES = {
+__DIGESTS__}
+'''
+
+_IMPORT_CELL = '''\
+written = sorted(path.name for path in (KIT_SRC / "kit").glob("*.py"))
+if written != sorted(KIT_FILES):
+    raise RuntimeError(f"the source cells wrote {written}, expected {sorted(KIT_FILES)}; rebuild this "
+                       "notebook with `python -m kit.build_kernel`")
+changed = [name for name, digest in KIT_FILES.items()
+           if hashlib.sha256((KIT_SRC / "kit" / name).read_bytes()).hexdigest() != digest]
+if changed:
+    raise RuntimeError(f"kit files {changed} differ from the built notebook's; rebuild it")
+sys.path.insert(0, str(KIT_SRC))
+# Child processes (python -m kit.train / kit.infer) import the same copy.
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(KIT_SRC), os.environ.get("PYTHONPATH")]))
+import kit
+from kit import data, paths
+
+if Path(kit.__file__).parent != KIT_SRC / "kit":
+    raise RuntimeError(f"imported kit from {kit.__file__}, not from the embedded copy in {KIT_SRC}")
+INPUT = paths.input_root()
+WORKING = paths.working_dir()
+WORKING.mkdir(parents=True, exist_ok=True)
+print(f"kit loaded from {KIT_SRC}; inputs below {INPUT}; outputs to {WORKING}")
+'''
+
+_RUN_CELL = '''\
+import shlex
+import subprocess
+import threading
+
+
+def run_kit(*args, timeout=None):
+    """Run `python -m args...`, echoing its output here; stop it after `timeout` seconds."""
+    command = [sys.executable, "-m", *map(str, args)]
+    module = next((arg for arg in args if str(arg).startswith("kit.")), args[0])
+    print("$ " + " ".join(shlex.quote(part) for part in command), flush=True)
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    stopped = threading.Event()
+
+    def stop():
+        stopped.set()
+        process.terminate()
+
+    timer = threading.Timer(timeout, stop) if timeout else None
+    if timer:
+        timer.start()
+    for line in process.stdout:
+        print(line, end="", flush=True)
+    status = process.wait()
+    if timer:
+        timer.cancel()
+    if stopped.is_set():
+        raise RuntimeError(f"{module} did not finish within its {timeout:.0f} s and was stopped")
+    if status != 0:
+        raise RuntimeError(f"{module} failed with exit status {status}; its output is above")
+
+
+def extra_args(variable):
+    """Extra command-line arguments from an environment variable (the kit's tests use it)."""
+    return shlex.split(os.environ.get(variable, ""))
+'''
+
+_TRAIN_CELL = '''
+import shutil
+
+import torch
+
+layout = data.find_competition(INPUT)
+gpus = torch.cuda.device_count() if USE_ALL_GPUS else min(torch.cuda.device_count(), 1)
+# Several GPUs (Kaggle's T4 x2) train one model through DDP; --batch-size is then per GPU.
+launcher = ["torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}", "-m"] if gpus > 1 else []
+deadline = STARTED + TIME_LIMIT_SECONDS
+for done, name in enumerate(VARIANTS):
+    # Share what is left evenly among the variants still to train: a quick one leaves time to the next.
+    budget = (deadline - time.monotonic()) / (len(VARIANTS) - done)
+    # kit.train stops before an epoch that would end past its limit; the margin covers its last
+    # validation and save, and the hard stop at `budget` is only a safety net.
+    minutes = int(budget - SAVE_MARGIN_SECONDS) // 60
+    if minutes < 1:
+        raise RuntimeError(f"only {budget:.0f} s left for {name}; raise --time-limit or train fewer variants")
+    print(f"--- training {name} on {f'{gpus} GPU(s)' if gpus else 'the CPU'}, {minutes} min at most", flush=True)
+    run_kit(*launcher, "kit.train", "--variant", name, "--data", layout.root, "--out", WORKING,
+            "--time-limit", f"{minutes // 60}:{minutes % 60:02d}", *extra_args("__TRAIN_ENV__"), timeout=budget)
+
+# The flow targets cached during training would add about 1 GB to this kernel's output: not kept.
+shutil.rmtree(WORKING / "cache", ignore_errors=True)
+for path in sorted(WORKING.rglob("*")):
+    if path.is_file():
+        print(f"{path.relative_to(WORKING)}  {path.stat().st_size:,} bytes")
+'''
+
+_INFER_CELL = '''
+from kit import submission
+
+
+def find_weights(root, name, skip):
+    """The one file called `name` below `root` (kernel outputs are mounted there), `skip` not searched."""
+    found = []
+    for folder, subfolders, file_names in os.walk(root, followlinks=True):
+        subfolders[:] = sorted(d for d in subfolders if Path(folder, d).resolve() != skip)
+        found += [Path(folder, name)] if name in file_names else []
+    if len(found) != 1:
+        what = "no" if not found else f"{len(found)} ({', '.join(map(str, found))})"
+        raise FileNotFoundError(f"{what} {name} below {root}: attach the output of the kernel that trains it "
+                                f"(one of {WEIGHT_KERNELS}) as an input, after its run has finished")
+    return found[0]
+
+
+layout = data.find_competition(INPUT, need_train=False)
+weights = [find_weights(INPUT, name, layout.root.resolve()) for name in WEIGHT_FILES]
+target = WORKING / "submission.csv"
+run_kit("kit.infer", "--data", layout.root, "--weights", *weights, "--out", target, *INFER_OPTIONS,
+        *extra_args("__INFER_ENV__"))
+test_ids = list(data.test_image_paths(layout))
+submission.validate(target, test_ids)
+print(f"{target} is valid: {len(test_ids)} test image(s)")
+'''
+
+
+def _kit_cells(sources: dict[str, str]) -> list[dict]:
+    """The setup cell (with the files' digests), one ``%%writefile`` cell per module, the import cell."""
+    digests = "".join(f"    {name!r}: {hashlib.sha256(text.encode('utf-8')).hexdigest()!r},\n"
+                      for name, text in sources.items())
+    cells = [_code(_SETUP_CELL.replace("__DIGESTS__", digests))]
+    cells += [_code(f"%%writefile {{KIT_SRC}}/kit/{name}\n{text}") for name, text in sources.items()]
+    cells += [_code(_IMPORT_CELL), _code(_RUN_CELL)]
+    return cells
+
+
+def _notebook(cells: list[dict]) -> dict:
+    """An nbformat 4.5 notebook for a python3 kernel; cell ids are positional, so builds repeat exactly."""
+    for index, cell in enumerate(cells):
+        cell["id"] = f"cell-{index:03d}"
+    return {
+        "cells": cells,
+        "metadata": {
+            "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
+            "language_info": {"name": "python"},
+        },
+        "nbformat": 4,
+        "nbformat_minor": 5,
+    }
+
+
+def _code(text: str) -> dict:
+    text = text.replace("__TRAIN_ENV__", TRAIN_ARGS_ENV).replace("__INFER_ENV__", INFER_ARGS_ENV)
+    return {"cell_type": "code", "execution_count": None, "metadata": {}, "outputs": [],
+            "source": text.splitlines(keepends=True)}
+
+
+def _markdown(text: str) -> dict:
+    return {"cell_type": "markdown", "metadata": {}, "source": text.splitlines(keepends=True)}
+
+
+def _render(out: Path, metadata: dict, notebook: dict) -> dict[Path, str]:
+    """``{path: text}`` of one kernel folder ``out/<slug>/``: kernel-metadata.json and the notebook."""
+    folder = out / metadata["id"].split("/", 1)[1]
+    return {
+        folder / "kernel-metadata.json": json.dumps(metadata, indent=2) + "\n",
+        folder / metadata["code_file"]: json.dumps(notebook, indent=1, sort_keys=True, ensure_ascii=False) + "\n",
+    }
+
+
+def _refuse_private(text: str, where: Path) -> None:
+    """A credential or a local path in a kernel would be published with it: refuse to write one."""
+    for variable in _SECRET_ENV:
+        secret = os.environ.get(variable, "")
+        if len(secret) >= 8 and secret in text:
+            raise ValueError(f"{where} would contain the value of ${variable}; not writing it")
+    checkout = str(Path(__file__).resolve().parent.parent)
+    for private in {str(Path.home()), checkout}:
+        if private != "/" and re.search(re.escape(private) + r"(?![A-Za-z0-9_.-])", text):
+            raise ValueError(f"{where} would contain the local path {private}; remove it from the kit's source")
+
+
+def _kaggle_json_candidates() -> list[Path]:
+    """Where the kaggle client looks for kaggle.json: $KAGGLE_CONFIG_DIR, ~/.kaggle, then XDG."""
+    if os.environ.get("KAGGLE_CONFIG_DIR"):
+        return [Path(os.environ["KAGGLE_CONFIG_DIR"]) / "kaggle.json"]
+    xdg = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+    return [Path.home() / ".kaggle" / "kaggle.json", xdg / "kaggle" / "kaggle.json"]
+
+
+def _listing(items: Sequence[str]) -> str:
+    quoted = [f"`{item}`" for item in items]
+    return quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " and " + quoted[-1]
+
+
+def _hours(seconds: int) -> str:
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d} h"
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())

@@ -1,0 +1,339 @@
+"""kit.build_kernel: the folders it writes are accepted by the real kaggle client, repeat byte for
+byte, carry the kit's exact source and nothing private."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from kit import build_kernel, variants
+from kit.paths import COMPETITION_SLUG
+
+USER = "kit-tester"
+REPO = Path(__file__).resolve().parent.parent
+KIT_DIR = REPO / "kit"
+DUMMY_KEY = "0123456789abcdef-dummy-key"
+DUMMY_TOKEN = "KGAT_dummy-token-fedcba9876543210"
+
+
+def build(out: Path, tokens=("all",), **options) -> list[Path]:
+    return build_kernel.build_kernels(USER, build_kernel.parse_variant_groups(tokens), out, **options)
+
+
+def read_notebook(folder: Path) -> dict:
+    metadata = json.loads((folder / "kernel-metadata.json").read_text())
+    return json.loads((folder / metadata["code_file"]).read_text())
+
+
+def cell_text(cell: dict) -> str:
+    return "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+
+
+def embedded_files(notebook: dict) -> dict[str, str]:
+    """{file name: content} of the notebook's %%writefile cells."""
+    found = {}
+    for cell in notebook["cells"]:
+        text = cell_text(cell)
+        first, _, body = text.partition("\n")
+        match = re.fullmatch(r"%%writefile \{KIT_SRC\}/kit/(\w+\.py)", first)
+        if cell["cell_type"] == "code" and match:
+            found[match.group(1)] = body
+    return found
+
+
+# --- the real kaggle client, network intercepted ---------------------------------------------
+
+@pytest.fixture
+def kaggle_push(tmp_path, monkeypatch):
+    """``push(folder)`` runs ``kaggle kernels push -p folder`` in-process; returns (request, stdout).
+
+    Dummy credentials, a temporary home and config folder; ``KernelsApiClient.save_kernel`` (the
+    one network call of a push) is replaced by a recorder, and any other HTTP request fails the test.
+    """
+    pytest.importorskip("kaggle", reason="pip install kaggle==2.2.5 (requirements.txt)")
+    for name in [k for k in os.environ if k.startswith("KAGGLE_")]:
+        monkeypatch.delenv(name)
+    config_dir = tmp_path / "kaggle-config"
+    config_dir.mkdir()
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(config_dir))
+    monkeypatch.setenv("KAGGLE_USERNAME", USER)
+    monkeypatch.setenv("KAGGLE_KEY", DUMMY_KEY)
+
+    import kaggle
+    import kaggle.cli
+    import requests
+    from kagglesdk.kernels.services.kernels_api_service import KernelsApiClient
+    from kagglesdk.kernels.types.kernels_api_service import ApiSaveKernelResponse
+
+    monkeypatch.setattr(kaggle.api, "config", str(config_dir / "kaggle.json"))  # never a real kaggle.json
+    monkeypatch.setattr(kaggle.api, "_authenticated", False)
+
+    def no_network(self, request, **kwargs):
+        raise AssertionError(f"unexpected HTTP request to {request.url}")
+
+    monkeypatch.setattr(requests.Session, "send", no_network)
+    captured = []
+
+    def save_kernel(self, request=None):
+        captured.append(request)
+        response = ApiSaveKernelResponse()
+        response.url = f"https://www.kaggle.com/code/{request.slug}"
+        response.version_number = 1
+        return response
+
+    monkeypatch.setattr(KernelsApiClient, "save_kernel", save_kernel)
+
+    def push(folder: Path, capsys):
+        captured.clear()
+        monkeypatch.setattr(sys, "argv", ["kaggle", "kernels", "push", "-p", str(folder)])
+        capsys.readouterr()
+        try:
+            kaggle.cli.main()
+        except SystemExit as exit_:  # the CLI exits 1 after printing a validation error
+            pytest.fail(f"kaggle kernels push -p {folder} failed ({exit_.code}): {capsys.readouterr()}")
+        output = capsys.readouterr()
+        assert len(captured) == 1, output
+        return captured[0], output.out + output.err
+
+    return push
+
+
+def test_the_kaggle_client_accepts_every_built_folder(tmp_path, kaggle_push, capsys):
+    folders = build(tmp_path / "kernels")
+    names = list(variants.VARIANTS)
+    assert [f.name for f in folders] == [f"sartorius-kit-train-{n}" for n in names] + ["sartorius-kit-infer"]
+    masks = [n for n in names if variants.get_variant(n).target == "mask"]
+    assert len(masks) == 4  # the inference kernel averages the mask variants by default
+    repo_sources = {p.name: p.read_text() for p in sorted(KIT_DIR.glob("*.py")) if p.name != "build_kernel.py"}
+    slugify = pytest.importorskip("slugify").slugify  # the kaggle client's own slug rule
+
+    for folder in folders:
+        request, output = kaggle_push(folder, capsys)
+        assert "successfully pushed" in output
+        assert "does not resolve" not in output and "retired" not in output
+        assert request.slug == f"{USER}/{folder.name}"
+        assert slugify(request.new_title) == folder.name
+        assert 5 <= len(request.new_title) <= build_kernel.MAX_TITLE_LENGTH
+        assert (request.language, request.kernel_type) == ("python", "notebook")
+        assert request.enable_internet is False
+        assert request.enable_gpu is True and request.is_private is True
+        assert request.machine_shape == "NvidiaTeslaT4"
+        assert request.competition_data_sources == [COMPETITION_SLUG]
+        assert request.dataset_data_sources == []
+        notebook = json.loads(request.text)
+        assert embedded_files(notebook) == repo_sources
+        run_cell = cell_text(notebook["cells"][-1])
+        if folder.name == "sartorius-kit-infer":
+            assert request.kernel_data_sources == [f"{USER}/sartorius-kit-train-{n}" for n in masks]
+            assert f"WEIGHT_FILES = {[f'{n}.pt' for n in masks]!r}" in run_cell
+            assert '"kit.infer"' in run_cell
+        else:
+            assert request.kernel_data_sources == []
+            name = folder.name.removeprefix("sartorius-kit-train-")
+            assert f"VARIANTS = {[name]!r}" in run_cell and '"kit.train"' in run_cell
+
+
+def test_a_retired_machine_shape_is_passed_on_and_the_client_warns(tmp_path, kaggle_push, capsys):
+    folders = build(tmp_path / "kernels", ["unet"], machine_shape="NvidiaTeslaP100")
+    request, output = kaggle_push(folders[0], capsys)
+    assert request.machine_shape == "NvidiaTeslaP100"
+    assert "retired" in output
+
+
+# --- determinism, privacy ------------------------------------------------------------------------
+
+def tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_two_builds_are_byte_identical(tmp_path):
+    build(tmp_path / "a")
+    build(tmp_path / "b")
+    first, second = tree(tmp_path / "a"), tree(tmp_path / "b")
+    assert len(first) == 12  # 5 training kernels + inference, two files each
+    assert first == second
+
+
+def test_a_built_kernel_holds_no_credential_token_or_local_path(tmp_path, monkeypatch):
+    monkeypatch.setenv("KAGGLE_KEY", DUMMY_KEY)
+    monkeypatch.setenv("KAGGLE_API_TOKEN", DUMMY_TOKEN)
+    monkeypatch.setenv("KAGGLE_USERNAME", USER)
+    build(tmp_path / "kernels")
+    texts = [p.read_text() for p in (tmp_path / "kernels").rglob("*") if p.is_file()]
+    assert len(texts) == 12
+    for text in texts:
+        for forbidden in (DUMMY_KEY, DUMMY_TOKEN, "KAGGLE_KEY", "KAGGLE_API_TOKEN", "kaggle.json",
+                          str(REPO), str(tmp_path)):
+            assert forbidden not in text
+        assert not re.search(re.escape(str(Path.home())) + r"/", text)
+
+
+def test_the_builder_refuses_to_write_a_secret_it_finds_in_the_output(tmp_path, monkeypatch):
+    # A "key" equal to text the notebook must carry stands for a credential pasted into the source.
+    monkeypatch.setenv("KAGGLE_KEY", COMPETITION_SLUG)
+    with pytest.raises(ValueError, match=r"\$KAGGLE_KEY"):
+        build(tmp_path / "kernels", ["unet"])
+    assert not (tmp_path / "kernels").exists()  # nothing written, not even the metadata
+
+
+def test_notebooks_are_valid_nbformat_4_for_a_python3_kernel(tmp_path):
+    for folder in build(tmp_path / "kernels", ["hot-unet+hot-flow-unet"]):
+        notebook = read_notebook(folder)
+        nbformat.validate(nbformat.from_dict(notebook))
+        assert notebook["nbformat"] == 4
+        assert notebook["metadata"]["kernelspec"]["name"] == "python3"
+        assert all(cell.get("outputs", []) == [] for cell in notebook["cells"])
+
+
+# --- command line, names, options ------------------------------------------------------------------
+
+def test_an_unknown_variant_is_an_error_listing_the_valid_ones(tmp_path, capsys):
+    args = build_kernel.get_args_parser().parse_args(["--user", USER, "--out", str(tmp_path), "--variants", "vnet"])
+    with pytest.raises(SystemExit) as exit_:
+        build_kernel.main(args)
+    message = str(exit_.value.code)
+    assert "'vnet'" in message
+    for name in variants.VARIANTS:
+        assert name in message
+    assert not any(tmp_path.iterdir())
+
+
+def test_the_command_line_builds_the_named_variants(tmp_path, capsys):
+    args = build_kernel.get_args_parser().parse_args(
+        ["--user", USER, "--out", str(tmp_path), "--variants", "unet", "hot-unet", "--time-limit", "2:30",
+         "--machine-shape", "NvidiaL4", "--one-gpu"])
+    folders = build_kernel.main(args)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "sartorius-kit-infer", "sartorius-kit-train-hot-unet", "sartorius-kit-train-unet"]
+    assert capsys.readouterr().out.splitlines() == [f"kaggle kernels push -p {f}" for f in folders]
+    metadata = json.loads((tmp_path / "sartorius-kit-train-unet" / "kernel-metadata.json").read_text())
+    assert metadata["machine_shape"] == "NvidiaL4"
+    run_cell = cell_text(read_notebook(tmp_path / "sartorius-kit-train-unet")["cells"][-1])
+    assert "TIME_LIMIT_SECONDS = 9000 " in run_cell and "USE_ALL_GPUS = False " in run_cell
+
+
+def test_a_group_trains_its_variants_in_one_kernel(tmp_path):
+    folders = build(tmp_path / "kernels", ["hot-unet+hot-flow-unet", "unet"], time_limit_s=3600)
+    assert [f.name for f in folders] == ["sartorius-kit-train-hot-unet-hot-flow-unet",
+                                         "sartorius-kit-train-unet", "sartorius-kit-infer"]
+    run_cell = cell_text(read_notebook(folders[0])["cells"][-1])
+    assert "VARIANTS = ['hot-unet', 'hot-flow-unet']" in run_cell
+    assert "TIME_LIMIT_SECONDS = 3600 " in run_cell
+    inference = json.loads((folders[-1] / "kernel-metadata.json").read_text())
+    assert inference["kernel_sources"] == [f"{USER}/{f.name}" for f in folders[:-1]]
+    assert "WEIGHT_FILES = ['hot-unet.pt', 'unet.pt']" in cell_text(read_notebook(folders[-1])["cells"][-1])
+
+
+def test_the_inference_kernel_attaches_only_the_kernels_training_its_weights(tmp_path):
+    folders = build(tmp_path / "kernels", ["all"], infer=["hot-flow-unet"], tta=True)
+    inference = json.loads((folders[-1] / "kernel-metadata.json").read_text())
+    assert inference["kernel_sources"] == [f"{USER}/sartorius-kit-train-hot-flow-unet"]
+    run_cell = cell_text(read_notebook(folders[-1])["cells"][-1])
+    assert "WEIGHT_FILES = ['hot-flow-unet.pt']" in run_cell and "INFER_OPTIONS = ['--tta']" in run_cell
+
+
+def test_inference_variants_share_one_target_type():
+    assert build_kernel.inference_variants([("hot-flow-unet",)]) == ["hot-flow-unet"]
+    assert build_kernel.inference_variants([("hot-flow-unet", "unet"), ("hot-unet",)]) == ["unet", "hot-unet"]
+    everything = build_kernel.parse_variant_groups(["all"])
+    assert build_kernel.inference_variants(everything, ["hot-unet", "unet"]) == ["unet", "hot-unet"]
+    with pytest.raises(ValueError, match="one target type"):
+        build_kernel.inference_variants(everything, ["unet", "hot-flow-unet"])
+    with pytest.raises(ValueError, match="not trained"):
+        build_kernel.inference_variants([("unet",)], ["hot-unet"])
+
+
+def test_a_long_group_gets_a_short_stable_slug_matching_its_title():
+    slugify = pytest.importorskip("slugify", reason="installed with kaggle (requirements.txt)").slugify
+
+    everything = tuple(variants.VARIANTS)
+    kernel = build_kernel.training_kernel(everything)
+    assert len(kernel.title) <= build_kernel.MAX_TITLE_LENGTH
+    assert slugify(kernel.title) == kernel.slug == build_kernel.training_kernel(everything).slug
+    assert kernel.slug.startswith("sartorius-kit-train-5-variants-")
+    assert kernel.slug != build_kernel.training_kernel(everything[::-1]).slug
+
+
+@pytest.mark.parametrize("tokens, message", [
+    (["unet", "unet+hot-unet"], "more than once"),
+    (["unet+vnet"], "valid variants"),
+    ([], "no variants"),
+])
+def test_bad_variant_lists_are_errors(tokens, message):
+    with pytest.raises(ValueError, match=message):
+        build_kernel.parse_variant_groups(tokens)
+
+
+def test_time_limits():
+    assert build_kernel.parse_time_limit("11:00") == 39600
+    assert build_kernel.parse_time_limit("0:30") == 1800
+    assert build_kernel.parse_time_limit("12:00") == 43200
+    for bad in ("12:01", "13:00", "0:00", "1:5", "90", "1:60", "x:10"):
+        with pytest.raises(ValueError):
+            build_kernel.parse_time_limit(bad)
+
+
+def test_unknown_machine_shape_is_an_error(tmp_path):
+    with pytest.raises(ValueError, match="NvidiaTeslaT4"):
+        build(tmp_path / "kernels", ["unet"], machine_shape="NvidiaGTX1080")
+
+
+# --- the username ---------------------------------------------------------------------------------
+
+@pytest.fixture
+def no_kaggle_config(tmp_path, monkeypatch):
+    """No KAGGLE_* variable and an empty home: only what the test sets up is found."""
+    for name in [k for k in os.environ if k.startswith("KAGGLE_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    return tmp_path / "home"
+
+
+def test_username_comes_from_the_option_then_the_environment_then_kaggle_json(no_kaggle_config, monkeypatch):
+    with pytest.raises(ValueError, match="--user"):
+        build_kernel.resolve_username()
+    config = no_kaggle_config / ".kaggle" / "kaggle.json"
+    config.parent.mkdir(parents=True)
+    config.write_text(json.dumps({"username": "from-json", "key": DUMMY_KEY}))
+    assert build_kernel.resolve_username() == "from-json"
+    monkeypatch.setenv("KAGGLE_USERNAME", "from-env")
+    assert build_kernel.resolve_username() == "from-env"
+    assert build_kernel.resolve_username("from-option") == "from-option"
+
+
+def test_kaggle_config_dir_and_xdg_are_searched_like_the_kaggle_client(no_kaggle_config, tmp_path, monkeypatch):
+    xdg = tmp_path / "xdg"
+    (xdg / "kaggle").mkdir(parents=True)
+    (xdg / "kaggle" / "kaggle.json").write_text(json.dumps({"username": "from-xdg", "key": DUMMY_KEY}))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(xdg))
+    assert build_kernel.resolve_username() == "from-xdg"
+    explicit = tmp_path / "explicit"
+    explicit.mkdir()
+    (explicit / "kaggle.json").write_text(json.dumps({"key": DUMMY_KEY}))
+    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(explicit))
+    with pytest.raises(ValueError, match="no 'username'"):
+        build_kernel.resolve_username()
+
+
+def test_a_username_from_kaggle_json_builds_without_copying_the_key(no_kaggle_config, tmp_path):
+    config = no_kaggle_config / ".kaggle" / "kaggle.json"
+    config.parent.mkdir(parents=True)
+    config.write_text(json.dumps({"username": "json-user", "key": DUMMY_KEY}))
+    args = build_kernel.get_args_parser().parse_args(["--out", str(tmp_path / "k"), "--variants", "unet"])
+    build_kernel.main(args)
+    texts = "".join(p.read_text() for p in (tmp_path / "k").rglob("*") if p.is_file())
+    assert '"id": "json-user/sartorius-kit-train-unet"' in texts
+    assert DUMMY_KEY not in texts
+
+
+@pytest.mark.parametrize("bad", ["", "a b", "../x", "user/x", "-x"])
+def test_a_malformed_username_is_an_error(bad):
+    with pytest.raises(ValueError, match="Kaggle username"):
+        build_kernel.check_username(bad)
