@@ -270,15 +270,11 @@ def evaluate(model: nn.Module, split: TrainData, variant: Variant, criterion: nn
 
 def predict_instances(prob: np.ndarray, flow: np.ndarray | None, image: np.ndarray, cell_type: str,
                       variant: Variant) -> np.ndarray:
-    """int32[H, W] non-overlapping instances from a network's decoded output for one image.
-
-    ``prob``: float[H, W] cell probability; ``flow``: float[2, H, W] (dy, dx) or None;
-    ``image``: uint8[H, W]. Flow variants follow the flows inside ``prob > 0.5``
-    (``kit.flows.flows_to_labels``); mask variants use ``kit.postprocess.mask_to_labels``.
-    """
-    if variant.target == "flow":
-        return flows.flows_to_labels(flow, prob > 0.5)
-    return postprocess.mask_to_labels(prob, image, cell_type)
+    """int32[H, W] instances for validation: the same extraction as inference
+    (``kit.postprocess.output_to_labels``); ``flow`` is None exactly for the mask variants."""
+    if (flow is None) != (variant.target == "mask"):
+        raise ValueError(f"variant {variant.name} (target {variant.target}) got flow={flow is not None}")
+    return postprocess.output_to_labels(prob, flow, image, cell_type)
 
 
 def instance_method(variant: Variant) -> str:

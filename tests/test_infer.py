@@ -1,0 +1,165 @@
+"""kit.infer end to end on the shared data, flip TTA, and the errors for bad inputs."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kit import data, infer, models, submission, variants
+
+TEST_IDS = ["7ae19de7bc2a", "d48ec7815252", "d8bfd1dafdc4"]
+
+
+def _checkpoint(path: Path, name: str, head_bias: float | None = None, nan: bool = False) -> Path:
+    """An untrained network of variant ``name`` saved through kit.models; ``head_bias`` with zero
+    head weights makes every output logit equal it (-30: a model that finds nothing)."""
+    torch.manual_seed(0)
+    variant = variants.get_variant(name)
+    model = models.build_model(variant)
+    with torch.no_grad():
+        if head_bias is not None:
+            model.head.weight.zero_()
+            model.head.bias.fill_(head_bias)
+        if nan:
+            model.head.bias.fill_(float("nan"))
+    models.save_checkpoint(path, model, variant)
+    return path
+
+
+def _run(*argv: str) -> Path:
+    return infer.main(infer.get_args_parser().parse_args([str(a) for a in argv]))
+
+
+@pytest.fixture(scope="module")
+def empty_unet(tmp_path_factory):
+    return _checkpoint(tmp_path_factory.mktemp("weights") / "unet.pt", "unet", head_bias=-30.0)
+
+
+def test_a_model_that_finds_nothing_gives_id_rows_for_the_three_test_images(shared_dir, empty_unet, tmp_path):
+    out = _run("--data", shared_dir, "--weights", empty_unet, "--out", tmp_path / "sub" / "submission.csv",
+               "--batch-size", "2")
+    frame = pd.read_csv(out, dtype=str, keep_default_na=False)
+    assert list(frame.columns) == ["id", "predicted"]
+    assert frame["id"].tolist() == TEST_IDS and (frame["predicted"] == "").all()
+    submission.validate(out, TEST_IDS)
+    sample = pd.read_csv(shared_dir / "sample_submission.csv", dtype=str)
+    assert sorted(sample["id"]) == TEST_IDS
+
+
+def test_two_flow_checkpoints_on_an_annotated_image_with_evaluate(shared_dir, tmp_path, capsys):
+    weights = _checkpoint(tmp_path / "flow.pt", "hot-flow-unet")
+    out = _run("--data", shared_dir, "--weights", weights, weights, "--out", tmp_path / "val.csv",
+               "--split", "train", "--ids", "053d61766edb", "--evaluate")
+    printed = capsys.readouterr().out
+    assert "leaderboard score over 1 images: 0.0000" in printed and "cort" in printed
+    submission.validate(out, ["053d61766edb"])
+
+
+def test_predict_tta_undoes_flips_including_flow_signs():
+    """A network computing image gradients is flip-equivariant up to the sign of the flipped axis'
+    component, so flip TTA must reproduce the plain prediction exactly when un-flipping negates it."""
+
+    class GradientNet(nn.Module):
+        def forward(self, x):
+            image = x[:, :1]
+            padded = F.pad(image, (1, 1, 1, 1), mode="replicate")
+            dy = padded[:, :, 2:, 1:-1] - padded[:, :, :-2, 1:-1]
+            dx = padded[:, :, 1:-1, 2:] - padded[:, :, 1:-1, :-2]
+            return torch.cat([dy, dx, image * 3 - 1], dim=1)
+
+    variant = variants.get_variant("hot-flow-unet")
+    ensemble = [(GradientNet(), variant, Path("gradient.pt"))]
+    images = np.random.default_rng(0).integers(0, 256, size=(2, 12, 16)).astype(np.uint8)
+    plain_prob, plain_flow = infer.predict(ensemble, images, ["cort", "astro"], torch.device("cpu"))
+    tta_prob, tta_flow = infer.predict(ensemble, images, ["cort", "astro"], torch.device("cpu"), tta=True)
+    np.testing.assert_allclose(tta_flow, plain_flow, atol=1e-6)
+    assert np.abs(plain_flow).max() > 0.1
+    expected_prob = 1 / (1 + np.exp(-(images / 255.0 * 3 - 1)))
+    np.testing.assert_allclose(plain_prob, expected_prob, atol=1e-6)
+    np.testing.assert_allclose(tta_prob, expected_prob, atol=1e-6)
+
+
+def test_predict_averages_the_ensemble():
+    class Constant(nn.Module):
+        def __init__(self, logit):
+            super().__init__()
+            self.logit = logit
+
+        def forward(self, x):
+            return torch.full_like(x[:, :1], self.logit)
+
+    variant = variants.get_variant("unet")
+    ensemble = [(Constant(0.0), variant, Path("a.pt")), (Constant(2.0), variant, Path("b.pt"))]
+    images = np.zeros((3, 4, 5), np.uint8)
+    prob, flow = infer.predict(ensemble, images, ["cort"] * 3, torch.device("cpu"), tta=True)
+    assert flow is None and prob.shape == (3, 4, 5)
+    np.testing.assert_allclose(prob, (0.5 + 1 / (1 + np.exp(-2.0))) / 2, atol=1e-6)
+
+
+def test_nan_output_names_the_image_and_the_weights(shared_dir, tmp_path):
+    weights = _checkpoint(tmp_path / "broken.pt", "unet", nan=True)
+    with pytest.raises(SystemExit, match=r"broken\.pt.*NaN.*d48ec7815252"):
+        _run("--data", shared_dir, "--weights", weights, "--out", tmp_path / "s.csv", "--ids", "d48ec7815252")
+    assert not (tmp_path / "s.csv").exists()
+
+
+def test_bad_weights_files(shared_dir, empty_unet, tmp_path):
+    flow = _checkpoint(tmp_path / "flow.pt", "hot-flow-unet")
+    with pytest.raises(SystemExit, match="different target types.*unet.pt.*flow.pt"):
+        _run("--data", shared_dir, "--weights", empty_unet, flow, "--out", tmp_path / "s.csv")
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"\x00not a checkpoint" * 10)
+    with pytest.raises(SystemExit, match="corrupt.pt"):
+        _run("--data", shared_dir, "--weights", corrupt, "--out", tmp_path / "s.csv")
+    mismatched = tmp_path / "mismatched.pt"  # a unet's weights under the hot-unet variant's name
+    unet = models.build_model(variants.get_variant("unet"))
+    models.save_checkpoint(mismatched, unet, variants.get_variant("hot-unet"))
+    with pytest.raises(SystemExit, match="mismatched.pt.*hot-unet"):
+        _run("--data", shared_dir, "--weights", mismatched, "--out", tmp_path / "s.csv")
+    assert not (tmp_path / "s.csv").exists()
+
+
+def _layout_with_test_folder(root: Path, shared_dir: Path) -> Path:
+    """A competition folder linking the shared train data, with its own (empty) test folder."""
+    root.mkdir()
+    (root / "train.csv").symlink_to(shared_dir / "train.csv")
+    (root / "train").symlink_to(shared_dir / "train", target_is_directory=True)
+    (root / "test").mkdir()
+    return root
+
+
+def test_missing_test_folder_and_wrong_image_size(shared_dir, empty_unet, tmp_path):
+    root = _layout_with_test_folder(tmp_path / "comp", shared_dir)
+    (root / "test").rmdir()
+    with pytest.raises(SystemExit, match="test"):
+        _run("--data", root, "--weights", empty_unet, "--out", tmp_path / "s.csv")
+    (root / "test").mkdir()
+    cv2.imwrite(str(root / "test" / "small.png"), np.zeros((100, 120), np.uint8))
+    with pytest.raises(SystemExit, match=r"small\.png.*520x704"):
+        _run("--data", root, "--weights", empty_unet, "--out", tmp_path / "s.csv")
+
+
+def test_argument_errors(shared_dir, empty_unet, tmp_path):
+    with pytest.raises(SystemExit, match="--evaluate needs annotated images"):
+        _run("--data", shared_dir, "--weights", empty_unet, "--out", tmp_path / "s.csv", "--evaluate")
+    with pytest.raises(SystemExit, match="not test images"):
+        _run("--data", shared_dir, "--weights", empty_unet, "--out", tmp_path / "s.csv", "--ids", "nope")
+
+
+def test_cell_type_classifier_on_held_out_shared_images(shared_dir):
+    """Fitted on the training split's images, it names the validation images' types (cort always)."""
+    layout = data.find_competition(shared_dir)
+    df = data.read_train_csv(layout.train_csv)
+    train_ids, val_ids = data.split_train_val(data.image_table(df))
+    fit_df = df[df["id"].isin(train_ids)]
+    truth = data.image_table(df).set_index("id").loc[val_ids, "cell_type"].tolist()
+    got = infer.predict_cell_types(layout, fit_df, [layout.train_dir / f"{i}.png" for i in val_ids])
+    accuracy = np.mean(np.array(got) == np.array(truth))
+    assert accuracy >= 0.8, list(zip(truth, got))
+    assert all(g == "cort" for g, t in zip(got, truth) if t == "cort")
