@@ -72,7 +72,7 @@ def flows_to_labels(flows: np.ndarray, cell_mask: np.ndarray, n_steps: int = N_S
     if flow_threshold is not None and labels.max() > 0:
         errors = flow_errors(labels, flows)
         labels[np.isin(labels, 1 + np.flatnonzero(errors > flow_threshold))] = 0
-    return _drop_small_and_relabel(labels, min_size)
+    return drop_small(labels, min_size)
 
 
 def follow_flows(flows: np.ndarray, ys: np.ndarray, xs: np.ndarray, n_steps: int = N_STEPS,
@@ -120,6 +120,17 @@ def flow_errors(labels: np.ndarray, flows: np.ndarray) -> np.ndarray:
     return np.divide(sums, counts, out=np.zeros(n), where=counts > 0)
 
 
+def drop_small(labels: np.ndarray, min_size: int) -> np.ndarray:
+    """int32[H, W]: instances with fewer than ``min_size`` pixels removed, the rest numbered 1..n in order."""
+    labels = np.asarray(labels)
+    sizes = np.bincount(labels.ravel())
+    keep = sizes >= max(min_size, 1)
+    keep[0] = False
+    new_ids = np.zeros(sizes.size, np.int32)
+    new_ids[keep] = np.arange(1, keep.sum() + 1, dtype=np.int32)
+    return new_ids[labels]
+
+
 def _checked_labels(labels: np.ndarray) -> np.ndarray:
     labels = np.asarray(labels)
     if labels.ndim != 2 or not np.issubdtype(labels.dtype, np.integer):
@@ -143,16 +154,6 @@ def _checked_flows(flows: np.ndarray, cell_mask: np.ndarray | None):
         raise ValueError(f"cell_mask must be bool {flows.shape[1:]}, got dtype {cell_mask.dtype} "
                          f"shape {cell_mask.shape}")
     return flows, cell_mask
-
-
-def _drop_small_and_relabel(labels: np.ndarray, min_size: int) -> np.ndarray:
-    """Labels with fewer than ``min_size`` pixels become 0; the rest are renumbered 1..n in order."""
-    sizes = np.bincount(labels.ravel())
-    keep = sizes >= max(min_size, 1)
-    keep[0] = False
-    new_ids = np.zeros(sizes.size, np.int32)
-    new_ids[keep] = np.arange(1, keep.sum() + 1, dtype=np.int32)
-    return new_ids[labels]
 
 
 @numba.njit(cache=True)

@@ -102,7 +102,7 @@ def mask_to_labels(prob: np.ndarray, image: np.ndarray, cell_type: str,
         labels = cv2.connectedComponents(mask.view(np.uint8), connectivity=8, ltype=cv2.CV_32S)[1]
     else:
         raise ValueError(f"instance method {method!r} for {cell_type}: use 'watershed' or 'components'")
-    return drop_small(labels, config.min_size[cell_type])
+    return flows.drop_small(labels, config.min_size[cell_type])
 
 
 
@@ -207,17 +207,6 @@ def watershed_instances(mask: np.ndarray, peak_distance: int = 4, min_peak: floa
         orphan_ids = cv2.connectedComponents(orphans.view(np.uint8), connectivity=8, ltype=cv2.CV_32S)[1]
         labels[orphans] = orphan_ids[orphans] + (n_seeds - 1)
     return labels
-
-
-def drop_small(labels: np.ndarray, min_size: int) -> np.ndarray:
-    """int32[H, W]: instances with fewer than ``min_size`` pixels removed, the rest numbered 1..n."""
-    labels = np.asarray(labels)
-    sizes = np.bincount(labels.ravel())
-    keep = sizes >= max(min_size, 1)
-    keep[0] = False
-    new_ids = np.zeros(sizes.size, np.int32)
-    new_ids[keep] = np.arange(1, keep.sum() + 1, dtype=np.int32)
-    return new_ids[labels]
 
 
 def sample_boundary_pixels(samples: Sequence[data.Sample], pixels_per_image: int = PIXELS_PER_IMAGE,
