@@ -35,11 +35,14 @@ def best_of(fn, items, repeat: int) -> float:
     return min(times)
 
 
-def main() -> None:
+def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=None, help="folder holding the competition layout")
     parser.add_argument("--repeat", type=int, default=3)
-    args = parser.parse_args()
+    return parser
+
+
+def main(args: argparse.Namespace) -> None:
     layout = data.find_competition(args.data or paths.input_root())
     labels = [s.labels for s in data.load_samples(layout)]
     n_cells = sum(int(l.max()) for l in labels)
@@ -54,4 +57,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(get_args_parser().parse_args())

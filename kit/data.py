@@ -5,7 +5,6 @@ Layout (as Kaggle ships it): ``train.csv``, ``train/<id>.png``, ``test/<id>.png`
 """
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -196,7 +195,7 @@ def _line(df: pd.DataFrame, bad: pd.Series) -> str:
 def _check_rows(path: Path, df: pd.DataFrame) -> None:
     checks = [
         (df["id"] == "", "empty id"),
-        (df["annotation"] == "", "empty annotation"),
+        (df["annotation"].str.strip() == "", "empty annotation"),
         (~df["cell_type"].isin(CELL_TYPES), f"cell_type not one of {', '.join(CELL_TYPES)}"),
         ((df["height"] != IMAGE_SHAPE[0]) | (df["width"] != IMAGE_SHAPE[1]),
          f"image size is not {IMAGE_SHAPE[1]} wide x {IMAGE_SHAPE[0]} high"),

@@ -48,7 +48,7 @@ def flows_to_labels(flows: np.ndarray, cell_mask: np.ndarray, n_steps: int = N_S
     """int32[H, W] instances (consecutive labels 1..n, never overlapping) recovered from flows.
 
     ``flows``: float[2, H, W] (dy, dx), unit scale as ``masks_to_flows`` makes them.
-    ``cell_mask``: bool[H, W], the pixels that belong to some cell (e.g. sigmoid(prob) > 0.5).
+    ``cell_mask``: bool[H, W], the pixels that belong to some cell (e.g. cell probability > 0.5).
     Every mask pixel takes up to ``n_steps`` Euler steps along the bilinearly interpolated flows
     (flows outside the mask count as zero; ``follow_flows`` says when a point stops early). End
     points are histogrammed; histogram peaks (maximum of their 5x5 window, more than

@@ -38,8 +38,8 @@ LUT_FORMAT = "kit-boundary-lut-v1"
 # Smallest instance kept, per cell type: about the 1st percentile of the annotated cell areas of the
 # shared training images (astro 106, cort 75, shsy5y 48 pixels; medians 707, 219, 193), so that
 # at most about 1 % of true cells could fall below it while fragments and specks go.
-CELL_MASK_THRESHOLD = 0.5  # flow variant: cell probability above which a pixel is followed
 MIN_SIZE = types.MappingProxyType({"cort": 75, "astro": 100, "shsy5y": 50})
+CELL_MASK_THRESHOLD = 0.5  # flow variant: cell probability above which a pixel is followed
 # Instance extraction: a distance-transform watershed for every type; its seed settings per type
 # were chosen on the union of the true masks of the 120 shared images (mask -> closing -> watershed
 # -> minimum size, leaderboard score): cort 0.683 (connected components: 0.637), astro 0.188
@@ -105,7 +105,6 @@ def mask_to_labels(prob: np.ndarray, image: np.ndarray, cell_type: str,
     return flows.drop_small(labels, config.min_size[cell_type])
 
 
-
 def output_to_labels(prob: np.ndarray, flow: np.ndarray | None, image: np.ndarray, cell_type: str,
                      config: PostprocessConfig = PostprocessConfig(),
                      flow_threshold: float | None = flows.FLOW_THRESHOLD) -> np.ndarray:
@@ -120,6 +119,7 @@ def output_to_labels(prob: np.ndarray, flow: np.ndarray | None, image: np.ndarra
         return mask_to_labels(prob, image, cell_type, config)
     return flows.flows_to_labels(flow, prob > CELL_MASK_THRESHOLD, flow_threshold=flow_threshold,
                                  min_size=config.min_size[cell_type])
+
 
 def closing(mask: np.ndarray, radius: int = 2, shape: str = "ellipse") -> np.ndarray:
     """bool[H, W]: morphological closing with a (2 radius + 1)^2 structuring element of ``shape``.

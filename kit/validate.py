@@ -105,7 +105,8 @@ def _write_overlay(row, layout: data.CompetitionLayout, train: pd.DataFrame, sub
     image = data.load_image(layout.train_dir / f"{row.id}.png")
     canvas = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
     truth = train.loc[train["id"] == row.id, "annotation"].tolist()
-    predicted = [p for p in submission.loc[submission["id"] == row.id, "predicted"] if p]
+    # A blank `predicted` (an image without cells) is no mask; validate() lets "id, " through too.
+    predicted = [p for p in submission.loc[submission["id"] == row.id, "predicted"] if p.strip()]
     _draw_outlines(canvas, truth, TRUTH_COLOUR, thickness=2)  # wider: still visible under a matching prediction
     _draw_outlines(canvas, predicted, PRED_COLOUR, thickness=1)
     title = np.zeros((_TITLE_HEIGHT, canvas.shape[1], 3), np.uint8)

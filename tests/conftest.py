@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from kit import data
+
 SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "sartorius"
 
 
@@ -26,3 +28,13 @@ def _require_shared() -> Path:
 def shared_dir() -> Path:
     """The folder holding the competition's layout (train.csv, train/, test/, sample_submission.csv)."""
     return _require_shared()
+
+
+@pytest.fixture(scope="module")
+def samples(shared_dir) -> list:
+    """The first four annotated images of each cell type (12 ``kit.data.Sample``s, cort first)."""
+    layout = data.find_competition(shared_dir)
+    df = data.read_train_csv(layout.train_csv)
+    table = data.image_table(df)
+    ids = [i for t in data.CELL_TYPES for i in sorted(table.loc[table.cell_type == t, "id"])[:4]]
+    return data.load_samples(layout, ids, df)

@@ -50,6 +50,7 @@ def test_read_train_csv(shared_dir):
     [
         ("annotation", "1 2 3", "line 4 .*odd number of values"),
         ("annotation", "", "line 4 .*empty annotation"),
+        ("annotation", "  ", "line 4 .*empty annotation"),
         ("width", "70x", "line 4 .*width '70x' is not an integer"),
         ("height", "512", "line 4 .*image size"),
         ("cell_type", "neuron", "line 4 .*cell_type not one of"),

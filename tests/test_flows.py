@@ -77,15 +77,6 @@ def numpy_grow(counts: np.ndarray, seeds: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------- fixtures
 
 @pytest.fixture(scope="module")
-def samples(shared_dir):
-    layout = data.find_competition(shared_dir)
-    df = data.read_train_csv(layout.train_csv)
-    table = data.image_table(df)
-    ids = [i for t in data.CELL_TYPES for i in sorted(table.loc[table.cell_type == t, "id"])[:4]]
-    return data.load_samples(layout, ids, df)
-
-
-@pytest.fixture(scope="module")
 def crops(samples):
     """One 130 x 170 crop of each cell type's first image (cells cut by the crop stay, cut)."""
     picked = [next(s for s in samples if s.cell_type == t) for t in data.CELL_TYPES]

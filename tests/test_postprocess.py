@@ -31,15 +31,6 @@ def python_flood(levels: np.ndarray, seeds: np.ndarray) -> np.ndarray:
     return labels
 
 
-@pytest.fixture(scope="module")
-def samples(shared_dir):
-    layout = data.find_competition(shared_dir)
-    df = data.read_train_csv(layout.train_csv)
-    table = data.image_table(df)
-    ids = [i for t in data.CELL_TYPES for i in sorted(table.loc[table.cell_type == t, "id"])[:4]]
-    return data.load_samples(layout, ids, df)
-
-
 def _disk_pair(gap: int) -> np.ndarray:
     yy, xx = np.mgrid[:60, :100]
     return ((yy - 30) ** 2 + (xx - 30) ** 2 <= 225) | ((yy - 30) ** 2 + (xx - 60 - gap) ** 2 <= 225)

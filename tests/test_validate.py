@@ -98,6 +98,15 @@ def test_unscored_ids_are_listed(shared_dir, train, truth_labels, tmp_path, caps
     assert not list((tmp_path / "ov").glob("*.png"))
 
 
+def test_a_blank_prediction_row_is_an_image_without_cells_in_the_overlay(shared_dir, train, tmp_path):
+    image_id = train["id"].iloc[0]
+    path = tmp_path / "s.csv"
+    path.write_text(f"id,predicted\n{image_id}, \n")
+    report = run(shared_dir, path, overlays=1)
+    assert report.per_image["n_pred"].tolist() == [0] and report.score == 0.0
+    assert len(list((tmp_path / "overlays").glob("01_0.000_*.png"))) == 1
+
+
 def test_test_set_submission_is_an_error(shared_dir):
     with pytest.raises(SystemExit, match="shares no image id with .*train.csv"):
         run(shared_dir, shared_dir / "sample_submission.csv", overlays=0)
