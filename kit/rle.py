@@ -225,24 +225,30 @@ def _encode_labels(flat):
     Returns (ASCII text of all RLEs, label k's text at bounds[k-1]:bounds[k]); empty bounds when a
     label is negative.
     """
-    run_start = np.empty(len(flat) + 1, np.int64)  # worst case: every pixel its own run
+    # Pass 1 (the only one over pixels) records where the label changes: a tight loop whose branch
+    # is rarely taken. Pass 2 turns the (few) changes into runs of non-zero labels.
+    change_at = np.empty(len(flat) + 1, np.int64)  # worst case: the label changes at every pixel
+    change_to = np.empty(len(flat) + 1, np.int64)
+    n_changes, prev = 0, 0
+    for i in range(len(flat)):
+        if flat[i] != prev:
+            change_at[n_changes], change_to[n_changes] = i, flat[i]
+            n_changes += 1
+            prev = flat[i]
+    change_at[n_changes] = len(flat)
+    run_start = np.empty(n_changes, np.int64)
     run_len = np.empty_like(run_start)
     run_label = np.empty_like(run_start)
-    n_runs, n_labels, prev = 0, 0, flat[:1].sum() * 0  # prev: a zero of the labels' dtype
-    for i in range(len(flat)):  # branch only where the label changes: the loop stays tight
-        lab = flat[i]
-        if lab != prev:
-            if prev > 0:
-                run_len[n_runs - 1] = i - run_start[n_runs - 1]
-            if lab > 0:
-                run_start[n_runs], run_label[n_runs] = i, lab
-                n_runs += 1
-                n_labels = max(n_labels, lab)
-            elif lab < 0:
-                return np.empty(0, np.uint8), np.empty(0, np.int64)
-            prev = lab
-    if prev > 0:
-        run_len[n_runs - 1] = len(flat) - run_start[n_runs - 1]
+    n_runs, n_labels = 0, 0
+    for c in range(n_changes):
+        lab = change_to[c]
+        if lab < 0:
+            return np.empty(0, np.uint8), np.empty(0, np.int64)
+        if lab > 0:
+            run_start[n_runs], run_label[n_runs] = change_at[c], lab
+            run_len[n_runs] = change_at[c + 1] - change_at[c]
+            n_runs += 1
+            n_labels = max(n_labels, lab)
     first = np.zeros(n_labels + 2, np.int64)
     for r in range(n_runs):
         first[run_label[r] + 1] += 1
