@@ -78,11 +78,11 @@ def bench_postprocess(samples, lut) -> None:
     rows.append(("flows_to_labels + RLE", lambda i: rle.encode_labels(
         flows.flows_to_labels(true_flows[i], samples[i].labels > 0))))
     print(f"1. post-processing per image, one core, {len(samples)} images (ms: mean / median / max; "
-          "mean per cell type)")
+          "mean / max per cell type)")
     types = np.array([s.cell_type for s in samples])
     for name, fn in rows:
         t = time_per_image(fn, list(range(len(samples)))) * 1e3
-        per_type = "  ".join(f"{c} {t[types == c].mean():5.1f}" for c in data.CELL_TYPES)
+        per_type = "  ".join(f"{c} {t[types == c].mean():5.1f}/{t[types == c].max():5.1f}" for c in data.CELL_TYPES)
         print(f"   {name:28s} {t.mean():6.1f} / {np.median(t):6.1f} / {t.max():6.1f}   {per_type}")
     print("   targets: mask variants <= 30 ms, flow following <= 100 ms per image")
     recovered = [flows.flows_to_labels(f, s.labels > 0) for f, s in zip(true_flows, samples)]

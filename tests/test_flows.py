@@ -10,8 +10,9 @@ from kit import data, flows, metrics
 
 # ---------------------------------------------------------------- plain-numpy twins of the kernels
 
-def numpy_masks_to_flows(labels: np.ndarray) -> np.ndarray:
-    """Cellpose-style flows, one cell at a time with vectorised numpy (Jacobi via fancy indexing)."""
+def numpy_masks_to_flows(labels: np.ndarray, diffusion: float = 1.0) -> np.ndarray:
+    """Cellpose-style flows, one cell at a time with vectorised numpy (Jacobi via fancy indexing);
+    ``diffusion`` scales the number of Jacobi steps."""
     result = np.zeros((2, *labels.shape), np.float32)
     for k in np.unique(labels[labels > 0]):
         ys, xs = np.nonzero(labels == k)
@@ -19,7 +20,7 @@ def numpy_masks_to_flows(labels: np.ndarray) -> np.ndarray:
         ly, lx = ys - y0 + 1, xs - x0 + 1
         heat = np.zeros((ly.max() + 2, lx.max() + 2))
         i = np.argmin((ys - np.median(ys)) ** 2 + (xs - np.median(xs)) ** 2)
-        for _ in range(2 * (np.ptp(ys) + np.ptp(xs))):
+        for _ in range(int(diffusion * 2 * (np.ptp(ys) + np.ptp(xs)))):
             heat[ly[i], lx[i]] += 1
             heat[ly, lx] = sum(heat[ly + dy, lx + dx] for dy in (-1, 0, 1) for dx in (-1, 0, 1)) / 9.0
         heat[ly, lx] = np.log1p(heat[ly, lx])
@@ -28,6 +29,22 @@ def numpy_masks_to_flows(labels: np.ndarray) -> np.ndarray:
         norm = np.sqrt(gy ** 2 + gx ** 2) + 1e-20
         result[0, ys, xs], result[1, ys, xs] = gy / norm, gx / norm
     return result
+
+
+def numpy_diffuse(cell: np.ndarray, cy: int, cx: int, n_iter: int) -> np.ndarray:
+    """Heat after n_iter Jacobi steps on every pixel of ``cell`` (bool, zero border), in the
+    kernel's order of additions; returned flattened like the kernel's buffer."""
+    ly, lx = np.nonzero(cell)
+    heat = np.zeros(cell.shape)
+    for _ in range(n_iter):
+        heat[cy, cx] += 1
+        heat[ly, lx] = sum(heat[ly + dy, lx + dx] for dy in (-1, 0, 1) for dx in (-1, 0, 1)) / 9.0
+    return heat.ravel()
+
+
+def numpy_errors(labels: np.ndarray, fl: np.ndarray, diffusion: float) -> np.ndarray:
+    squared = ((numpy_masks_to_flows(labels, diffusion) - fl) ** 2).sum(axis=0)
+    return np.array([squared[labels == k].mean() for k in range(1, labels.max() + 1)])
 
 
 def numpy_follow(fl: np.ndarray, ys, xs, n_steps: int, check_every: int, stall: float) -> np.ndarray:
@@ -118,6 +135,19 @@ def test_masks_to_flows_matches_numpy_twin_on_real_crops(crops):
         assert np.mean(np.abs(norms - 1) < 1e-4) > 0.95  # unit flows except centres and cut-off fragments
 
 
+def test_diffuse_kernel_matches_numpy_twin_bit_for_bit():
+    """A U-shaped cell with its centre off-middle: rows split into several runs, and in the first
+    steps only a window around the centre is updated; the result must be exactly the full Jacobi."""
+    cell = np.zeros((12, 15), bool)
+    cell[1:11, 1:4] = cell[1:11, 10:14] = cell[8:11, 1:14] = True
+    cell[3, 12] = False  # a hole splits a row into three runs
+    flat = np.flatnonzero(cell)
+    for cy, cx, n_iter in [(9, 2, 5), (9, 2, 40), (2, 12, 17), (9, 7, 1)]:
+        assert cell[cy, cx]
+        got = flows._diffuse(flat, 15, 12, cy, cx, n_iter)
+        np.testing.assert_array_equal(got, numpy_diffuse(cell, cy, cx, n_iter))
+
+
 def test_masks_to_flows_rejects_bad_labels():
     with pytest.raises(ValueError, match="integer image"):
         flows.masks_to_flows(np.zeros((4, 4), np.float32))
@@ -200,6 +230,38 @@ def test_flow_errors_zero_for_own_flows_and_four_for_reversed():
     moving = np.hypot(*own) > 0.5
     expected = [4 * moving[labels == k].mean() for k in (1, 2)]
     np.testing.assert_allclose(flows.flow_errors(labels, -own), expected, rtol=1e-6)
+
+
+def test_flow_errors_with_shorter_diffusion_match_numpy_twin(crops):
+    rng = np.random.default_rng(0)
+    for labels in crops:
+        labels = np.unique(labels, return_inverse=True)[1].reshape(labels.shape).astype(np.int32)  # 1..n
+        own = flows.masks_to_flows(labels)
+        noisy = (own + rng.normal(0, 0.3, own.shape).astype(np.float32)) * (labels > 0)
+        for diffusion in (1.0, flows.ERROR_DIFFUSION):
+            np.testing.assert_allclose(flows.flow_errors(labels, noisy, diffusion),
+                                       numpy_errors(labels, noisy, diffusion), rtol=1e-5, atol=1e-6)
+        # the shorter diffusion the check uses stays far below the threshold for true cells
+        short = flows.flow_errors(labels, own, flows.ERROR_DIFFUSION)
+        assert short.max() < 0.1 * flows.FLOW_THRESHOLD and short.max() > 0
+    with pytest.raises(ValueError, match="diffusion"):
+        flows.flow_errors(labels, own, 0.0)
+
+
+def test_interleave_kernel_matches_numpy_twin(crops):
+    labels = crops[1]
+    f = flows.masks_to_flows(labels)
+    mask = labels % 3 != 0
+    np.testing.assert_array_equal(flows._interleave(f, mask), np.where(mask, f, 0).transpose(1, 2, 0))
+
+
+def test_drop_small_with_keep():
+    labels = np.array([[1, 1, 2, 3], [3, 3, 0, 4]], np.int32)
+    keep = np.array([True, True, True, False, True])
+    np.testing.assert_array_equal(flows.drop_small(labels, 2, keep), [[1, 1, 0, 0], [0, 0, 0, 0]])
+    np.testing.assert_array_equal(flows.drop_small(labels, 1, keep), [[1, 1, 2, 0], [0, 0, 0, 3]])
+    with pytest.raises(ValueError, match="keep"):
+        flows.drop_small(labels, 1, keep[:3])
 
 
 def test_flow_threshold_drops_an_instance_whose_flows_do_not_fit_its_shape():
