@@ -30,7 +30,6 @@ INFERENCE_SLUG = f"{SLUG_PREFIX}-infer"
 # warns that NvidiaTeslaP100 is retired (sessions asking for it run on a T4).
 MACHINE_SHAPES = ("NvidiaTeslaT4", "NvidiaTeslaP100", "NvidiaL4", "NvidiaL4X1", "NvidiaTeslaA100", "NvidiaH100")
 DEFAULT_MACHINE_SHAPE = "NvidiaTeslaT4"
-DEFAULT_TIME_LIMIT = "8:30"  # inside the 9-hour GPU notebook limit, with time left to save outputs
 SAVE_MARGIN_SECONDS = 300  # kept back from each variant's share for kit.train's last validation and save
 MAX_SESSION_SECONDS = 12 * 3600
 MAX_TITLE_LENGTH = 50  # Kaggle's limit on a notebook title
@@ -64,11 +63,11 @@ def build_kernels(user: str, groups: Sequence[Sequence[str]], out: str | os.Path
     ``parse_variant_groups``). The inference kernel attaches every training kernel's output and
     runs ``kit.infer`` (with flip TTA if ``tta``) on the weights of ``infer`` (default: see
     ``inference_variants``) found there. ``time_limit_s``: each training
-    kernel's wall time (default ``DEFAULT_TIME_LIMIT``). ``use_all_gpus``: train through
+    kernel's wall time (default ``variants.DEFAULT_TIME_LIMIT``). ``use_all_gpus``: train through
     DDP where the session has several GPUs (Kaggle's T4 x2), else on one.
     """
     user = check_username(user)
-    time_limit_s = parse_time_limit(DEFAULT_TIME_LIMIT) if time_limit_s is None else time_limit_s
+    time_limit_s = parse_time_limit(variants.DEFAULT_TIME_LIMIT) if time_limit_s is None else time_limit_s
     if machine_shape not in MACHINE_SHAPES:
         raise ValueError(f"unknown machine shape {machine_shape!r}; valid: {', '.join(MACHINE_SHAPES)}")
     if not 0 < time_limit_s <= MAX_SESSION_SECONDS:
@@ -149,10 +148,7 @@ def parse_variant_groups(tokens: Iterable[str]) -> list[tuple[str, ...]]:
 
 def parse_time_limit(text: str) -> int:
     """``"H:MM"`` -> seconds; at most 12:00, a Kaggle session's maximum."""
-    match = re.fullmatch(r"(\d{1,2}):([0-5]\d)", text.strip())
-    if not match:
-        raise ValueError(f"time limit {text!r} is not H:MM (e.g. 8:30 or 0:30)")
-    seconds = int(match.group(1)) * 3600 + int(match.group(2)) * 60
+    seconds = variants.parse_time_limit(text)
     if not 0 < seconds <= MAX_SESSION_SECONDS:
         raise ValueError(f"time limit {text} must be more than 0:00 and at most 12:00 (Kaggle's session limit)")
     return seconds
@@ -278,7 +274,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", default="kernels", help="folder receiving one sub-folder per kernel")
     parser.add_argument("--machine-shape", default=DEFAULT_MACHINE_SHAPE, choices=MACHINE_SHAPES,
                         help="Kaggle accelerator (NvidiaTeslaT4 = GPU T4 x2)")
-    parser.add_argument("--time-limit", default=DEFAULT_TIME_LIMIT, metavar="H:MM",
+    parser.add_argument("--time-limit", default=variants.DEFAULT_TIME_LIMIT, metavar="H:MM",
                         help="wall time of a training kernel, shared by the variants it trains")
     parser.add_argument("--infer", nargs="+", metavar="NAME",
                         help="variants whose weights the inference kernel averages, one target type "

@@ -36,9 +36,9 @@ from torch import nn
 from kit import data, flows, metrics, models, paths, postprocess, rle
 from kit.files import atomic_output, write_text_atomic
 from kit.losses import build_loss
-from kit.variants import VARIANTS, Variant, describe_variants, get_variant
+from kit.variants import (DEFAULT_TIME_LIMIT, VARIANTS, Variant, describe_variants, get_variant,
+                          parse_time_limit)
 
-DEFAULT_TIME_LIMIT = "8:30"
 # Augmentation ranges (hot-drop-unet); the paper names "random affine" without its ranges.
 MAX_ROTATION_DEG = 20.0
 SCALE_RANGE = (0.9, 1.1)
@@ -117,14 +117,6 @@ def main(args: argparse.Namespace) -> Path | None:
     if args.variant is None:
         raise SystemExit("kit.train: --variant is required (see --list)")
     return train(args)
-
-
-def parse_time_limit(text: str) -> float:
-    """``"H:MM"`` -> seconds."""
-    match = re.fullmatch(r"(\d+):([0-5]\d)", text.strip())
-    if not match:
-        raise argparse.ArgumentTypeError(f"time limit {text!r} is not H:MM (e.g. 8:30)")
-    return 3600.0 * int(match.group(1)) + 60.0 * int(match.group(2))
 
 
 def train(args: argparse.Namespace) -> Path:
