@@ -224,7 +224,8 @@ def _forward(model: torch.nn.Module, variant: Variant, x: torch.Tensor, dims: tu
     also negates the component along each flipped axis (dy for H, dx for W)."""
     if dims:
         x = torch.flip(x, dims)
-    with torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda"):
+    amp_dtype = models.gpu_autocast_dtype(device)  # as the trainer ran: bf16 where the GPU has it
+    with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
         output = model(x)
     prob, flow = models.decode_output(output, variant)
     if not dims:

@@ -112,6 +112,14 @@ def decode_output(output: torch.Tensor, variant: Variant) -> tuple[torch.Tensor,
     return torch.sigmoid(output[:, 0]), None
 
 
+def gpu_autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """The mixed-precision dtype for ``device``: bf16 on GPUs of compute capability 8.0 and up
+    (A100, H100), fp16 on older ones (Kaggle's T4 and P100, which lack bf16), None (fp32) off CUDA."""
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.get_device_capability(device) >= (8, 0) else torch.float16
+
+
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, variant: Variant, *,
                     optimizer: torch.optim.Optimizer | None = None, scheduler: Any = None,
                     scaler: torch.amp.GradScaler | None = None, epoch: int = 0,

@@ -405,12 +405,12 @@ def _optimizer(model: nn.Module, variant: Variant) -> torch.optim.Optimizer:
 
 
 def _amp_dtype(device: torch.device, precision: str) -> torch.dtype | None:
-    """Autocast dtype (None: fp32). bf16 needs compute capability 8.0 (A100/H100); T4 and P100 get fp16."""
-    if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
-        return None
-    has_bf16 = device.type != "cuda" or torch.cuda.get_device_capability(device) >= (8, 0)
+    """Autocast dtype of ``--precision`` on ``device`` (None: fp32); auto is ``models.gpu_autocast_dtype``."""
     if precision == "auto":
-        return torch.bfloat16 if has_bf16 else torch.float16
+        return models.gpu_autocast_dtype(device)
+    if precision == "fp32":
+        return None
+    has_bf16 = device.type != "cuda" or models.gpu_autocast_dtype(device) == torch.bfloat16
     if precision == "bf16" and not has_bf16:
         raise SystemExit(f"kit.train: {torch.cuda.get_device_name(device)} has no bf16; use --precision fp16")
     if precision == "fp16" and device.type != "cuda":

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from kit import models
+from kit import models, train
 from kit.models import UNet, build_model, decode_output, load_checkpoint, model_input, save_checkpoint
 from kit.variants import VARIANTS
 
@@ -175,3 +175,20 @@ def test_a_failed_save_leaves_the_previous_checkpoint_intact(saved, monkeypatch)
         save_checkpoint(path, model, variant, epoch=4)
     assert path.read_bytes() == before
     assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary file left behind
+
+
+@pytest.mark.parametrize("capability, expected", [((9, 0), torch.bfloat16), ((8, 0), torch.bfloat16),
+                                                  ((7, 5), torch.float16), ((6, 0), torch.float16)])
+def test_gpus_with_bf16_get_bf16_and_t4_p100_get_fp16(capability, expected, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla T4")
+    gpu = torch.device("cuda", 0)
+    assert models.gpu_autocast_dtype(gpu) is expected
+    assert models.gpu_autocast_dtype(torch.device("cpu")) is None
+    assert train._amp_dtype(gpu, "auto") is expected and train._amp_dtype(gpu, "fp32") is None
+    assert train._amp_dtype(gpu, "fp16") is torch.float16
+    if expected is torch.float16:
+        with pytest.raises(SystemExit, match="Tesla T4 has no bf16; use --precision fp16"):
+            train._amp_dtype(gpu, "bf16")
+    else:
+        assert train._amp_dtype(gpu, "bf16") is torch.bfloat16
