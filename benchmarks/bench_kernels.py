@@ -1,0 +1,143 @@
+"""The built Kaggle kernels, run here as Kaggle runs them: the training notebook, then the inference notebook.
+
+    python -m benchmarks.bench_kernels --data DIR --variants hot-flow-unet --train-args "--epochs 3"
+    python -m benchmarks.bench_kernels --data DIR --variants unet hot-unet --train-args "--epochs 1 --max-images 4 --crop 64x64 --device cpu"
+
+A Kaggle-like sandbox under ``--work``: an input root holding the competition data under its slug
+(and, for inference, the training kernel's output under that kernel's slug, as Kaggle mounts an
+attached kernel), a working folder as the current directory, and an environment where ``import
+kit`` fails, so the notebooks can only use the source they embed. Prints each notebook's wall time,
+the trained variants' best validation rows and the submission's size. Run it before a push: a
+kernel that fails here would fail on Kaggle after its GPU queue.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import nbformat
+from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError
+
+from benchmarks import bench_variants
+from kit import build_kernel, data, paths, submission
+from kit.variants import VARIANTS
+
+CELL_TIMEOUT_S = 3 * 3600
+
+
+class NotebookFailed(RuntimeError):
+    """A notebook could not run in the sandbox, or one of its cells failed."""
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_kernels", description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, help="folder holding the competition data (default: kit.paths.input_root())")
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=["hot-flow-unet"],
+                        help="variants one training kernel trains in turn (default hot-flow-unet)")
+    parser.add_argument("--train-args", default="", help="extra kit.train arguments, as the kernel's KIT_TRAIN_ARGS")
+    parser.add_argument("--tta", action="store_true", help="build the inference kernel with flip TTA")
+    parser.add_argument("--work", type=Path, help="sandbox folder, emptied first (default: a temporary one)")
+    return parser
+
+
+@dataclass
+class SandboxRun:
+    """What the two notebooks left: their working folders and the executed notebooks."""
+
+    train_working: Path
+    train_notebook: nbformat.NotebookNode
+    infer_working: Path
+    infer_notebook: nbformat.NotebookNode
+
+
+def main(args: argparse.Namespace) -> SandboxRun:
+    """Build the kernels, run both notebooks in the sandbox and print the figures."""
+    layout = data.find_competition(args.data or paths.input_root())
+    work = Path(args.work or tempfile.mkdtemp(prefix="kit-kernels-"))
+    shutil.rmtree(work, ignore_errors=True)
+    trainer, *_, inference = build_kernel.build_kernels("sandbox-user", [args.variants], work / "kernels",
+                                                        tta=args.tta)
+    train_working = work / "train-session" / "working"
+    train_env = kernel_env(kaggle_inputs(work / "train-session", layout.root), train_working,
+                           **{build_kernel.TRAIN_ARGS_ENV: args.train_args})
+    started = time.perf_counter()
+    train_notebook = run_notebook(trainer / f"{trainer.name}.ipynb", train_working, train_env)
+    print(f"training notebook {trainer.name}: {(time.perf_counter() - started) / 60:.1f} min")
+    for name in args.variants:
+        row = bench_variants.variant_summary(train_working, name)
+        print(f"  {name}: {row['epochs']} epochs, best {row['best epoch']}: score {row['val score']:.4f}, "
+              f"Dice {row['Dice']:.3f}, {row['images/s']:.1f} images/s")
+
+    input_root = kaggle_inputs(work / "infer-session", layout.root)
+    (input_root / trainer.name).symlink_to(train_working, target_is_directory=True)
+    infer_working = work / "infer-session" / "working"
+    started = time.perf_counter()
+    infer_notebook = run_notebook(inference / f"{inference.name}.ipynb", infer_working,
+                                  kernel_env(input_root, infer_working))
+    test_ids = sorted(data.test_image_paths(layout))
+    submission.validate(infer_working / "submission.csv", test_ids)
+    predicted = submission.read_submission(infer_working / "submission.csv")["predicted"]
+    print(f"inference notebook {inference.name}: {time.perf_counter() - started:.0f} s for {len(test_ids)} "
+          f"test images; valid submission.csv, {(predicted != '').sum()} cells")
+    return SandboxRun(train_working, train_notebook, infer_working, infer_notebook)
+
+
+def kaggle_inputs(session: Path, competition_dir: Path) -> Path:
+    """``session/input`` holding the competition data as Kaggle mounts it: ``input/<competition slug>``."""
+    input_root = session / "input"
+    input_root.mkdir(parents=True)
+    (input_root / paths.COMPETITION_SLUG).symlink_to(Path(competition_dir).resolve(), target_is_directory=True)
+    return input_root
+
+
+def kernel_env(input_root: Path, working: Path, **extra: str) -> dict[str, str]:
+    """This process's environment without PYTHONPATH (so not the checkout) and with the sandbox's
+    paths; its scratch folder (where the notebook writes the kit's source) lies in the sandbox too."""
+    scratch = working.parent / "tmp"
+    scratch.mkdir(parents=True, exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH" and not k.startswith("KIT_")}
+    env.update({paths.INPUT_ROOT_ENV: str(input_root), paths.WORKING_DIR_ENV: str(working),
+                "TMPDIR": str(scratch), **extra})
+    return env
+
+
+def run_notebook(path: Path, working: Path, env: dict[str, str],
+                 cell_timeout_s: int = CELL_TIMEOUT_S) -> nbformat.NotebookNode:
+    """Execute a copy of the notebook at ``path`` with ``working`` as the current folder.
+
+    First proves that the kit cannot be imported there, so that a passing run shows the notebook
+    is self-contained. Raises ``NotebookFailed`` with the failing cell's traceback.
+    """
+    working.mkdir(parents=True)
+    probe = subprocess.run([sys.executable, "-c", "import kit; print(kit.__file__)"], cwd=working, env=env,
+                           capture_output=True, text=True)
+    if probe.returncode == 0:
+        raise NotebookFailed(f"kit is importable outside the checkout (from {probe.stdout.strip()}): the sandbox "
+                             "cannot show that the notebook is self-contained; uninstall the kit (pip uninstall kit)")
+    notebook = nbformat.read(path, as_version=4)
+    client = NotebookClient(notebook, timeout=cell_timeout_s, kernel_name="python3",
+                            resources={"metadata": {"path": str(working)}})
+    try:
+        client.execute(env=env)
+    except CellExecutionError as error:
+        plain = re.sub(r"\x1b\[[0-9;]*m", "", str(error))  # IPython colours its tracebacks
+        raise NotebookFailed(f"{path.name} failed in the sandbox:\n{plain}") from None
+    return notebook
+
+
+def notebook_text(notebook: nbformat.NotebookNode) -> str:
+    """Everything the executed notebook printed."""
+    return "".join(output.get("text", "") for cell in notebook.cells for output in cell.get("outputs", []))
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())
