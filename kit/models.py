@@ -22,7 +22,9 @@ from kit.data import CELL_TYPES
 from kit.files import atomic_output
 from kit.variants import IMAGE_CHANNELS, Variant
 
-CHECKPOINT_FORMAT = "kit-checkpoint-v1"
+# v2: the image channel is standardised per image (v1 fed image / 255, see model_input).
+CHECKPOINT_FORMAT = "kit-checkpoint-v2"
+MIN_IMAGE_STD = 1.0  # grey levels: a flat image is centred, not blown up
 ENCODER_WIDTHS = (32, 64, 128, 256)
 BOTTLENECK_WIDTH = 512
 SIZE_MULTIPLE = 2 ** len(ENCODER_WIDTHS)  # four 2x poolings: H and W are padded to a multiple of 16
@@ -81,8 +83,15 @@ def build_model(variant: Variant) -> UNet:
 def model_input(images: torch.Tensor, cell_types: Sequence[str], variant: Variant) -> torch.Tensor:
     """The network input for a batch: float32[B, C, H, W] on the images' device.
 
-    ``images``: uint8[B, H, W] or uint8[B, 1, H, W]; channel 0 of the result is image / 255.
-    One-hot variants append ``len(CELL_TYPES)`` constant planes in ``CELL_TYPES`` order.
+    ``images``: uint8[B, H, W] or uint8[B, 1, H, W]. Channel 0 is each image standardised to mean
+    0 and standard deviation 1 (over its own pixels). One-hot variants append ``len(CELL_TYPES)``
+    constant 0/1 planes in ``CELL_TYPES`` order.
+
+    Why standardise: the competition's images have a standard deviation of only 9 to 16 grey
+    levels, so image / 255 varies by about 0.05 while the one-hot planes jump by 1 between cell
+    types. Batch norm statistics of the first layer were then ruled by which cell types a batch
+    of 2 happened to mix (75x the variance of a one-type batch at initialisation; 1.9x once
+    standardised), and a network trained on batch statistics failed with its running ones.
     """
     if images.dtype != torch.uint8:
         raise TypeError(f"model_input expects uint8 images, got {images.dtype}")
@@ -92,7 +101,10 @@ def model_input(images: torch.Tensor, cell_types: Sequence[str], variant: Varian
         raise ValueError(f"model_input expects images of shape [B, H, W] or [B, 1, H, W], got {tuple(images.shape)}")
     if len(cell_types) != images.shape[0]:
         raise ValueError(f"{images.shape[0]} images but {len(cell_types)} cell types")
-    x = images.unsqueeze(1).float().div_(255.0)
+    x = images.unsqueeze(1).float()
+    mean = x.mean(dim=(2, 3), keepdim=True)
+    std = x.std(dim=(2, 3), keepdim=True).clamp_(min=MIN_IMAGE_STD)
+    x = (x - mean) / std
     if not variant.one_hot:
         return x
     unknown = sorted(set(cell_types) - set(CELL_TYPES))
@@ -154,7 +166,11 @@ def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
         # torch's own message suggests weights_only=False, which is exactly what not to do here.
         raise ValueError(f"{path} is not a readable checkpoint: corrupt, truncated, or not a torch file "
                          f"({type(err).__name__}); delete it and train again") from None
-    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
+    found = checkpoint.get("format") if isinstance(checkpoint, dict) else None
+    if found == "kit-checkpoint-v1":
+        raise ValueError(f"{path} was written by an older kit that fed the network image / 255; this kit "
+                         "standardises each image, so those weights would see other inputs: train again")
+    if found != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is a torch file but not a kit checkpoint (no format {CHECKPOINT_FORMAT!r}); "
                          "model files come from `python -m kit.train`")
     return checkpoint

@@ -197,10 +197,7 @@ def make_batch(split: TrainData, index: torch.Tensor, variant: Variant, crop: tu
 
     ``crop``: random crops (with ``generator``), or centre crops when ``generator`` is None.
     """
-    images, targets = split.images[index.to(split.images.device)], split.targets[index.to(split.images.device)]
-    if crop is not None:
-        tops, lefts = _crop_offsets(images.shape[-2:], crop, len(index), generator)
-        images, targets = _crop(images, tops, lefts, crop), _crop(targets, tops, lefts, crop)
+    images, targets = batch_images(split, index, crop, generator, with_targets=True)
     x = models.model_input(images, [split.cell_types[i] for i in index.tolist()], variant)
     target = targets.float()
     if augment:
@@ -208,6 +205,19 @@ def make_batch(split: TrainData, index: torch.Tensor, variant: Variant, crop: tu
     if x.is_cuda:
         x = x.contiguous(memory_format=torch.channels_last)
     return x, target
+
+
+def batch_images(split: TrainData, index: torch.Tensor, crop: tuple[int, int] | None = None,
+                 generator: torch.Generator | None = None, with_targets: bool = False):
+    """The uint8[B, H, W] images of ``index`` (and their targets if ``with_targets``), cropped as
+    ``make_batch`` crops them: random with ``generator``, centred without."""
+    on_device = index.to(split.images.device)
+    images, targets = split.images[on_device], split.targets[on_device] if with_targets else None
+    if crop is not None:
+        tops, lefts = _crop_offsets(images.shape[-2:], crop, len(index), generator)
+        images = _crop(images, tops, lefts, crop)
+        targets = None if targets is None else _crop(targets, tops, lefts, crop)
+    return (images, targets) if with_targets else images
 
 
 def augment_batch(x: torch.Tensor, target: torch.Tensor,
@@ -248,7 +258,7 @@ def evaluate(model: nn.Module, split: TrainData, variant: Variant, criterion: nn
         losses.append(criterion(output, target).item() * len(index))
         prob, flow = models.decode_output(output, variant)
         prob, flow = prob.cpu().numpy(), None if flow is None else flow.cpu().numpy()
-        images = x[:, 0].mul(255).round().to(torch.uint8).cpu().numpy()
+        images = batch_images(split, index, crop).cpu().numpy()
         for k, i in enumerate(index.tolist()):
             true_mask = target[k, -1].cpu().numpy() > 0.5
             pixel.append(metrics.pixel_metrics(true_mask, prob[k] > 0.5))

@@ -80,7 +80,9 @@ def test_predict_tta_undoes_flips_including_flow_signs():
     tta_prob, tta_flow = infer.predict(ensemble, images, ["cort", "astro"], torch.device("cpu"), tta=True)
     np.testing.assert_allclose(tta_flow, plain_flow, atol=1e-6)
     assert np.abs(plain_flow).max() > 0.1
-    expected_prob = 1 / (1 + np.exp(-(images / 255.0 * 3 - 1)))
+    flat = images.reshape(len(images), -1).astype(np.float64)
+    standardised = (images - flat.mean(1)[:, None, None]) / flat.std(1, ddof=1)[:, None, None]
+    expected_prob = 1 / (1 + np.exp(-(standardised * 3 - 1)))
     np.testing.assert_allclose(plain_prob, expected_prob, atol=1e-6)
     np.testing.assert_allclose(tta_prob, expected_prob, atol=1e-6)
 

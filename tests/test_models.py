@@ -1,6 +1,7 @@
 """The U-Net, its input/output conventions, and checkpoints."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -57,16 +58,18 @@ def test_a_whole_competition_image_goes_in():
     assert out.shape == (1, 1, 520, 704)
 
 
-def test_model_input_scales_the_image_and_appends_one_hot_planes_in_cell_type_order():
-    images = torch.tensor([[[0, 255], [51, 102]], [[1, 2], [3, 4]]], dtype=torch.uint8)
-    x = model_input(images, ["shsy5y", "cort"], VARIANTS["hot-unet"])
-    assert x.dtype == torch.float32 and x.shape == (2, 4, 2, 2)
-    assert torch.equal(x[0, 0], torch.tensor([[0.0, 1.0], [0.2, 0.4]]))
+def test_model_input_standardises_each_image_and_appends_one_hot_planes_in_cell_type_order():
+    images = torch.tensor([[[0, 255], [51, 102]], [[1, 2], [3, 4]], [[7, 7], [7, 7]]], dtype=torch.uint8)
+    x = model_input(images, ["shsy5y", "cort", "astro"], VARIANTS["hot-unet"])
+    assert x.dtype == torch.float32 and x.shape == (3, 4, 2, 2)
+    for image, channel in zip(images.numpy().astype(np.float64), x[:, 0].numpy()):
+        expected = (image - image.mean()) / max(image.std(ddof=1), 1.0)  # a flat image stays flat, at 0
+        np.testing.assert_allclose(channel, expected, rtol=1e-6, atol=1e-6)
     # CELL_TYPES = (cort, astro, shsy5y)
     assert torch.equal(x[0, 1:], torch.tensor([0.0, 0.0, 1.0])[:, None, None].expand(3, 2, 2))
     assert torch.equal(x[1, 1:], torch.tensor([1.0, 0.0, 0.0])[:, None, None].expand(3, 2, 2))
-    plain = model_input(images[:, None], ["astro", "astro"], VARIANTS["unet"])
-    assert plain.shape == (2, 1, 2, 2) and torch.equal(plain[:, 0], x[:, 0])
+    plain = model_input(images[:, None], ["astro"] * 3, VARIANTS["unet"])
+    assert plain.shape == (3, 1, 2, 2) and torch.equal(plain[:, 0], x[:, 0])
 
 
 def test_model_input_rejects_bad_batches():
@@ -192,3 +195,11 @@ def test_gpus_with_bf16_get_bf16_and_t4_p100_get_fp16(capability, expected, monk
             train._amp_dtype(gpu, "bf16")
     else:
         assert train._amp_dtype(gpu, "bf16") is torch.bfloat16
+
+
+def test_v1_checkpoints_of_the_old_input_scaling_are_refused(saved, tmp_path):
+    old = torch.load(saved[0], weights_only=True)
+    old["format"] = "kit-checkpoint-v1"
+    torch.save(old, tmp_path / "v1.pt")
+    with pytest.raises(ValueError, match="older kit that fed the network image / 255.*train again"):
+        load_checkpoint(tmp_path / "v1.pt")

@@ -18,7 +18,7 @@ from torch import nn
 
 from kit import data, flows, rle, train
 from kit.losses import FlowLoss, MaskLoss, build_loss, flow_loss, mask_loss
-from kit.models import build_model, load_checkpoint, save_checkpoint
+from kit.models import build_model, load_checkpoint, model_input, save_checkpoint
 from kit.variants import VARIANTS
 
 CROP = ["--crop", "96x128"]  # small enough for CPU, large enough to hold cells
@@ -86,16 +86,23 @@ def _disc_split(n: int = 2, height: int = 64, width: int = 128) -> train.TrainDa
                            [[rle.encode(m)] for m in masks])
 
 
+def _image_channel(mask_target: torch.Tensor) -> torch.Tensor:
+    """The network's image channel for images equal to 255 x ``mask_target`` (float[B, 1, H, W])."""
+    images = (mask_target[:, 0] * 255).to(torch.uint8)
+    return model_input(images, ["astro"] * len(images), VARIANTS["unet"])[:, 0]
+
+
 def test_make_batch_crops_image_and_target_together():
     split = _disc_split()
     variant = VARIANTS["hot-unet"]
     x, target = train.make_batch(split, torch.tensor([1, 0]), variant, crop=(32, 40))
     assert x.shape == (2, 4, 32, 40) and target.shape == (2, 1, 32, 40) and target.dtype == torch.float32
-    assert torch.equal(x[:, 0], target[:, 0])  # image = mask here: the crops coincide
+    assert torch.equal(x[:, 0], _image_channel(target))  # image = 255 x mask here: the crops coincide
     assert torch.equal(target[1, 0], split.targets[0, 0, 16:48, 44:84].float())  # centred without a generator
+    assert torch.equal(train.batch_images(split, torch.tensor([1])), split.images[1:])
     x, target = train.make_batch(split, torch.tensor([0, 1]), variant, crop=(32, 40),
                                  generator=torch.Generator().manual_seed(1))
-    assert torch.equal(x[:, 0], target[:, 0])
+    assert torch.equal(x[:, 0], _image_channel(target))
     with pytest.raises(ValueError, match="larger than the 64x128 images"):
         train.make_batch(split, torch.tensor([0]), variant, crop=(65, 40))
 
@@ -107,7 +114,7 @@ def test_augmentation_moves_image_and_mask_together_and_keeps_the_one_hot_planes
     assert ax.shape == x.shape and atarget.shape == target.shape
     assert torch.equal(ax[:, 1:], x[:, 1:])
     assert not torch.equal(ax[:, 0], x[:, 0])
-    agree = ((ax[:, 0] > 0.5) == (atarget[:, 0] > 0.5)).float().mean().item()
+    agree = ((ax[:, 0] > 0) == (atarget[:, 0] > 0.5)).float().mean().item()  # standardised: disc > 0
     assert agree > 0.99  # bilinear image vs nearest mask differ only along the disc edges
     assert set(atarget.unique().tolist()) <= {0.0, 1.0}
 
