@@ -203,3 +203,24 @@ def test_v1_checkpoints_of_the_old_input_scaling_are_refused(saved, tmp_path):
     torch.save(old, tmp_path / "v1.pt")
     with pytest.raises(ValueError, match="older kit that fed the network image / 255.*train again"):
         load_checkpoint(tmp_path / "v1.pt")
+
+
+def test_first_layer_statistics_barely_depend_on_which_cell_types_a_batch_mixes(samples):
+    """Batch norm trains on the statistics of 2-image batches and predicts with their running
+    average: the first conv's output variance must not swing with the batch's cell-type mix
+    (image / 255 beside 0/1 one-hot planes made it 75x larger for mixed batches)."""
+    torch.manual_seed(0)
+    first_conv = build_model(VARIANTS["hot-unet"]).encoders[0][0]
+    by_type = {}
+    for sample in samples:
+        by_type.setdefault(sample.cell_type, []).append(sample)
+
+    def conv_variance(pair):
+        images = torch.from_numpy(np.stack([s.image[:256, :256] for s in pair]))
+        with torch.no_grad():
+            return first_conv(model_input(images, [s.cell_type for s in pair], VARIANTS["hot-unet"])).var((0, 2, 3))
+
+    one_type = torch.stack([conv_variance(group[:2]) for group in by_type.values()]).mean(0)
+    for first, second in (("cort", "astro"), ("astro", "shsy5y"), ("cort", "shsy5y")):
+        mixed = conv_variance([by_type[first][0], by_type[second][0]])
+        assert (mixed / one_type).mean() < 3, (first, second)
