@@ -45,6 +45,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="variants one training kernel trains in turn (default hot-flow-unet)")
     parser.add_argument("--train-args", default="", help="extra kit.train arguments, as the kernel's KIT_TRAIN_ARGS")
     parser.add_argument("--tta", action="store_true", help="build the inference kernel with flip TTA")
+    parser.add_argument("--cell-timeout", type=int, default=CELL_TIMEOUT_S, metavar="S",
+                        help=f"seconds a notebook cell may run (default {CELL_TIMEOUT_S})")
     parser.add_argument("--work", type=Path, help="sandbox folder, emptied first (default: a temporary one)")
     return parser
 
@@ -70,7 +72,7 @@ def main(args: argparse.Namespace) -> SandboxRun:
     train_env = kernel_env(kaggle_inputs(work / "train-session", layout.root), train_working,
                            **{build_kernel.TRAIN_ARGS_ENV: args.train_args})
     started = time.perf_counter()
-    train_notebook = run_notebook(trainer / f"{trainer.name}.ipynb", train_working, train_env)
+    train_notebook = run_notebook(trainer / f"{trainer.name}.ipynb", train_working, train_env, args.cell_timeout)
     print(f"training notebook {trainer.name}: {(time.perf_counter() - started) / 60:.1f} min")
     for name in args.variants:
         row = bench_variants.variant_summary(train_working, name)
@@ -82,7 +84,7 @@ def main(args: argparse.Namespace) -> SandboxRun:
     infer_working = work / "infer-session" / "working"
     started = time.perf_counter()
     infer_notebook = run_notebook(inference / f"{inference.name}.ipynb", infer_working,
-                                  kernel_env(input_root, infer_working))
+                                  kernel_env(input_root, infer_working), args.cell_timeout)
     test_ids = sorted(data.test_image_paths(layout))
     submission.validate(infer_working / "submission.csv", test_ids)
     predicted = submission.read_submission(infer_working / "submission.csv")["predicted"]

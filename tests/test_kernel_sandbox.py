@@ -31,7 +31,8 @@ def sandbox(shared_dir, tmp_path_factory) -> tuple[bench_kernels.SandboxRun, str
     """Both notebooks run by the benchmark, and what it printed."""
     work = tmp_path_factory.mktemp("sandbox")
     args = bench_kernels.get_args_parser().parse_args(
-        ["--data", str(shared_dir), "--variants", *VARIANTS, "--train-args", TINY_TRAINING, "--work", str(work)])
+        ["--data", str(shared_dir), "--variants", *VARIANTS, "--train-args", TINY_TRAINING, "--work", str(work),
+         "--cell-timeout", "300"])
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
         run = bench_kernels.main(args)
@@ -85,4 +86,4 @@ def test_the_sandbox_refuses_an_environment_where_the_kit_is_importable(shared_d
     env = bench_kernels.kernel_env(bench_kernels.kaggle_inputs(tmp_path, shared_dir), working)
     env["PYTHONPATH"] = str(bench_variants.REPO)
     with pytest.raises(bench_kernels.NotebookFailed, match="kit is importable outside the checkout"):
-        bench_kernels.run_notebook(kernels[-1] / f"{kernels[-1].name}.ipynb", working, env)
+        bench_kernels.run_notebook(kernels[-1] / f"{kernels[-1].name}.ipynb", working, env, cell_timeout_s=300)
