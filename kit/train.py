@@ -153,6 +153,9 @@ def train(args: argparse.Namespace) -> Path:
         log(f"best epoch {best['epoch']}: score {best['val_score']:.4f}, dice {best['val_dice']:.3f}; "
             f"weights in {out / f'{variant.name}.pt'}")
     if world > 1:
+        # Tear down together: a rank that leaves while rank 0 still validates and saves can abort
+        # in the backend's teardown ("terminate called without an active exception", seen with gloo).
+        dist.barrier()
         dist.destroy_process_group()
     return out / f"{variant.name}.pt"
 
