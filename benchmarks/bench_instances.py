@@ -24,45 +24,23 @@ import time  # noqa: E402
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
-from scipy import ndimage  # noqa: E402
 
+from benchmarks.numpy_twins import numpy_masks_to_flows  # noqa: E402
 from kit import data, flows, metrics, paths, postprocess, rle  # noqa: E402
 
 cv2.setNumThreads(1)
 BLUR_SIGMA = 1.5
 
 
-def numpy_masks_to_flows(labels: np.ndarray) -> np.ndarray:
-    """The algorithm of ``flows.masks_to_flows``, one cell at a time in vectorised numpy."""
-    result = np.zeros((2, *labels.shape), np.float32)
-    for k, box in enumerate(ndimage.find_objects(labels), start=1):
-        if box is None:
-            continue
-        ys, xs = np.nonzero(labels[box] == k)
-        ly, lx = ys + 1, xs + 1
-        heat = np.zeros((labels[box].shape[0] + 2, labels[box].shape[1] + 2))
-        i = np.argmin((ys - np.median(ys)) ** 2 + (xs - np.median(xs)) ** 2)
-        for _ in range(2 * (np.ptp(ys) + np.ptp(xs))):
-            heat[ly[i], lx[i]] += 1
-            heat[ly, lx] = sum(heat[ly + dy, lx + dx] for dy in (-1, 0, 1) for dx in (-1, 0, 1)) / 9.0
-        heat[ly, lx] = np.log1p(heat[ly, lx])
-        gy = heat[ly + 1, lx] - heat[ly - 1, lx]
-        gx = heat[ly, lx + 1] - heat[ly, lx - 1]
-        norm = np.sqrt(gy ** 2 + gx ** 2) + 1e-20
-        result[0, ys + box[0].start, xs + box[1].start] = gy / norm
-        result[1, ys + box[0].start, xs + box[1].start] = gx / norm
-    return result
-
-
-def time_per_image(fn, items) -> np.ndarray:
-    """Seconds per item (after one warm-up call that compiles the kernels)."""
+def time_per_image(fn, items) -> tuple[np.ndarray, list]:
+    """(seconds per item, results) after one warm-up call that compiles the kernels."""
     fn(items[0])
-    times = []
+    times, results = [], []
     for item in items:
         t0 = time.perf_counter()
-        fn(item)
+        results.append(fn(item))
         times.append(time.perf_counter() - t0)
-    return np.array(times)
+    return np.array(times), results
 
 
 def bench_postprocess(samples, lut) -> None:
@@ -75,17 +53,21 @@ def bench_postprocess(samples, lut) -> None:
             postprocess.mask_to_labels(probs[i], samples[i].image, samples[i].cell_type, with_table))),
     ]
     true_flows = [flows.masks_to_flows(s.labels) for s in samples]
-    rows.append(("flows_to_labels + RLE", lambda i: rle.encode_labels(
-        flows.flows_to_labels(true_flows[i], samples[i].labels > 0))))
+    recovered = [None] * len(samples)  # the flow row's instances, kept for the oracle score
+
+    def follow_and_encode(i):
+        recovered[i] = flows.flows_to_labels(true_flows[i], samples[i].labels > 0)
+        return rle.encode_labels(recovered[i])
+
+    rows.append(("flows_to_labels + RLE", follow_and_encode))
     print(f"1. post-processing per image, one core, {len(samples)} images (ms: mean / median / max; "
           "mean / max per cell type)")
     types = np.array([s.cell_type for s in samples])
     for name, fn in rows:
-        t = time_per_image(fn, list(range(len(samples)))) * 1e3
+        t = time_per_image(fn, list(range(len(samples))))[0] * 1e3
         per_type = "  ".join(f"{c} {t[types == c].mean():5.1f}/{t[types == c].max():5.1f}" for c in data.CELL_TYPES)
         print(f"   {name:28s} {t.mean():6.1f} / {np.median(t):6.1f} / {t.max():6.1f}   {per_type}")
     print("   targets: mask variants <= 30 ms, flow following <= 100 ms per image")
-    recovered = [flows.flows_to_labels(f, s.labels > 0) for f, s in zip(true_flows, samples)]
     oracle = metrics.score_labels([s.annotations for s in samples], recovered)
     as_is = metrics.score_labels([s.annotations for s in samples], [s.labels for s in samples])
     print(f"   oracle: true flows followed back score {oracle.mean():.4f} (the label images themselves, "
@@ -115,9 +97,10 @@ def bench_table(fit_samples, eval_samples, repeat: int = 20) -> postprocess.Boun
     print(f"   table read (kit.postprocess.table_lookup) {table_s * 1e3:9.2f} ms")
     for name in postprocess.CLASSIFIERS:
         model = postprocess.make_classifier(name).fit(features, inside)
-        sk_s = _timed(lambda: model.predict(pixels))
+        decisions = []
+        sk_s = _timed(lambda: decisions.append(model.predict(pixels)))
         table = postprocess.classifier_table(model)
-        same = np.array_equal(postprocess.table_lookup(table, intensity, sobel), model.predict(pixels))
+        same = np.array_equal(postprocess.table_lookup(table, intensity, sobel), decisions[0])
         print(f"   sklearn {name:12s} predict            {sk_s * 1e3:9.2f} ms   table is {sk_s / table_s:8.0f}x "
               f"faster (identical decisions: {same})")
     print("   target: >= 100x")
@@ -126,11 +109,19 @@ def bench_table(fit_samples, eval_samples, repeat: int = 20) -> postprocess.Boun
 
 def bench_masks_to_flows(samples, n_numpy: int) -> None:
     labels = [s.labels for s in samples]
-    fast = time_per_image(flows.masks_to_flows, labels)
     subset = labels[:n_numpy]
-    slow_total = _timed(lambda: [numpy_masks_to_flows(l) for l in subset])
-    for l in subset[:6]:
-        np.testing.assert_allclose(flows.masks_to_flows(l), numpy_masks_to_flows(l), atol=1e-5)
+    fast_flows = {}  # kept for the images the numpy loop also runs on, to compare
+
+    def fast_flow(i):
+        flow = flows.masks_to_flows(labels[i])
+        if i < len(subset):
+            fast_flows[i] = flow
+
+    fast, _ = time_per_image(fast_flow, list(range(len(labels))))
+    slow_flows = []
+    slow_total = _timed(lambda: slow_flows.extend(numpy_masks_to_flows(l) for l in subset))
+    for i, slow_flow in enumerate(slow_flows):
+        np.testing.assert_allclose(fast_flows[i], slow_flow, atol=1e-5)
     fast_subset = fast[:n_numpy].sum()
     print(f"3. masks_to_flows over {len(labels)} images ({sum(int(l.max()) for l in labels)} cells): "
           f"{fast.sum():.2f} s ({fast.mean() * 1e3:.1f} ms/image)")

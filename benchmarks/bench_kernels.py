@@ -63,7 +63,7 @@ class SandboxRun:
 
 def main(args: argparse.Namespace) -> SandboxRun:
     """Build the kernels, run both notebooks in the sandbox and print the figures."""
-    layout = data.find_competition(args.data or paths.input_root())
+    layout = data.find_competition(args.data)
     work = Path(args.work or tempfile.mkdtemp(prefix="kit-kernels-"))
     shutil.rmtree(work, ignore_errors=True)
     trainer, *_, inference = build_kernel.build_kernels("sandbox-user", [args.variants], work / "kernels",
@@ -85,7 +85,7 @@ def main(args: argparse.Namespace) -> SandboxRun:
     started = time.perf_counter()
     infer_notebook = run_notebook(inference / f"{inference.name}.ipynb", infer_working,
                                   kernel_env(input_root, infer_working), args.cell_timeout)
-    test_ids = sorted(data.test_image_paths(layout))
+    test_ids = list(data.test_image_paths(layout))  # sorted by id
     submission.validate(infer_working / "submission.csv", test_ids)
     predicted = submission.read_submission(infer_working / "submission.csv")["predicted"]
     print(f"inference notebook {inference.name}: {time.perf_counter() - started:.0f} s for {len(test_ids)} "

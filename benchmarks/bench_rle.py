@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 
-from kit import data, paths, rle
+from kit import data, rle
 
 
 def numpy_encode_labels(labels: np.ndarray) -> list[str]:
@@ -43,7 +43,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> None:
-    layout = data.find_competition(args.data or paths.input_root())
+    layout = data.find_competition(args.data, need_test=False)
     labels = [s.labels for s in data.load_samples(layout)]
     n_cells = sum(int(l.max()) for l in labels)
     for l in labels:

@@ -45,10 +45,11 @@ def main(args: argparse.Namespace) -> None:
     device = torch.device(args.device)
     torch.backends.cudnn.benchmark = True  # both loops: fixed shapes
     layout = data.find_competition(args.data, need_test=False)
-    train_ids, _ = data.split_train_val(data.image_table(data.read_train_csv(layout.train_csv)))
+    df = data.read_train_csv(layout.train_csv)
+    train_ids, _ = data.split_train_val(data.image_table(df))
     ids = train_ids[: args.images]
     variant = VARIANTS[args.variant]
-    split = train.load_split(layout, ids, variant, device)
+    split = train.load_split(layout, ids, variant, device, df=df)
     shape = "x".join(map(str, args.crop or split.images.shape[-2:]))
     print(f"{variant.name}, {len(ids)} images at {shape}, {args.steps} timed steps after {args.warmup}, "
           f"on {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}")

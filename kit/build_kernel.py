@@ -67,11 +67,11 @@ def build_kernels(user: str, groups: Sequence[Sequence[str]], out: str | os.Path
     DDP where the session has several GPUs (Kaggle's T4 x2), else on one.
     """
     user = check_username(user)
-    time_limit_s = parse_time_limit(variants.DEFAULT_TIME_LIMIT) if time_limit_s is None else time_limit_s
+    if time_limit_s is None:
+        time_limit_s = variants.parse_time_limit(variants.DEFAULT_TIME_LIMIT)
+    _check_session_seconds(time_limit_s, f"{time_limit_s} s")
     if machine_shape not in MACHINE_SHAPES:
         raise ValueError(f"unknown machine shape {machine_shape!r}; valid: {', '.join(MACHINE_SHAPES)}")
-    if not 0 < time_limit_s <= MAX_SESSION_SECONDS:
-        raise ValueError(f"time limit must be within (0, 12:00] (a Kaggle session's maximum), got {time_limit_s} s")
     sources = kit_sources()
     trainers = [training_kernel(group) for group in groups]
     slugs = [k.slug for k in trainers]
@@ -148,10 +148,7 @@ def parse_variant_groups(tokens: Iterable[str]) -> list[tuple[str, ...]]:
 
 def parse_time_limit(text: str) -> int:
     """``"H:MM"`` -> seconds; at most 12:00, a Kaggle session's maximum."""
-    seconds = variants.parse_time_limit(text)
-    if not 0 < seconds <= MAX_SESSION_SECONDS:
-        raise ValueError(f"time limit {text} must be more than 0:00 and at most 12:00 (Kaggle's session limit)")
-    return seconds
+    return _check_session_seconds(variants.parse_time_limit(text), text)
 
 
 def training_kernel(group: Sequence[str]) -> Kernel:
@@ -222,7 +219,8 @@ def training_notebook(kernel: Kernel, sources: dict[str, str], time_limit_s: int
                 f"TIME_LIMIT_SECONDS = {time_limit_s}  # the whole run, shared by the variants\n"
                 f"SAVE_MARGIN_SECONDS = {SAVE_MARGIN_SECONDS}\n"
                 f"USE_ALL_GPUS = {use_all_gpus}  # False: train on one GPU even where there are two\n")
-    return _notebook([_markdown(intro), *_kit_cells(sources), _code(settings + _TRAIN_CELL)])
+    cell = _TRAIN_CELL.replace("__TRAIN_ENV__", TRAIN_ARGS_ENV)
+    return _notebook([_markdown(intro), *_kit_cells(sources), _code(settings + cell)])
 
 
 def inference_notebook(kernel: Kernel, sources: dict[str, str], kernel_refs: Sequence[str],
@@ -237,7 +235,8 @@ def inference_notebook(kernel: Kernel, sources: dict[str, str], kernel_refs: Seq
     settings = (f"WEIGHT_FILES = {weight_names!r}\n"
                 f"WEIGHT_KERNELS = {list(kernel_refs)!r}  # attached as kernel_sources\n"
                 f"INFER_OPTIONS = {['--tta'] if tta else []!r}\n")
-    return _notebook([_markdown(intro), *_kit_cells(sources), _code(settings + _INFER_CELL)])
+    cell = _INFER_CELL.replace("__INFER_ENV__", INFER_ARGS_ENV)
+    return _notebook([_markdown(intro), *_kit_cells(sources), _code(settings + cell)])
 
 
 def inference_variants(groups: Sequence[Sequence[str]], infer: Sequence[str] | None = None) -> list[str]:
@@ -465,7 +464,6 @@ def _notebook(cells: list[dict]) -> dict:
 
 
 def _code(text: str) -> dict:
-    text = text.replace("__TRAIN_ENV__", TRAIN_ARGS_ENV).replace("__INFER_ENV__", INFER_ARGS_ENV)
     return {"cell_type": "code", "execution_count": None, "metadata": {}, "outputs": [],
             "source": text.splitlines(keepends=True)}
 
@@ -493,6 +491,13 @@ def _refuse_private(text: str, where: Path) -> None:
     for private in {str(Path.home()), checkout}:
         if private != "/" and re.search(re.escape(private) + r"(?![A-Za-z0-9_.-])", text):
             raise ValueError(f"{where} would contain the local path {private}; remove it from the kit's source")
+
+
+def _check_session_seconds(seconds: int, shown: str) -> int:
+    """``seconds``, if a Kaggle session can run that long; ``shown`` is how the caller wrote it."""
+    if not 0 < seconds <= MAX_SESSION_SECONDS:
+        raise ValueError(f"time limit {shown} must be more than 0:00 and at most 12:00 (Kaggle's session limit)")
+    return seconds
 
 
 def _kaggle_json_candidates() -> list[Path]:

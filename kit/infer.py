@@ -18,6 +18,7 @@ images of the same data folder at start-up. Its 5-fold accuracy on the 120 share
 from __future__ import annotations
 
 import argparse
+import functools
 import time
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -144,12 +145,20 @@ def image_features(image: np.ndarray) -> np.ndarray:
     pixels = image.astype(np.float32)
     pixels = (pixels - pixels.mean()) / (pixels.std() + 1e-6)
     power = np.abs(np.fft.rfft2(pixels)) ** 2
-    radius = np.hypot(np.fft.fftfreq(image.shape[0])[:, None], np.fft.rfftfreq(image.shape[1])[None, :])
-    band = np.digitize(radius, _SPECTRUM_BANDS).ravel()
-    n_bands = len(_SPECTRUM_BANDS) + 1
-    totals = np.bincount(band, weights=power.ravel(), minlength=n_bands)[1:-1]
-    counts = np.maximum(np.bincount(band, minlength=n_bands)[1:-1], 1)
+    band, counts = _spectrum_bands(image.shape)
+    totals = np.bincount(band, weights=power.ravel(), minlength=len(_SPECTRUM_BANDS) + 1)[1:-1]
     return np.concatenate([np.log(totals / counts + 1e-12), np.percentile(image, [1, 50, 99])])
+
+
+@functools.lru_cache(maxsize=4)
+def _spectrum_bands(shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """(band index of every rfft2 coefficient, coefficients per inner band) of an image ``shape``:
+    the same for every image of one size, so computed once."""
+    radius = np.hypot(np.fft.fftfreq(shape[0])[:, None], np.fft.rfftfreq(shape[1])[None, :])
+    band = np.digitize(radius, _SPECTRUM_BANDS).ravel()
+    counts = np.maximum(np.bincount(band, minlength=len(_SPECTRUM_BANDS) + 1)[1:-1], 1)
+    band.flags.writeable = counts.flags.writeable = False
+    return band, counts
 
 
 def load_ensemble(weights: Sequence[str | Path], device: torch.device) -> list[tuple[torch.nn.Module, Variant, Path]]:
@@ -205,8 +214,8 @@ def predict(ensemble, images: np.ndarray, cell_types: Sequence[str], device: tor
             if flow is not None:
                 flow_sum = flow if flow_sum is None else flow_sum + flow
     n = len(ensemble) * len(flips)
-    prob = (prob_sum / n).cpu().numpy().astype(np.float32)
-    return prob, None if flow_sum is None else (flow_sum / n).cpu().numpy().astype(np.float32)
+    prob = (prob_sum / n).cpu().numpy()  # float32: decode_output returns float
+    return prob, None if flow_sum is None else (flow_sum / n).cpu().numpy()
 
 
 def report_score(train_df: pd.DataFrame, submission_path: Path, cell_types: Mapping[str, str]) -> metrics.ScoreReport:
@@ -232,7 +241,7 @@ def _forward(model: torch.nn.Module, variant: Variant, x: torch.Tensor, dims: tu
         return prob, flow
     prob = torch.flip(prob, dims)
     if flow is not None:
-        flow = torch.flip(flow, dims).clone()
+        flow = torch.flip(flow, dims)  # a new tensor: negating in place is safe
         for dim in dims:
             flow[:, 0 if dim == -2 else 1] *= -1
     return prob, flow

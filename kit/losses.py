@@ -25,7 +25,9 @@ def mask_loss(logits: torch.Tensor, target: torch.Tensor, pos_weight: float = 1.
     ``logits``, ``target``: float[B, 1, H, W] (target in {0, 1}). Returns a float32 scalar.
     """
     _check_shapes(logits, target, 1)
-    weight = torch.tensor(pos_weight, dtype=torch.float32, device=logits.device)
+    # torch.full fills on the device; torch.tensor would copy from pageable host memory at every
+    # step, which can hold the host until the device catches up.
+    weight = torch.full((), pos_weight, dtype=torch.float32, device=logits.device)
     return F.binary_cross_entropy_with_logits(logits.float(), target.float(), pos_weight=weight)
 
 

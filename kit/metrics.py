@@ -121,7 +121,7 @@ def score_labels(truth: Sequence[Sequence[str]], predictions: Sequence[np.ndarra
     scores = np.empty(len(truth))
     for i, (rles, labels) in enumerate(zip(truth, predictions)):
         labels = _check_labels(labels, f"score_labels: prediction {i}")
-        true_runs = rle.decode_many([r for r in rles if _is_cell(r)], labels.shape)
+        true_runs = rle.decode_many([r for r in rles if rle.holds_mask(r)], labels.shape)
         overlaps = label_overlaps(true_runs, labels)
         tp = true_positives(overlaps)
         scores[i] = precisions_at(tp, len(overlaps.true_area), len(overlaps.pred_area)).mean()
@@ -154,8 +154,8 @@ def run_overlaps(true_runs: RunTable, pred_runs: RunTable) -> Overlaps:
     """
     for name, table in (("true", true_runs), ("pred", pred_runs)):
         _check_run_table(table, name)
-    t_owner = _owners(true_runs.offsets)
-    p_owner = _owners(pred_runs.offsets)
+    t_owner = true_runs.owners()
+    p_owner = pred_runs.owners()
     # numpy's stable sort exploits the ascending runs within each cell (faster than numba's argsort)
     t_order = np.argsort(true_runs.starts, kind="stable")
     p_order = np.argsort(pred_runs.starts, kind="stable")
@@ -204,8 +204,11 @@ def true_positives(overlaps: Overlaps) -> np.ndarray:
     return tp
 
 
-def precisions_at(tp: np.ndarray, n_true: int, n_pred: int) -> np.ndarray:
-    """float64[10]: TP / (TP + FP + FN) per threshold; 1 where the image has no true and no predicted cell."""
+def precisions_at(tp: np.ndarray, n_true, n_pred) -> np.ndarray:
+    """float64[10]: TP / (TP + FP + FN) per threshold; 1 where the image has no true and no predicted cell.
+
+    Broadcasts: ``tp`` int[n, 10] with ``n_true``, ``n_pred`` int[n, 1] gives float64[n, 10].
+    """
     tp = np.asarray(tp, dtype=np.int64)
     denominator = n_true + n_pred - tp  # TP + FP + FN with FP = n_pred - TP, FN = n_true - TP
     return np.where(denominator > 0, tp / np.maximum(denominator, 1), 1.0)
@@ -233,14 +236,14 @@ def _evaluate(solution: pd.DataFrame, submission: pd.DataFrame, shape: tuple[int
         overlaps = run_overlaps(true_groups(i), pred_groups(i))
         tp[i] = true_positives(overlaps)
         counts[i] = len(overlaps.true_area), len(overlaps.pred_area)
-    precisions = np.stack([precisions_at(tp[i], *counts[i]) for i in range(len(ids))]) if len(ids) else tp * 0.0
+    precisions = precisions_at(tp, counts[:, :1], counts[:, 1:])  # every image at once
     return ids.tolist(), precisions, tp, counts
 
 
 def _grouped_runs(row_ids: np.ndarray, column: pd.Series, ids: np.ndarray, shape, what: str):
     """Parse every non-empty RLE of a frame at once; return ``image index -> RunTable`` of that image."""
     texts = column.to_numpy(dtype=object)
-    keep = np.array([_is_cell(t) for t in texts], dtype=bool)
+    keep = np.array([rle.holds_mask(t) for t in texts], dtype=bool)
     rows = np.flatnonzero(keep)
     order = rows[np.argsort(row_ids[rows], kind="stable")]
     try:
@@ -257,11 +260,6 @@ def _grouped_runs(row_ids: np.ndarray, column: pd.Series, ids: np.ndarray, shape
         return RunTable(table.starts[a:b], table.lengths[a:b], offsets - a)
 
     return image_runs
-
-
-def _is_cell(text) -> bool:
-    """An annotation / prediction cell holds a mask unless it is empty, blank or missing (NaN)."""
-    return isinstance(text, str) and text.strip() != ""
 
 
 def _require_columns(frame: pd.DataFrame, columns: Sequence[str], what: str) -> None:
@@ -290,11 +288,6 @@ def _check_labels(labels: np.ndarray, what: str) -> np.ndarray:
     if labels.size and labels.min() < 0:
         raise ValueError(f"{what}: labels must be >= 0 (0 is background), found {labels.min()}")
     return np.ascontiguousarray(labels)
-
-
-def _owners(offsets: np.ndarray) -> np.ndarray:
-    """int64[n_runs]: the row (cell) each run belongs to."""
-    return np.repeat(np.arange(len(offsets) - 1, dtype=np.int64), np.diff(offsets))
 
 
 def _compact_labels(flat: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

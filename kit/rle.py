@@ -50,7 +50,16 @@ class RunTable:
 
     def areas(self) -> np.ndarray:
         """int64[n_rows]: pixel count of every row."""
-        return np.add.reduceat(np.append(self.lengths, 0), self.offsets[:-1]) * (np.diff(self.offsets) > 0)
+        return np.diff(np.concatenate(([0], np.cumsum(self.lengths, dtype=np.int64)))[self.offsets])
+
+    def owners(self) -> np.ndarray:
+        """int64[n_runs]: the row each run belongs to."""
+        return np.repeat(np.arange(len(self), dtype=np.int64), np.diff(self.offsets))
+
+
+def holds_mask(text) -> bool:
+    """Whether a CSV cell holds an RLE: not when it is empty, blank or missing (NaN)."""
+    return isinstance(text, str) and text.strip() != ""
 
 
 def encode(mask: np.ndarray) -> str:

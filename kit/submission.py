@@ -65,7 +65,7 @@ def validate(submission: str | os.PathLike | pd.DataFrame, expected_ids: Iterabl
     if missing:
         raise SubmissionError(f"{_origin(submission)}: {len(missing)} expected image(s) missing, e.g. "
                               f"{missing[:5]}; add a row `<id>,` for an image without cells")
-    rows = np.flatnonzero([isinstance(t, str) and t.strip() != "" for t in texts])
+    rows = np.flatnonzero([rle.holds_mask(t) for t in texts])
     try:
         table = rle.decode_many(texts[rows].tolist(), shape)
     except rle.RLEError as err:
@@ -122,7 +122,7 @@ def _check_overlaps(ids: np.ndarray, rows: np.ndarray, table: rle.RunTable, wher
     (If consecutive runs are disjoint, then end_k <= start_k+1 < end_k+1 <= start_k+2 ..., so all are.)
     """
     image_code = pd.factorize(ids[rows])[0] if len(rows) else np.zeros(0, np.int64)
-    run_row = np.repeat(np.arange(len(rows)), np.diff(table.offsets))  # index into `rows`
+    run_row = table.owners()  # index into `rows`
     run_image = image_code[run_row]
     order = np.lexsort((table.starts, run_image))
     starts, ends = table.starts[order], (table.starts + table.lengths)[order]

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import functools
 import hashlib
 import io
 import math
@@ -262,9 +263,9 @@ def evaluate(model: nn.Module, split: TrainData, variant: Variant, criterion: nn
         prob, flow = models.decode_output(output, variant)
         prob, flow = prob.cpu().numpy(), None if flow is None else flow.cpu().numpy()
         images = batch_images(split, index, crop).cpu().numpy()
+        true_masks = (target[:, -1] > 0.5).cpu().numpy()  # one device-to-host copy per batch
         for k, i in enumerate(index.tolist()):
-            true_mask = target[k, -1].cpu().numpy() > 0.5
-            pixel.append(metrics.pixel_metrics(true_mask, prob[k] > 0.5))
+            pixel.append(metrics.pixel_metrics(true_masks[k], prob[k] > 0.5))
             labels.append(predict_instances(prob[k], None if flow is None else flow[k], images[k],
                                             split.cell_types[i], variant))
             truth.append(split.annotations[i] if crop is None else _crop_annotations(split.annotations[i], crop))
@@ -314,7 +315,7 @@ def flow_target(sample: data.Sample, cache_dir: Path | None = None) -> np.ndarra
     if cache_dir is None:
         return flows.masks_to_flows(sample.labels).astype(np.float16)
     digest = hashlib.sha1(np.ascontiguousarray(sample.labels).tobytes())
-    digest.update(Path(flows.__file__).read_bytes())
+    digest.update(_flows_source())
     path = Path(cache_dir) / f"{sample.id}-{digest.hexdigest()[:16]}.npy"
     if path.is_file():
         return np.load(path)
@@ -322,6 +323,12 @@ def flow_target(sample: data.Sample, cache_dir: Path | None = None) -> np.ndarra
     with atomic_output(path) as tmp, open(tmp, "wb") as handle:
         np.save(handle, flow)
     return flow
+
+
+@functools.cache
+def _flows_source() -> bytes:
+    """``kit.flows``' source, read once per process (it is part of every flow-cache digest)."""
+    return Path(flows.__file__).read_bytes()
 
 
 def _setup_distributed(device_name: str | None) -> tuple[int, int, torch.device]:

@@ -53,8 +53,7 @@ def main(args: argparse.Namespace) -> metrics.ScoreReport:
     except (FileNotFoundError, ValueError) as err:  # SubmissionError is a ValueError
         raise SystemExit(f"kit.validate: error: {err}") from None
     scored, unscored = _split_ids(submission, train, args.submission, layout.train_csv)
-    report = metrics.score_report(train[train["id"].isin(scored)], submission[submission["id"].isin(scored)],
-                                  cell_types=dict(zip(train["id"], train["cell_type"])))
+    report = metrics.score_report(train[train["id"].isin(scored)], submission[submission["id"].isin(scored)])
     out_dir = args.overlay_dir or args.submission.parent / "overlays"
     scores_csv = write_text_atomic(out_dir / "scores.csv", report.per_image.to_csv(index=False, float_format="%.6f"))
     print(_summary(report, args.submission, layout.train_csv, unscored, scores_csv))
@@ -106,7 +105,7 @@ def _write_overlay(row, layout: data.CompetitionLayout, train: pd.DataFrame, sub
     canvas = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
     truth = train.loc[train["id"] == row.id, "annotation"].tolist()
     # A blank `predicted` (an image without cells) is no mask; validate() lets "id, " through too.
-    predicted = [p for p in submission.loc[submission["id"] == row.id, "predicted"] if p.strip()]
+    predicted = [p for p in submission.loc[submission["id"] == row.id, "predicted"] if rle.holds_mask(p)]
     _draw_outlines(canvas, truth, TRUTH_COLOUR, thickness=2)  # wider: still visible under a matching prediction
     _draw_outlines(canvas, predicted, PRED_COLOUR, thickness=1)
     title = np.zeros((_TITLE_HEIGHT, canvas.shape[1], 3), np.uint8)
@@ -123,16 +122,10 @@ def _write_overlay(row, layout: data.CompetitionLayout, train: pd.DataFrame, sub
 
 def _draw_outlines(canvas: np.ndarray, rles: list[str], colour: tuple[int, int, int], thickness: int) -> None:
     """Outline each mask on its own, so overlapping annotations keep their full outlines."""
-    table = rle.decode_many(rles, canvas.shape[:2])
-    flat = np.zeros(canvas.shape[0] * canvas.shape[1], np.uint8)
-    mask = flat.reshape(canvas.shape[:2])
-    for k in range(len(table)):
-        starts, lengths = table.row(k)
-        pixels = np.concatenate([np.arange(s, s + n) for s, n in zip(starts, lengths)])
-        flat[pixels] = 1
+    for text in rles:
+        mask = rle.decode(text, canvas.shape[:2]).view(np.uint8)
         contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
         cv2.drawContours(canvas, contours, -1, colour, thickness)
-        flat[pixels] = 0
 
 
 if __name__ == "__main__":

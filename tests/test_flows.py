@@ -5,31 +5,11 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from benchmarks.numpy_twins import numpy_masks_to_flows
 from kit import data, flows, metrics
 
 
 # ---------------------------------------------------------------- plain-numpy twins of the kernels
-
-def numpy_masks_to_flows(labels: np.ndarray, diffusion: float = 1.0) -> np.ndarray:
-    """Cellpose-style flows, one cell at a time with vectorised numpy (Jacobi via fancy indexing);
-    ``diffusion`` scales the number of Jacobi steps."""
-    result = np.zeros((2, *labels.shape), np.float32)
-    for k in np.unique(labels[labels > 0]):
-        ys, xs = np.nonzero(labels == k)
-        y0, x0 = ys.min(), xs.min()
-        ly, lx = ys - y0 + 1, xs - x0 + 1
-        heat = np.zeros((ly.max() + 2, lx.max() + 2))
-        i = np.argmin((ys - np.median(ys)) ** 2 + (xs - np.median(xs)) ** 2)
-        for _ in range(int(diffusion * 2 * (np.ptp(ys) + np.ptp(xs)))):
-            heat[ly[i], lx[i]] += 1
-            heat[ly, lx] = sum(heat[ly + dy, lx + dx] for dy in (-1, 0, 1) for dx in (-1, 0, 1)) / 9.0
-        heat[ly, lx] = np.log1p(heat[ly, lx])
-        gy = heat[ly + 1, lx] - heat[ly - 1, lx]
-        gx = heat[ly, lx + 1] - heat[ly, lx - 1]
-        norm = np.sqrt(gy ** 2 + gx ** 2) + 1e-20
-        result[0, ys, xs], result[1, ys, xs] = gy / norm, gx / norm
-    return result
-
 
 def numpy_diffuse(cell: np.ndarray, cy: int, cx: int, n_iter: int) -> np.ndarray:
     """Heat after n_iter Jacobi steps on every pixel of ``cell`` (bool, zero border), in the
