@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from kit import data, models, train
+from kit import batches, data, models, train
 from kit.losses import build_loss
 from kit.variants import VARIANTS, Variant
 
@@ -34,7 +34,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, nargs="+", default=[2, 8], help="trainer batch size(s)")
     parser.add_argument("--naive-batch-size", type=int, default=2)
     parser.add_argument("--workers", type=int, default=2, help="DataLoader processes of the naive loop")
-    parser.add_argument("--crop", type=train._crop_size, metavar="HxW", help="random crops (CPU runs)")
+    parser.add_argument("--crop", type=batches.crop_size, metavar="HxW", help="random crops (CPU runs)")
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto")
     parser.add_argument("--compile", action="store_true", help="also torch.compile the trainer's model")
@@ -49,7 +49,7 @@ def main(args: argparse.Namespace) -> None:
     train_ids, _ = data.split_train_val(data.image_table(df))
     ids = train_ids[: args.images]
     variant = VARIANTS[args.variant]
-    split = train.load_split(layout, ids, variant, device, df=df)
+    split = batches.load_split(layout, ids, variant, device, df=df)
     shape = "x".join(map(str, args.crop or split.images.shape[-2:]))
     print(f"{variant.name}, {len(ids)} images at {shape}, {args.steps} timed steps after {args.warmup}, "
           f"on {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}")
@@ -65,7 +65,7 @@ def main(args: argparse.Namespace) -> None:
               f"images on the device: {fast:8.2f} img/s{_peak_memory(device)}  = {fast / naive:.2f}x naive")
 
 
-def trainer_throughput(split: train.TrainData, variant: Variant, device: torch.device,
+def trainer_throughput(split: batches.TrainData, variant: Variant, device: torch.device,
                        args: argparse.Namespace) -> float:
     """Images/s of ``kit.train.train_epoch`` as the trainer runs it."""
     torch.manual_seed(0)
@@ -87,7 +87,7 @@ def trainer_throughput(split: train.TrainData, variant: Variant, device: torch.d
     return run(args.steps)
 
 
-def naive_throughput(layout: data.CompetitionLayout, split: train.TrainData, variant: Variant,
+def naive_throughput(layout: data.CompetitionLayout, split: batches.TrainData, variant: Variant,
                      device: torch.device, args: argparse.Namespace) -> float:
     """Images/s of a plain loop: PNG decoding in a DataLoader every step, fp32, NCHW."""
     torch.manual_seed(0)
@@ -121,7 +121,7 @@ def naive_throughput(layout: data.CompetitionLayout, split: train.TrainData, var
 class _PngDataset(Dataset):
     """Decodes the PNG at every access; targets as the trainer builds them, held on the host."""
 
-    def __init__(self, layout: data.CompetitionLayout, split: train.TrainData, variant: Variant,
+    def __init__(self, layout: data.CompetitionLayout, split: batches.TrainData, variant: Variant,
                  crop: tuple[int, int] | None):
         self.paths = [layout.train_dir / f"{image_id}.png" for image_id in split.ids]
         self.cell_types, self.variant, self.crop = split.cell_types, variant, crop

@@ -138,6 +138,22 @@ def split_train_val(images: pd.DataFrame, val_fraction: float = 0.2,
     return sorted(train), sorted(val)
 
 
+def cell_diameters(df: pd.DataFrame, ids: Iterable[str] | None = None) -> dict[str, float]:
+    """``{cell type: median cell diameter in pixels}`` over the annotations of ``ids`` (all when None).
+
+    A cell's diameter is that of the disc of its area, 2 sqrt(area / pi), its area the sum of its
+    run lengths (the annotation as drawn, overlaps included). On the 305-image slice: astro 29.9,
+    cort 16.2, shsy5y 15.7.
+    """
+    rows = df if ids is None else df[df["id"].isin(set(ids))]
+    if rows.empty:
+        raise ValueError("cell_diameters: no annotations for the given images")
+    areas = rows["annotation"].map(lambda text: sum(int(n) for n in text.split()[1::2]))
+    diameters = 2.0 * np.sqrt(areas.to_numpy(np.float64) / np.pi)
+    by_type = pd.Series(diameters, index=rows["cell_type"].to_numpy()).groupby(level=0).median()
+    return {str(cell_type): float(value) for cell_type, value in by_type.items()}
+
+
 def load_samples(layout: CompetitionLayout, ids: Iterable[str] | None = None,
                  df: pd.DataFrame | None = None) -> list[Sample]:
     """Annotated training images (all, or ``ids`` in that order) with their label images."""

@@ -2,7 +2,8 @@
 
 A checkpoint is a plain dict (tensors, numbers, strings, lists, dicts) so that
 ``torch.load(path, weights_only=True)`` reads it: ``format``, ``variant`` (``Variant.to_dict()``),
-``model`` (state dict), ``epoch``, ``best_score``, ``history`` (the per-epoch metrics rows); a
+``model`` (state dict), ``epoch``, ``best_score``, ``history`` (the per-epoch metrics rows), ``inference``
+(per-type scales and tuned post-processing settings, possibly empty); a
 resumable checkpoint adds ``optimizer``, ``scheduler`` and ``scaler`` states. No random state is
 saved: the trainer seeds batch order, crops and augmentation per epoch (only dropout masks differ
 after a resume).
@@ -29,7 +30,7 @@ ENCODER_WIDTHS = (32, 64, 128, 256)
 BOTTLENECK_WIDTH = 512
 SIZE_MULTIPLE = 2 ** len(ENCODER_WIDTHS)  # four 2x poolings: H and W are padded to a multiple of 16
 # Settings that change the network or what it computes; schedule settings may differ on resume.
-ARCHITECTURE_SETTINGS = ("in_channels", "out_channels", "target", "dropout", "flow_scale")
+ARCHITECTURE_SETTINGS = ("in_channels", "out_channels", "target", "dropout", "flow_scale", "cell_diameter")
 
 
 class UNet(nn.Module):
@@ -135,11 +136,13 @@ def gpu_autocast_dtype(device: torch.device) -> torch.dtype | None:
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, variant: Variant, *,
                     optimizer: torch.optim.Optimizer | None = None, scheduler: Any = None,
                     scaler: torch.amp.GradScaler | None = None, epoch: int = 0,
-                    best_score: float = float("nan"), history: Sequence[Mapping[str, Any]] = ()) -> None:
+                    best_score: float = float("nan"), history: Sequence[Mapping[str, Any]] = (),
+                    inference: Mapping[str, Any] | None = None) -> None:
     """Write a checkpoint atomically (a reader never sees half a file).
 
     With only ``model`` and ``variant`` it is a weights file (what ``kit.infer`` needs); pass the
-    optimizer, scheduler and scaler to make it resumable.
+    optimizer, scheduler and scaler to make it resumable. ``inference``: what inference needs
+    beyond the variant (per-type scales, tuned flow-following settings; see ``inference_settings``).
     """
     checkpoint: dict[str, Any] = {
         "format": CHECKPOINT_FORMAT,
@@ -148,6 +151,7 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, variant: Variant,
         "epoch": int(epoch),
         "best_score": float(best_score),
         "history": [dict(row) for row in history],
+        "inference": dict(inference or {}),
     }
     optional = {"optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}
     checkpoint.update({key: part.state_dict() for key, part in optional.items() if part is not None})

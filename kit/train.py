@@ -17,53 +17,28 @@ import argparse
 import contextlib
 import csv
 import functools
-import hashlib
 import io
 import math
 import os
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import pandas as pd
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 
-from kit import data, flows, metrics, models, paths, postprocess, rle
+from kit import data, metrics, models, paths, postprocess
+from kit.batches import TrainData, batch_images, crop_size, load_split, make_batch, type_scales
 from kit.files import atomic_output, write_text_atomic
 from kit.losses import build_loss
-from kit.variants import (DEFAULT_TIME_LIMIT, VARIANTS, Variant, describe_variants, get_variant,
-                          parse_time_limit)
+from kit.variants import (DEFAULT_TIME_LIMIT, OPTIMIZERS, SCHEDULES, VARIANTS, Variant, describe_variants,
+                          get_variant, parse_time_limit)
 
-# Augmentation ranges (hot-drop-unet); the paper names "random affine" without its ranges.
-MAX_ROTATION_DEG = 20.0
-SCALE_RANGE = (0.9, 1.1)
-MAX_TRANSLATE = 0.05  # fraction of the image side
 METRIC_COLUMNS = ("epoch", "train_loss", "val_loss", "val_dice", "val_iou", "val_accuracy", "val_score",
                   "lr", "images_per_s", "epoch_s", "elapsed_s")
-
-
-@dataclass
-class TrainData:
-    """Images and targets of one split, decoded once and kept on the training device.
-
-    ``images``: uint8[N, H, W]; ``targets``: uint8[N, 1, H, W] union masks, or float16[N, 3, H, W]
-    (dy, dx, cell mask) for the flow target; ``annotations``: each image's original RLEs.
-    """
-
-    ids: list[str]
-    cell_types: list[str]
-    images: torch.Tensor
-    targets: torch.Tensor
-    annotations: list[list[str]]
-
-    def __len__(self) -> int:
-        return len(self.ids)
 
 
 @dataclass
@@ -82,6 +57,10 @@ class _TrainingState:
     amp_dtype: torch.dtype | None
     criterion: nn.Module
     history: list[dict]
+    crop: tuple[int, int] | None  # training and validation crop (None: whole images)
+    inference: dict  # settings kit.infer needs beyond the variant (the per-type scales), saved in checkpoints
+    step_lr_per_batch: bool  # the cosine schedule moves at every step, the step schedule every epoch
+    clock: dict  # the cosine schedule's clock: origin, reserve (s kept for validating and saving), out_of_time
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -93,12 +72,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--epochs", type=int, help="epochs in all (default: the variant's, 50)")
     parser.add_argument("--batch-size", type=int, help="images per step (per GPU under torchrun; default 2)")
     parser.add_argument("--lr", type=float, help="initial learning rate (default: the variant's, 0.01)")
-    parser.add_argument("--optimizer", choices=("sgd", "adam"), help="default: the variant's (sgd, momentum 0.9)")
+    parser.add_argument("--optimizer", choices=OPTIMIZERS, help="default: the variant's (sgd, momentum 0.9)")
+    parser.add_argument("--schedule", choices=SCHEDULES, help="default: the variant's (step: x0.5 every 10 epochs)")
     parser.add_argument("--max-images", type=int,
                         help="smoke runs: the first N training images and N/4 validation images")
     parser.add_argument("--val-fraction", type=float, default=0.2, help="stratified validation share (default 0.2)")
-    parser.add_argument("--crop", type=_crop_size, metavar="HxW",
-                        help="train on random HxW crops and validate on centre crops (smoke runs)")
+    parser.add_argument("--crop", type=crop_size, metavar="HxW",
+                        help="train on random HxW crops and validate on centre crops (default: the variant's "
+                             "crop_size, else whole images)")
     parser.add_argument("--time-limit", type=parse_time_limit, default=DEFAULT_TIME_LIMIT, metavar="H:MM",
                         help=f"stop before an epoch that would end past this (default {DEFAULT_TIME_LIMIT})")
     parser.add_argument("--device", choices=("cuda", "cpu"), help="default: cuda when available")
@@ -126,8 +107,9 @@ def train(args: argparse.Namespace) -> Path:
     rank, world, device = _setup_distributed(args.device)
     variant = _effective_variant(args)
     out = Path(args.out) if args.out is not None else paths.working_dir()
-    train_data, val_data = _load_splits(args, variant, device, out / "cache", rank)
-    state = _training_state(args, variant, device, world, out)
+    crop = _effective_crop(args.crop, variant)
+    train_data, val_data, inference = _load_splits(args, variant, device, out / "cache", rank)
+    state = _training_state(args, variant, device, world, out, crop, inference, started, len(train_data))
     log = print if rank == 0 else (lambda *a, **k: None)
     done = len(state.history)
     if done >= variant.epochs:
@@ -149,6 +131,10 @@ def train(args: argparse.Namespace) -> Path:
         epoch_seconds.append(time.monotonic() - epoch_start)
         if row is not None:
             log(_progress_line(row, variant.epochs, epoch_seconds))
+        if state.clock["out_of_time"]:
+            log(f"stopped within epoch {epoch}: the cosine schedule reached the end of the time limit "
+                f"{_clock(args.time_limit)}; best weights in {out / f'{variant.name}.pt'}")
+            break
     if state.history:
         best = max(state.history, key=_quality)
         log(f"best epoch {best['epoch']}: score {best['val_score']:.4f}, dice {best['val_dice']:.3f}; "
@@ -164,10 +150,12 @@ def train(args: argparse.Namespace) -> Path:
 def train_epoch(model: nn.Module, train_data: TrainData, order: torch.Tensor, variant: Variant,
                 criterion: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
                 amp_dtype: torch.dtype | None, generator: torch.Generator | None = None,
-                crop: tuple[int, int] | None = None) -> tuple[float, float]:
+                crop: tuple[int, int] | None = None, after_step=None) -> tuple[float, float]:
     """One pass over the images ``order`` (int64[n] indices) in batches of ``variant.batch_size``.
 
-    ``generator`` draws the crops and augmentation. Returns (mean loss, this process' images/s).
+    ``generator`` draws the crops and augmentation; ``after_step`` (no arguments), if given, runs
+    after every optimiser step (a per-step lr schedule) and ends the pass early when it returns
+    True (the time budget is spent). Returns (mean loss, this process' images/s).
     """
     model.train()
     batches = order.split(variant.batch_size)
@@ -178,6 +166,8 @@ def train_epoch(model: nn.Module, train_data: TrainData, order: torch.Tensor, va
         loss = train_step(model, x, target, criterion, optimizer, scaler, amp_dtype)
         total += loss * len(index)
         count += len(index)
+        if after_step is not None and after_step():
+            break
     mean_loss = total.item() / max(count, 1)  # no per-step .item(): the device runs ahead of the host
     return mean_loss, count / (time.perf_counter() - start)
 
@@ -195,66 +185,18 @@ def train_step(model: nn.Module, x: torch.Tensor, target: torch.Tensor, criterio
     return loss.detach()
 
 
-def make_batch(split: TrainData, index: torch.Tensor, variant: Variant, crop: tuple[int, int] | None = None,
-               generator: torch.Generator | None = None, augment: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """(network input float[B, C, h, w], target float[B, out_channels, h, w]) on the data's device.
-
-    ``crop``: random crops (with ``generator``), or centre crops when ``generator`` is None.
-    """
-    images, targets = batch_images(split, index, crop, generator, with_targets=True)
-    x = models.model_input(images, [split.cell_types[i] for i in index.tolist()], variant)
-    target = targets.float()
-    if augment:
-        x, target = augment_batch(x, target, generator)
-    if x.is_cuda:
-        x = x.contiguous(memory_format=torch.channels_last)
-    return x, target
-
-
-def batch_images(split: TrainData, index: torch.Tensor, crop: tuple[int, int] | None = None,
-                 generator: torch.Generator | None = None, with_targets: bool = False):
-    """The uint8[B, H, W] images of ``index`` (and their targets if ``with_targets``), cropped as
-    ``make_batch`` crops them: random with ``generator``, centred without."""
-    on_device = index.to(split.images.device)
-    images, targets = split.images[on_device], split.targets[on_device] if with_targets else None
-    if crop is not None:
-        tops, lefts = _crop_offsets(images.shape[-2:], crop, len(index), generator)
-        images = _crop(images, tops, lefts, crop)
-        targets = None if targets is None else _crop(targets, tops, lefts, crop)
-    return (images, targets) if with_targets else images
-
-
-def augment_batch(x: torch.Tensor, target: torch.Tensor,
-                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random affine (rotation, scale, translation) and horizontal/vertical flips per sample.
-
-    ``x``: float[B, C, H, W] whose channel 0 is the image (other channels, the constant one-hot
-    planes, are left alone); ``target``: float[B, 1, H, W] mask. The image is resampled bilinearly,
-    the mask by nearest neighbour, both with reflection at the borders, on ``x``'s device.
-    """
-    batch, _, height, width = x.shape
-    u = torch.rand(batch, 6, generator=generator).to(x.device)
-    angle = torch.deg2rad((2 * u[:, 0] - 1) * MAX_ROTATION_DEG)
-    scale = SCALE_RANGE[0] + (SCALE_RANGE[1] - SCALE_RANGE[0]) * u[:, 1]
-    flip_x, flip_y = torch.where(u[:, 2] < 0.5, -1.0, 1.0), torch.where(u[:, 3] < 0.5, -1.0, 1.0)
-    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-    theta = torch.zeros(batch, 2, 3, device=x.device)
-    # A rotation in pixels, written in grid_sample's [-1, 1] coordinates of a non-square image.
-    theta[:, 0, 0], theta[:, 0, 1] = cos * flip_x, -sin * flip_y * height / width
-    theta[:, 1, 0], theta[:, 1, 1] = sin * flip_x * width / height, cos * flip_y
-    theta[:, :, 2] = (2 * u[:, 4:6] - 1) * 2 * MAX_TRANSLATE
-    grid = F.affine_grid(theta, [batch, 1, height, width], align_corners=False)
-    image = F.grid_sample(x[:, :1], grid, mode="bilinear", padding_mode="reflection", align_corners=False)
-    mask = F.grid_sample(target, grid, mode="nearest", padding_mode="reflection", align_corners=False)
-    return torch.cat([image, x[:, 1:]], dim=1), mask
-
-
 @torch.no_grad()
 def evaluate(model: nn.Module, split: TrainData, variant: Variant, criterion: nn.Module,
              amp_dtype: torch.dtype | None = None, crop: tuple[int, int] | None = None) -> dict[str, float]:
-    """Validation loss, the paper's pixel metrics (mean over images) and the leaderboard score."""
+    """Validation loss, the paper's pixel metrics (mean over images) and the leaderboard score.
+
+    With ``crop`` the score is the mean over the centre crops that hold a true cell: a crop without
+    cells scores 1.0 for an empty prediction, so counting those would let a model that predicts
+    nothing win the model selection.
+    """
     model.eval()
-    losses, pixel, labels, truth = [], [], [], []
+    losses, pixel, labels = [], [], []
+    truth = split.truth(crop)
     for index in torch.arange(len(split)).split(variant.batch_size):
         x, target = make_batch(split, index, variant, crop)
         with _autocast(x.device, amp_dtype):
@@ -268,10 +210,14 @@ def evaluate(model: nn.Module, split: TrainData, variant: Variant, criterion: nn
             pixel.append(metrics.pixel_metrics(true_masks[k], prob[k] > 0.5))
             labels.append(predict_instances(prob[k], None if flow is None else flow[k], images[k],
                                             split.cell_types[i], variant))
-            truth.append(split.annotations[i] if crop is None else _crop_annotations(split.annotations[i], crop))
+    scored = [i for i in range(len(split)) if crop is None or truth[i]]
+    if not scored:
+        raise ValueError(f"no validation crop of {crop[0]}x{crop[1]} holds a cell, so no score can rank the "
+                         "epochs; use a larger --crop")
+    scores = metrics.score_labels([truth[i] for i in scored], [labels[i] for i in scored])
     return {"val_loss": sum(losses) / len(split),
             **{f"val_{key}": float(np.mean([p[key] for p in pixel])) for key in ("dice", "iou", "accuracy")},
-            "val_score": float(np.mean(metrics.score_labels(truth, labels)))}
+            "val_score": float(np.mean(scores))}
 
 
 def predict_instances(prob: np.ndarray, flow: np.ndarray | None, image: np.ndarray, cell_type: str,
@@ -286,49 +232,6 @@ def predict_instances(prob: np.ndarray, flow: np.ndarray | None, image: np.ndarr
 def instance_method(variant: Variant) -> str:
     """Which instance extraction ``predict_instances`` uses for ``variant`` (for the log)."""
     return "kit.flows.flows_to_labels" if variant.target == "flow" else "kit.postprocess.mask_to_labels"
-
-
-def load_split(layout: data.CompetitionLayout, ids: Sequence[str], variant: Variant, device: torch.device,
-               cache_dir: Path | None = None, df: pd.DataFrame | None = None) -> TrainData:
-    """Decode the images and build the targets of ``ids`` once; tensors end up on ``device``.
-
-    ``df``: the already read ``train.csv`` (read again when None); ``cache_dir``: see ``flow_target``.
-    """
-    samples = data.load_samples(layout, ids, df)
-    images = torch.from_numpy(np.stack([s.image for s in samples]))
-    if variant.target == "flow":
-        targets = torch.from_numpy(np.stack([
-            np.concatenate([flow_target(s, cache_dir), (s.labels > 0)[None].astype(np.float16)])
-            for s in samples]))
-    else:
-        targets = torch.from_numpy(np.stack([(s.labels > 0)[None] for s in samples]).astype(np.uint8))
-    return TrainData([s.id for s in samples], [s.cell_type for s in samples], images.to(device),
-                     targets.to(device), [s.annotations for s in samples])
-
-
-def flow_target(sample: data.Sample, cache_dir: Path | None = None) -> np.ndarray:
-    """float16[2, H, W] (dy, dx) of ``kit.flows.masks_to_flows``, cached as ``cache_dir/ID-DIGEST.npy``.
-
-    The digest covers the labels and the source of ``kit.flows``, so a changed annotation or flow
-    algorithm never reuses a stale file.
-    """
-    if cache_dir is None:
-        return flows.masks_to_flows(sample.labels).astype(np.float16)
-    digest = hashlib.sha1(np.ascontiguousarray(sample.labels).tobytes())
-    digest.update(_flows_source())
-    path = Path(cache_dir) / f"{sample.id}-{digest.hexdigest()[:16]}.npy"
-    if path.is_file():
-        return np.load(path)
-    flow = flows.masks_to_flows(sample.labels).astype(np.float16)
-    with atomic_output(path) as tmp, open(tmp, "wb") as handle:
-        np.save(handle, flow)
-    return flow
-
-
-@functools.cache
-def _flows_source() -> bytes:
-    """``kit.flows``' source, read once per process (it is part of every flow-cache digest)."""
-    return Path(flows.__file__).read_bytes()
 
 
 def _setup_distributed(device_name: str | None) -> tuple[int, int, torch.device]:
@@ -348,21 +251,29 @@ def _setup_distributed(device_name: str | None) -> tuple[int, int, torch.device]
 
 
 def _training_state(args: argparse.Namespace, variant: Variant, device: torch.device, world: int,
-                    out: Path) -> _TrainingState:
-    """Fresh model, optimizer, StepLR and scaler; loaded from ``OUT/NAME-last.pt`` with ``--resume``."""
+                    out: Path, crop: tuple[int, int] | None, inference: dict, started: float,
+                    n_train: int) -> _TrainingState:
+    """Fresh model, optimizer, lr schedule and scaler; loaded from ``OUT/NAME-last.pt`` with ``--resume``."""
     torch.manual_seed(args.seed)  # same initial weights on every rank
     raw_model = models.build_model(variant).to(device)
     optimizer = _optimizer(raw_model, variant)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, variant.lr_step, variant.lr_gamma)
+    clock = {"origin": started, "reserve": 0.0, "out_of_time": False}  # origin: moved back on --resume
+    if variant.schedule == "cosine":
+        steps = variant.epochs * math.ceil(n_train // world / variant.batch_size)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, _cosine_factor(variant.warmup, steps, args.time_limit, clock))
+    else:
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, variant.lr_step, variant.lr_gamma)
     amp_dtype = _amp_dtype(device, args.precision)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     history: list[dict] = []
     if args.resume:
         history = _resume(out / f"{variant.name}-last.pt", variant, raw_model, optimizer, scheduler, scaler)
+        clock["origin"] -= history[-1]["elapsed_s"] if history else 0.0
     model = _wrap_model(raw_model, device, world, args.compile)
     rank = dist.get_rank() if dist.is_initialized() else 0
     return _TrainingState(variant, out, rank, world, raw_model, model, optimizer, scheduler, scaler, amp_dtype,
-                          build_loss(variant), history)
+                          build_loss(variant), history, crop, inference, variant.schedule == "cosine", clock)
 
 
 def _run_epoch(state: _TrainingState, epoch: int, train_data: TrainData, val_data: TrainData | None,
@@ -371,31 +282,61 @@ def _run_epoch(state: _TrainingState, epoch: int, train_data: TrainData, val_dat
     epoch_start = time.monotonic()
     lr = state.optimizer.param_groups[0]["lr"]
     order = _epoch_order(len(train_data), args.seed, epoch, state.rank, state.world)
+    per_batch = functools.partial(_cosine_step, state, args.time_limit) if state.step_lr_per_batch else None
     train_loss, images_per_s = train_epoch(state.model, train_data, order, state.variant, state.criterion,
                                            state.optimizer, state.scaler, state.amp_dtype,
-                                           _generator(args.seed, epoch, 1 + state.rank), args.crop)
-    state.scheduler.step()
+                                           _generator(args.seed, epoch, 1 + state.rank), state.crop, per_batch)
+    if not state.step_lr_per_batch:
+        state.scheduler.step()
+    validation_start = time.monotonic()
     if state.world > 1:  # mean loss and summed throughput over the ranks
         totals = torch.tensor([train_loss / state.world, images_per_s], device=train_data.images.device)
         dist.all_reduce(totals)
         train_loss, images_per_s = totals.tolist()
     if state.rank != 0:
         return None
-    scores = evaluate(state.raw_model, val_data, state.variant, state.criterion, state.amp_dtype, args.crop)
+    scores = evaluate(state.raw_model, val_data, state.variant, state.criterion, state.amp_dtype, state.crop)
     row = {"epoch": epoch, "train_loss": train_loss, **scores, "lr": lr, "images_per_s": images_per_s}
     _finish_epoch(row, state, epoch_start)
+    state.clock["reserve"] = time.monotonic() - validation_start
     return row
+
+
+def _cosine_step(state: _TrainingState, time_limit: float) -> bool:
+    """After each step of the cosine schedule: move the lr; True once the time budget (less the
+    last validation's and save's duration) is spent. A single process stops mid-epoch then; under
+    DDP the ranks keep to the per-epoch stop, which they decide together."""
+    state.scheduler.step()
+    if state.world > 1 or time_limit <= 0:
+        return False
+    clock = state.clock
+    clock["out_of_time"] = time.monotonic() - clock["origin"] >= time_limit - clock["reserve"]
+    return clock["out_of_time"]
 
 
 def _effective_variant(args: argparse.Namespace) -> Variant:
     """The registered variant with the command line's schedule overrides."""
-    overrides = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "optimizer": args.optimizer}
+    overrides = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "optimizer": args.optimizer,
+                 "schedule": args.schedule}
     return get_variant(args.variant).replace(**{k: v for k, v in overrides.items() if v is not None})
 
 
+def _effective_crop(crop: tuple[int, int] | None, variant: Variant) -> tuple[int, int] | None:
+    """``--crop``, else the variant's ``crop_size``; a rescaling variant needs one (its images differ in size)."""
+    crop = crop or ((variant.crop_size, variant.crop_size) if variant.crop_size else None)
+    if crop is None and variant.cell_diameter > 0:
+        raise ValueError(f"variant {variant.name} rescales every image (cell_diameter {variant.cell_diameter:g}), "
+                         "so it trains on crops: pass --crop HxW")
+    return crop
+
+
 def _load_splits(args: argparse.Namespace, variant: Variant, device: torch.device, cache_dir: Path,
-                 rank: int) -> tuple[TrainData, TrainData | None]:
-    """The stratified split (or its ``--max-images`` head), decoded; validation on rank 0 only."""
+                 rank: int) -> tuple[TrainData, TrainData | None, dict]:
+    """The stratified split (or its ``--max-images`` head), decoded; validation on rank 0 only.
+
+    Also returns the checkpoint's inference settings: for a rescaling variant, the training
+    images' median cell diameter per type and the resulting scales.
+    """
     if not 0.0 < args.val_fraction < 1.0:
         raise ValueError(f"--val-fraction must be in (0, 1), got {args.val_fraction}")
     layout = data.find_competition(args.data, need_test=False)
@@ -410,16 +351,41 @@ def _load_splits(args: argparse.Namespace, variant: Variant, device: torch.devic
         raise ValueError(f"{layout.train_csv}: the split leaves no validation image; raise --val-fraction")
     if rank != 0:
         dist.barrier()  # rank 0 fills the flow cache first; the others then read it
-    train_data = load_split(layout, train_ids, variant, device, cache_dir, df)
-    val_data = load_split(layout, val_ids, variant, device, cache_dir, df) if rank == 0 else None
+    inference, scales = {}, None
+    if variant.cell_diameter > 0:
+        diameters = data.cell_diameters(df, train_ids)
+        scales = type_scales(diameters, variant.cell_diameter)
+        inference = {"cell_diameters": diameters, "scales": scales}
+    train_data = load_split(layout, train_ids, variant, device, cache_dir, df, scales)
+    val_data = load_split(layout, val_ids, variant, device, cache_dir, df, scales,
+                          keep_labels=scales is not None) if rank == 0 else None
     if rank == 0 and dist.is_initialized():
         dist.barrier()
-    return train_data, val_data
+    return train_data, val_data, inference
+
+
+def _cosine_factor(warmup: float, total_steps: int, time_limit: float, clock: dict):
+    """The lr factor of step k for ``LambdaLR``: linear warm-up over the first ``warmup`` of the
+    run, then a half cosine to 0. The run's progress is the larger of k / ``total_steps`` and the
+    seconds since ``clock["origin"]`` over ``time_limit``, so a time budget gets the whole schedule
+    (a plain function, not an object, so that the scheduler's state holds no settings to pickle)."""
+    def factor(step: int) -> float:
+        progress = step / max(total_steps, 1)
+        if time_limit > 0:
+            horizon = max(time_limit - clock["reserve"], 1.0)
+            progress = max(progress, (time.monotonic() - clock["origin"]) / horizon)
+        progress = min(progress, 1.0)
+        if progress < warmup:
+            return max(progress / warmup, 1e-3)
+        return 0.5 * (1.0 + math.cos(math.pi * (progress - warmup) / (1.0 - warmup)))
+    return factor
 
 
 def _optimizer(model: nn.Module, variant: Variant) -> torch.optim.Optimizer:
     if variant.optimizer == "adam":
         return torch.optim.Adam(model.parameters(), lr=variant.lr, weight_decay=variant.weight_decay)
+    if variant.optimizer == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=variant.lr, weight_decay=variant.weight_decay)
     return torch.optim.SGD(model.parameters(), lr=variant.lr, momentum=variant.momentum,
                            weight_decay=variant.weight_decay)
 
@@ -510,10 +476,10 @@ def _finish_epoch(row: dict, state: _TrainingState, epoch_start: float) -> None:
     best = max(history, key=_quality)
     if best is row:
         models.save_checkpoint(out / f"{variant.name}.pt", state.raw_model, variant, epoch=row["epoch"],
-                               best_score=row["val_score"], history=history)
+                               best_score=row["val_score"], history=history, inference=state.inference)
     models.save_checkpoint(out / f"{variant.name}-last.pt", state.raw_model, variant, optimizer=state.optimizer,
                            scheduler=state.scheduler, scaler=state.scaler, epoch=row["epoch"],
-                           best_score=best["val_score"], history=history)
+                           best_score=best["val_score"], history=history, inference=state.inference)
     _write_metrics(out / f"{variant.name}-metrics.csv", history)
     _plot_curves(out / f"{variant.name}-curves.png", history, variant.name)
 
@@ -564,39 +530,6 @@ def _plot_curves(path: Path, history: Sequence[dict], title: str) -> None:
         axes.legend()
     with atomic_output(path) as tmp:
         figure.savefig(tmp, format="png", dpi=100)
-
-
-def _crop_size(text: str) -> tuple[int, int]:
-    """``"HxW"`` or ``"N"`` (square) -> (height, width)."""
-    match = re.fullmatch(r"(\d+)(?:x(\d+))?", text.strip())
-    if not match or int(match.group(1)) < 1 or int(match.group(2) or 1) < 1:
-        raise argparse.ArgumentTypeError(f"crop {text!r} is not HxW (e.g. 128x128) or N")
-    return int(match.group(1)), int(match.group(2) or match.group(1))
-
-
-def _crop_offsets(shape: Sequence[int], crop: tuple[int, int], n: int,
-                  generator: torch.Generator | None) -> tuple[list[int], list[int]]:
-    """Top-left corners of ``n`` crops: random with ``generator``, else centred."""
-    height, width = shape
-    if crop[0] > height or crop[1] > width:
-        raise ValueError(f"--crop {crop[0]}x{crop[1]} is larger than the {height}x{width} images")
-    if generator is None:
-        return [(height - crop[0]) // 2] * n, [(width - crop[1]) // 2] * n
-    tops = torch.randint(0, height - crop[0] + 1, (n,), generator=generator).tolist()
-    lefts = torch.randint(0, width - crop[1] + 1, (n,), generator=generator).tolist()
-    return tops, lefts
-
-
-def _crop(batch: torch.Tensor, tops: Sequence[int], lefts: Sequence[int], crop: tuple[int, int]) -> torch.Tensor:
-    return torch.stack([item[..., top: top + crop[0], left: left + crop[1]]
-                        for item, top, left in zip(batch, tops, lefts)])
-
-
-def _crop_annotations(annotations: Sequence[str], crop: tuple[int, int]) -> list[str]:
-    """The centre crop of full-image annotation RLEs, re-encoded at the crop's size (empty ones dropped)."""
-    (top,), (left,) = _crop_offsets(rle.IMAGE_SHAPE, crop, 1, None)
-    cropped = (rle.decode(a)[top: top + crop[0], left: left + crop[1]] for a in annotations)
-    return [rle.encode(mask) for mask in cropped if mask.any()]
 
 
 if __name__ == "__main__":

@@ -22,7 +22,8 @@ from kit.data import CELL_TYPES
 DEFAULT_TIME_LIMIT = "8:30"  # inside Kaggle's 9-hour GPU notebook limit, with time left to save outputs
 
 TARGETS = ("mask", "flow")
-OPTIMIZERS = ("sgd", "adam")
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("step", "cosine")
 IMAGE_CHANNELS = 1  # 8-bit grayscale
 HOT_CHANNELS = IMAGE_CHANNELS + len(CELL_TYPES)  # image + one-hot cell-type planes
 _OUT_CHANNELS = {"mask": 1, "flow": 3}  # mask: one logit; flow: dy, dx, cell-probability logit
@@ -35,6 +36,17 @@ class Variant:
     ``flow_scale`` (flow target only): the network learns ``flow_scale * (dy, dx)``, as Cellpose
     does with 5, so that the flow term of the loss weighs about as much as the probability term;
     ``kit.models.decode_output`` divides it back out.
+
+    ``cell_diameter`` > 0 rescales every image, in training and at inference, so that its cell
+    type's median diameter (measured on the training annotations, kept in the checkpoint) becomes
+    this many pixels: Cellpose's central trick, so that one network sees astrocytes (30 px) and
+    shsy5y cells (16 px) at one size. ``crop_size`` > 0 trains on random square crops of the
+    rescaled images and validates on centre crops (``--crop`` overrides it).
+
+    ``schedule``: "step" multiplies the lr by ``lr_gamma`` every ``lr_step`` epochs; "cosine" warms
+    up linearly over the first ``warmup`` of the run, then follows a half cosine down to 0, where
+    the run's progress is the larger of the steps done over those of ``epochs`` and the time used
+    over ``--time-limit``: a wall-clock budget gets the whole schedule.
     """
 
     name: str
@@ -43,7 +55,7 @@ class Variant:
     target: str  # "mask": union of the cells, BCE; "flow": (dy, dx) MSE + cell probability BCE
     pos_weight: float = 1.0  # BCE weight of the cell (positive) pixels
     dropout: float = 0.0  # after every conv when > 0
-    augment: bool = False  # random affine + horizontal/vertical flips, image and target together
+    augment: bool = False  # mask: random affine + flips; flow: flips (vectors turned too) + scale jitter
     epochs: int = 50
     lr: float = 0.01
     lr_step: int = 10  # StepLR: multiply lr by lr_gamma every lr_step epochs
@@ -53,6 +65,10 @@ class Variant:
     momentum: float = 0.9  # SGD only
     weight_decay: float = 0.0
     flow_scale: float = 5.0
+    cell_diameter: float = 0.0  # pixels; 0: images at native scale
+    crop_size: int = 0  # 0: whole images
+    schedule: str = "step"
+    warmup: float = 0.0  # fraction of the run (cosine schedule)
     description: str = ""
 
     def __post_init__(self) -> None:
@@ -98,8 +114,11 @@ class Variant:
              f"got {self.out_channels}"),
             (self.pos_weight > 0, f"pos_weight must be > 0, got {self.pos_weight}"),
             (0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout}"),
-            # Flipping or rotating a flow field would also have to turn its vectors; no flow variant augments.
-            (not (self.augment and self.target == "flow"), "augmentation is implemented for mask targets only"),
+            (self.schedule in SCHEDULES, f"schedule must be one of {SCHEDULES}, got {self.schedule!r}"),
+            (0.0 <= self.warmup < 1.0, f"warmup must be in [0, 1), got {self.warmup}"),
+            (self.cell_diameter >= 0 and self.crop_size >= 0,
+             f"cell_diameter and crop_size must be >= 0, got {self.cell_diameter}, {self.crop_size}"),
+            (self.crop_size % 16 == 0, f"crop_size must be a multiple of 16, got {self.crop_size}"),
             (self.epochs >= 1 and self.batch_size >= 1 and self.lr_step >= 1,
              f"epochs, batch_size and lr_step must be >= 1, "
              f"got {self.epochs}, {self.batch_size}, {self.lr_step}"),
@@ -122,8 +141,15 @@ VARIANTS: dict[str, Variant] = {
                 description="as hot-unet; Cellpose-style flows (MSE) + cell probability (BCE)"),
         Variant("hot-drop-unet", HOT_CHANNELS, 1, "mask", dropout=0.2, augment=True,
                 description="as hot-unet; dropout 0.2 after every conv, random affine + flips"),
+        # Beyond the paper: the kit's recipe (README, "Model quality"), measured against Cellpose.
+        Variant("hot-flow-unet-plus", HOT_CHANNELS, 3, "flow", augment=True, epochs=200, lr=0.002,
+                batch_size=4, optimizer="adamw", weight_decay=1e-4, schedule="cosine", warmup=0.05,
+                cell_diameter=30.0, crop_size=256,
+                description="as hot-flow-unet; cells rescaled to 30 px, 256 crops, flips + scale jitter, "
+                            "AdamW + warm-up/cosine over the run"),
     )
 }
+PAPER_VARIANTS = ("unet", "hot-unet", "hot-unet-weighted", "hot-flow-unet", "hot-drop-unet")
 
 
 def get_variant(name: str) -> Variant:
@@ -139,8 +165,8 @@ def describe_variants() -> str:
     rows = [header]
     for v in VARIANTS.values():
         inputs = "image + one-hot" if v.one_hot else "image"
-        schedule = (f"{v.epochs} ep, {v.optimizer} lr {v.lr:g} x{v.lr_gamma:g}/{v.lr_step} ep, "
-                    f"batch {v.batch_size}")
+        decay = f"x{v.lr_gamma:g}/{v.lr_step} ep" if v.schedule == "step" else f"cosine, warm-up {v.warmup:g}"
+        schedule = f"{v.epochs} ep, {v.optimizer} lr {v.lr:g} {decay}, batch {v.batch_size}"
         rows.append((v.name, inputs, v.target, f"{v.pos_weight:g}", f"{v.dropout:g}",
                      "yes" if v.augment else "no", schedule, v.description))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]

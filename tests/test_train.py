@@ -16,7 +16,7 @@ import pytest
 import torch
 from torch import nn
 
-from kit import data, flows, rle, train
+from kit import batches, data, flows, rle, train
 from kit.losses import FlowLoss, MaskLoss, build_loss, flow_loss, mask_loss
 from kit.models import build_model, load_checkpoint, model_input, save_checkpoint
 from kit.variants import VARIANTS
@@ -76,12 +76,12 @@ def test_parse_time_limit_and_crop():
     assert parser.parse_args([]).time_limit == 8.5 * 3600
 
 
-def _disc_split(n: int = 2, height: int = 64, width: int = 128) -> train.TrainData:
+def _disc_split(n: int = 2, height: int = 64, width: int = 128) -> batches.TrainData:
     """Synthetic images: one bright disc per image (image = 255 x mask)."""
     yy, xx = np.mgrid[:height, :width]
     masks = np.stack([(yy - height / 2) ** 2 + (xx - width / 2 - 10 * i) ** 2 < 20 ** 2 for i in range(n)])
     images = torch.from_numpy(masks.astype(np.uint8) * 255)
-    return train.TrainData([f"im{i}" for i in range(n)], ["astro"] * n, images,
+    return batches.TrainData([f"im{i}" for i in range(n)], ["astro"] * n, images,
                            torch.from_numpy(masks[:, None].astype(np.uint8)),
                            [[rle.encode(m)] for m in masks])
 
@@ -95,22 +95,22 @@ def _image_channel(mask_target: torch.Tensor) -> torch.Tensor:
 def test_make_batch_crops_image_and_target_together():
     split = _disc_split()
     variant = VARIANTS["hot-unet"]
-    x, target = train.make_batch(split, torch.tensor([1, 0]), variant, crop=(32, 40))
+    x, target = batches.make_batch(split, torch.tensor([1, 0]), variant, crop=(32, 40))
     assert x.shape == (2, 4, 32, 40) and target.shape == (2, 1, 32, 40) and target.dtype == torch.float32
     assert torch.equal(x[:, 0], _image_channel(target))  # image = 255 x mask here: the crops coincide
     assert torch.equal(target[1, 0], split.targets[0, 0, 16:48, 44:84].float())  # centred without a generator
-    assert torch.equal(train.batch_images(split, torch.tensor([1])), split.images[1:])
-    x, target = train.make_batch(split, torch.tensor([0, 1]), variant, crop=(32, 40),
+    assert torch.equal(batches.batch_images(split, torch.tensor([1])), split.images[1:])
+    x, target = batches.make_batch(split, torch.tensor([0, 1]), variant, crop=(32, 40),
                                  generator=torch.Generator().manual_seed(1))
     assert torch.equal(x[:, 0], _image_channel(target))
     with pytest.raises(ValueError, match="larger than the 64x128 images"):
-        train.make_batch(split, torch.tensor([0]), variant, crop=(65, 40))
+        batches.make_batch(split, torch.tensor([0]), variant, crop=(65, 40))
 
 
 def test_augmentation_moves_image_and_mask_together_and_keeps_the_one_hot_planes():
     split = _disc_split(8)
-    x, target = train.make_batch(split, torch.arange(8), VARIANTS["hot-drop-unet"])
-    ax, atarget = train.augment_batch(x, target, torch.Generator().manual_seed(0))
+    x, target = batches.make_batch(split, torch.arange(8), VARIANTS["hot-drop-unet"])
+    ax, atarget = batches.augment_batch(x, target, torch.Generator().manual_seed(0))
     assert ax.shape == x.shape and atarget.shape == target.shape
     assert torch.equal(ax[:, 1:], x[:, 1:])
     assert not torch.equal(ax[:, 0], x[:, 0])
@@ -120,11 +120,11 @@ def test_augmentation_moves_image_and_mask_together_and_keeps_the_one_hot_planes
 
 
 def test_flips_alone_give_exact_mirror_images(monkeypatch):
-    monkeypatch.setattr(train, "MAX_ROTATION_DEG", 0.0)
-    monkeypatch.setattr(train, "SCALE_RANGE", (1.0, 1.0))
-    monkeypatch.setattr(train, "MAX_TRANSLATE", 0.0)
+    monkeypatch.setattr(batches, "MAX_ROTATION_DEG", 0.0)
+    monkeypatch.setattr(batches, "SCALE_RANGE", (1.0, 1.0))
+    monkeypatch.setattr(batches, "MAX_TRANSLATE", 0.0)
     image = torch.rand(16, 1, 6, 10)
-    out, _ = train.augment_batch(image, (image > 0.5).float(), torch.Generator().manual_seed(0))
+    out, _ = batches.augment_batch(image, (image > 0.5).float(), torch.Generator().manual_seed(0))
     seen = set()
     for before, after in zip(image, out):
         matches = [dims for dims in ((), (-1,), (-2,), (-2, -1))
@@ -136,11 +136,11 @@ def test_flips_alone_give_exact_mirror_images(monkeypatch):
 
 def test_rotation_keeps_a_disc_round_on_a_wide_image(monkeypatch):
     # A rotation written naively in [-1, 1] grid coordinates would turn this disc into an ellipse.
-    monkeypatch.setattr(train, "SCALE_RANGE", (1.0, 1.0))
-    monkeypatch.setattr(train, "MAX_TRANSLATE", 0.0)
+    monkeypatch.setattr(batches, "SCALE_RANGE", (1.0, 1.0))
+    monkeypatch.setattr(batches, "MAX_TRANSLATE", 0.0)
     yy, xx = torch.meshgrid(torch.arange(64.0), torch.arange(192.0), indexing="ij")
     disc = (((yy - 31.5) ** 2 + (xx - 95.5) ** 2) < 20 ** 2).float()[None, None].repeat(6, 1, 1, 1)
-    _, rotated = train.augment_batch(disc, disc, torch.Generator().manual_seed(3))
+    _, rotated = batches.augment_batch(disc, disc, torch.Generator().manual_seed(3))
     for mask in rotated[:, 0]:
         rows, cols = mask.any(1).nonzero(), mask.any(0).nonzero()
         assert rows.max() - rows.min() + 1 == pytest.approx(40, abs=2)
@@ -171,7 +171,7 @@ def _two_cells(height: int = 64, width: int = 96) -> np.ndarray:
 
 def test_evaluate_gives_perfect_scores_to_a_perfect_mask_prediction():
     labels = _two_cells()
-    split = train.TrainData(["a"], ["cort"], torch.from_numpy((labels > 0).astype(np.uint8) * 200)[None],
+    split = batches.TrainData(["a"], ["cort"], torch.from_numpy((labels > 0).astype(np.uint8) * 200)[None],
                             torch.from_numpy((labels > 0).astype(np.uint8))[None, None],
                             [[rle.encode(labels == k) for k in (1, 2)]])
     logits = torch.from_numpy(np.where(labels > 0, 20.0, -20.0).astype(np.float32))[None, None]
@@ -186,7 +186,7 @@ def test_flow_outputs_decode_into_the_true_instances():
     labels = _two_cells()
     truth = flows.masks_to_flows(labels)
     target = np.concatenate([truth, (labels > 0)[None]]).astype(np.float16)
-    split = train.TrainData(["a"], ["shsy5y"], torch.zeros(1, *labels.shape, dtype=torch.uint8),
+    split = batches.TrainData(["a"], ["shsy5y"], torch.zeros(1, *labels.shape, dtype=torch.uint8),
                             torch.from_numpy(target)[None], [[rle.encode(labels == k) for k in (1, 2)]])
     variant = VARIANTS["hot-flow-unet"]
     output = torch.from_numpy(np.concatenate([5.0 * truth, np.where(labels > 0, 20.0, -20.0)[None]]))
@@ -211,8 +211,8 @@ def four_ids(layout):
 @pytest.mark.parametrize("name", list(VARIANTS))
 def test_every_variant_learns_a_fixed_batch(name, layout, four_ids):
     variant = VARIANTS[name]
-    split = train.load_split(layout, four_ids, variant, torch.device("cpu"))
-    x, target = train.make_batch(split, torch.arange(4), variant, crop=(64, 96),
+    split = batches.load_split(layout, four_ids, variant, torch.device("cpu"))
+    x, target = batches.make_batch(split, torch.arange(4), variant, crop=(64, 96),
                                  generator=torch.Generator().manual_seed(0))
     assert x.shape == (4, variant.in_channels, 64, 96) and target.shape == (4, variant.out_channels, 64, 96)
     torch.manual_seed(0)
@@ -228,7 +228,7 @@ def test_every_variant_learns_a_fixed_batch(name, layout, four_ids):
 
 def test_flow_targets_are_cached_and_reused(layout, four_ids, tmp_path, monkeypatch):
     variant = VARIANTS["hot-flow-unet"]
-    first = train.load_split(layout, four_ids[:2], variant, torch.device("cpu"), tmp_path)
+    first = batches.load_split(layout, four_ids[:2], variant, torch.device("cpu"), tmp_path)
     assert len(list(tmp_path.glob(f"{four_ids[0]}-*.npy"))) == 1
     sample = data.load_samples(layout, four_ids[:1])[0]
     expected = flows.masks_to_flows(sample.labels)
@@ -238,8 +238,8 @@ def test_flow_targets_are_cached_and_reused(layout, four_ids, tmp_path, monkeypa
     def no_recompute(labels):
         raise AssertionError("flows recomputed despite the cache")
 
-    monkeypatch.setattr(train.flows, "masks_to_flows", no_recompute)
-    again = train.load_split(layout, four_ids[:2], variant, torch.device("cpu"), tmp_path)
+    monkeypatch.setattr(batches.flows, "masks_to_flows", no_recompute)
+    again = batches.load_split(layout, four_ids[:2], variant, torch.device("cpu"), tmp_path)
     assert torch.equal(again.targets, first.targets)
 
 
@@ -347,7 +347,7 @@ def test_bf16_autocast_the_gpus_use_runs_end_to_end(shared_dir, layout, tmp_path
     assert {tensor.dtype for tensor in weights.values() if tensor.is_floating_point()} == {torch.float32}
     model, variant, _ = load_checkpoint(tmp_path / "hot-flow-unet.pt")
     _, val_ids = data.split_train_val(data.image_table(data.read_train_csv(layout.train_csv)), seed=1)
-    split = train.load_split(layout, val_ids[:1], variant, torch.device("cpu"))
+    split = batches.load_split(layout, val_ids[:1], variant, torch.device("cpu"))
     criterion, crop = build_loss(variant), (96, 128)
     bf16 = train.evaluate(model, split, variant, criterion, torch.bfloat16, crop)
     fp32 = train.evaluate(model, split, variant, criterion, None, crop)

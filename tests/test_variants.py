@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from kit.variants import VARIANTS, Variant, describe_variants, get_variant
+from kit.variants import PAPER_VARIANTS, VARIANTS, Variant, describe_variants, get_variant
 
 # The table, written out independently of the registry.
 EXPECTED = {
@@ -16,8 +16,9 @@ EXPECTED = {
 }
 
 
-def test_registry_holds_the_five_variants_of_the_paper():
-    assert list(VARIANTS) == list(EXPECTED)
+def test_registry_holds_the_five_variants_of_the_paper_then_the_kits_recipe():
+    assert list(PAPER_VARIANTS) == list(EXPECTED)
+    assert list(VARIANTS) == [*EXPECTED, "hot-flow-unet-plus"]
     for name, (cin, cout, target, pos_weight, dropout, augment) in EXPECTED.items():
         v = VARIANTS[name]
         assert (v.name, v.in_channels, v.out_channels, v.target) == (name, cin, cout, target)
@@ -25,8 +26,9 @@ def test_registry_holds_the_five_variants_of_the_paper():
         assert v.one_hot == (cin == 4)
 
 
-def test_every_variant_has_the_seed_schedule():
-    for v in VARIANTS.values():
+def test_every_paper_variant_has_the_seed_schedule():
+    for v in map(VARIANTS.get, PAPER_VARIANTS):
+        assert (v.schedule, v.optimizer, v.cell_diameter, v.crop_size) == ("step", "sgd", 0.0, 0)
         assert (v.epochs, v.lr, v.lr_step, v.lr_gamma, v.batch_size) == (50, 0.01, 10, 0.5, 2)
 
 
@@ -78,10 +80,21 @@ def test_inconsistent_settings_are_rejected_with_the_reason(changes, problem):
         VARIANTS["hot-unet"].replace(**changes)
 
 
-def test_a_flow_target_cannot_be_augmented():
-    # Flipping a flow field would also have to negate its components; the trainer does not.
-    with pytest.raises(ValueError, match="augmentation is implemented for mask targets only"):
-        VARIANTS["hot-flow-unet"].replace(augment=True)
+def test_the_recipe_rescales_crops_and_follows_a_cosine_schedule():
+    v = VARIANTS["hot-flow-unet-plus"]
+    assert (v.target, v.in_channels, v.augment) == ("flow", 4, True)
+    assert (v.cell_diameter, v.crop_size, v.schedule, v.optimizer) == (30.0, 256, "cosine", "adamw")
+
+
+@pytest.mark.parametrize("changes, problem", [
+    ({"schedule": "linear"}, "schedule must be one of"),
+    ({"warmup": 1.0}, "warmup must be in"),
+    ({"crop_size": 100}, "multiple of 16"),
+    ({"cell_diameter": -1.0}, "must be >= 0"),
+])
+def test_inconsistent_recipe_settings_are_rejected(changes, problem):
+    with pytest.raises(ValueError, match=problem):
+        VARIANTS["hot-flow-unet-plus"].replace(**changes)
 
 
 def test_describe_variants_is_a_table_with_one_row_per_variant():
@@ -89,6 +102,6 @@ def test_describe_variants_is_a_table_with_one_row_per_variant():
     assert lines[0].split()[:3] == ["name", "input", "target"]
     assert set(lines[1]) == {"-", " "}
     rows = lines[2:]
-    assert [row.split()[0] for row in rows] == list(EXPECTED)
+    assert [row.split()[0] for row in rows] == list(VARIANTS)
     weighted = next(row for row in rows if row.startswith("hot-unet-weighted"))
     assert weighted.split()[1:6] == ["image", "+", "one-hot", "mask", "3"]
