@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from kit import files, paths, variants
+from kit import competition, files, variants
 
 SLUG_PREFIX = "sartorius-kit"
 INFERENCE_SLUG = f"{SLUG_PREFIX}-infer"
@@ -63,12 +63,12 @@ def build_kernels(user: str, groups: Sequence[Sequence[str]], out: str | os.Path
     ``parse_variant_groups``). The inference kernel attaches every training kernel's output and
     runs ``kit.infer`` (with flip TTA if ``tta``) on the weights of ``infer`` (default: see
     ``inference_variants``) found there. ``time_limit_s``: each training
-    kernel's wall time (default ``variants.DEFAULT_TIME_LIMIT``). ``use_all_gpus``: train through
+    kernel's wall time (default ``competition.DEFAULT_TIME_LIMIT``). ``use_all_gpus``: train through
     DDP where the session has several GPUs (Kaggle's T4 x2), else on one.
     """
     user = check_username(user)
     if time_limit_s is None:
-        time_limit_s = variants.parse_time_limit(variants.DEFAULT_TIME_LIMIT)
+        time_limit_s = competition.parse_time_limit(competition.DEFAULT_TIME_LIMIT)
     _check_session_seconds(time_limit_s, f"{time_limit_s} s")
     if machine_shape not in MACHINE_SHAPES:
         raise ValueError(f"unknown machine shape {machine_shape!r}; valid: {', '.join(MACHINE_SHAPES)}")
@@ -148,7 +148,7 @@ def parse_variant_groups(tokens: Iterable[str]) -> list[tuple[str, ...]]:
 
 def parse_time_limit(text: str) -> int:
     """``"H:MM"`` -> seconds; at most 12:00, a Kaggle session's maximum."""
-    return _check_session_seconds(variants.parse_time_limit(text), text)
+    return _check_session_seconds(competition.parse_time_limit(text), text)
 
 
 def training_kernel(group: Sequence[str]) -> Kernel:
@@ -185,7 +185,7 @@ def kernel_metadata(user: str, kernel: Kernel, machine_shape: str,
         "enable_internet": False,
         "machine_shape": machine_shape,
         "dataset_sources": [],
-        "competition_sources": [paths.COMPETITION_SLUG],
+        "competition_sources": [competition.COMPETITION_SLUG],
         "kernel_sources": list(kernel_sources),
         "model_sources": [],
     }
@@ -273,7 +273,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", default="kernels", help="folder receiving one sub-folder per kernel")
     parser.add_argument("--machine-shape", default=DEFAULT_MACHINE_SHAPE, choices=MACHINE_SHAPES,
                         help="Kaggle accelerator (NvidiaTeslaT4 = GPU T4 x2)")
-    parser.add_argument("--time-limit", default=variants.DEFAULT_TIME_LIMIT, metavar="H:MM",
+    parser.add_argument("--time-limit", default=competition.DEFAULT_TIME_LIMIT, metavar="H:MM",
                         help="wall time of a training kernel, shared by the variants it trains")
     parser.add_argument("--infer", nargs="+", metavar="NAME",
                         help="variants whose weights the inference kernel averages, one target type "
