@@ -50,7 +50,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     parser.add_argument("--evaluate", action="store_true", help="print the leaderboard score (annotated images only)")
     parser.add_argument("--boundary-lut", default=None,
-                        help="boundary-tuning table from `python -m kit.postprocess fit` (default: no tuning)")
+                        help="boundary-tuning table from `python -m kit.boundary_table fit` (default: no tuning)")
     parser.add_argument("--flow-threshold", type=float, default=flows.FLOW_THRESHOLD,
                         help="flow variant: drop instances whose flow error exceeds this")
     return parser
