@@ -1,4 +1,4 @@
-"""kit.postprocess: closing, boundary features and table, watershed, and mask_to_labels; kit.boundary_table: fitting the table."""
+"""kit.postprocess: closing, boundary features and table, watershed, mask_to_labels; kit.boundary_table: fitting."""
 from __future__ import annotations
 
 import dataclasses
