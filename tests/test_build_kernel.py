@@ -132,11 +132,11 @@ def test_the_kaggle_client_accepts_every_built_folder(tmp_path, kaggle_push, cap
         if folder.name == "sartorius-kit-infer":
             assert request.kernel_data_sources == [f"{USER}/sartorius-kit-train-{n}" for n in masks]
             assert f"WEIGHT_FILES = {[f'{n}.pt' for n in masks]!r}" in run_cell
-            assert '"kit.infer"' in run_cell
+            assert "notebook.write_submission(" in run_cell
         else:
             assert request.kernel_data_sources == []
             name = folder.name.removeprefix("sartorius-kit-train-")
-            assert f"VARIANTS = {[name]!r}" in run_cell and '"kit.train"' in run_cell
+            assert f"VARIANTS = {[name]!r}" in run_cell and "notebook.train_variants(" in run_cell
 
 
 def test_a_retired_machine_shape_is_passed_on_and_the_client_warns(tmp_path, kaggle_push, capsys):
