@@ -26,7 +26,7 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
 from benchmarks.numpy_twins import numpy_masks_to_flows  # noqa: E402
-from kit import data, flows, metrics, paths, postprocess, rle  # noqa: E402
+from kit import boundary_table, data, flows, metrics, paths, postprocess, rle  # noqa: E402
 
 cv2.setNumThreads(1)
 BLUR_SIGMA = 1.5
@@ -76,9 +76,9 @@ def bench_postprocess(samples, lut) -> None:
 
 
 def bench_table(fit_samples, eval_samples, repeat: int = 20) -> postprocess.BoundaryLUT:
-    features, inside = postprocess.sample_boundary_pixels(fit_samples)
+    features, inside = boundary_table.sample_boundary_pixels(fit_samples)
     t0 = time.perf_counter()
-    lut = postprocess.fit_boundary_lut(features, inside)
+    lut = boundary_table.fit_boundary_lut(features, inside)
     fit_s = time.perf_counter() - t0
     accuracy = "  ".join(f"{k} {v.mean():.4f}+-{v.std():.4f}" for k, v in lut.accuracies.items())
     print(f"2. boundary tuning: {len(inside)} pixels from {len(fit_samples)} training-split images, "
@@ -95,11 +95,11 @@ def bench_table(fit_samples, eval_samples, repeat: int = 20) -> postprocess.Boun
     table_s = min(_timed(lambda: postprocess.table_lookup(lut.table, intensity, sobel)) for _ in range(repeat))
     print(f"   {len(pixels)} band pixels of {len(eval_samples)} validation images (blurred true masks):")
     print(f"   table read (kit.postprocess.table_lookup) {table_s * 1e3:9.2f} ms")
-    for name in postprocess.CLASSIFIERS:
-        model = postprocess.make_classifier(name).fit(features, inside)
+    for name in boundary_table.CLASSIFIERS:
+        model = boundary_table.make_classifier(name).fit(features, inside)
         decisions = []
         sk_s = _timed(lambda: decisions.append(model.predict(pixels)))
-        table = postprocess.classifier_table(model)
+        table = boundary_table.classifier_table(model)
         same = np.array_equal(postprocess.table_lookup(table, intensity, sobel), decisions[0])
         print(f"   sklearn {name:12s} predict            {sk_s * 1e3:9.2f} ms   table is {sk_s / table_s:8.0f}x "
               f"faster (identical decisions: {same})")

@@ -5,8 +5,8 @@ writes one folder per kernel, each ready for ``kaggle kernels push -p FOLDER``:
 ``kernel-metadata.json`` and a notebook that carries the kit's source in its cells. Kaggle runs a
 code competition's notebook offline with only its attached inputs, so nothing may be pip-installed:
 the first cells write the kit's modules to a scratch folder (checked against their SHA-256), then
-the notebook runs ``kit.train`` or ``kit.infer`` exactly as they run locally. Kaggle's image already
-holds torch, numba, opencv, scikit-image, scikit-learn and pandas.
+the last cell calls ``kit.notebook``, which runs ``kit.train`` or ``kit.infer`` exactly as they run
+locally. Kaggle's image already holds torch, numba, opencv, scikit-image, scikit-learn and pandas.
 
 Builds are deterministic (sorted sources, fixed cell ids, no timestamps) and refuse to write a
 credential, the home folder or the checkout's path. The builder needs no torch.
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from kit import files, paths, variants
+from kit import competition, files, variants
 
 SLUG_PREFIX = "sartorius-kit"
 INFERENCE_SLUG = f"{SLUG_PREFIX}-infer"
@@ -63,12 +63,12 @@ def build_kernels(user: str, groups: Sequence[Sequence[str]], out: str | os.Path
     ``parse_variant_groups``). The inference kernel attaches every training kernel's output and
     runs ``kit.infer`` (with flip TTA if ``tta``) on the weights of ``infer`` (default: see
     ``inference_variants``) found there. ``time_limit_s``: each training
-    kernel's wall time (default ``variants.DEFAULT_TIME_LIMIT``). ``use_all_gpus``: train through
+    kernel's wall time (default ``competition.DEFAULT_TIME_LIMIT``). ``use_all_gpus``: train through
     DDP where the session has several GPUs (Kaggle's T4 x2), else on one.
     """
     user = check_username(user)
     if time_limit_s is None:
-        time_limit_s = variants.parse_time_limit(variants.DEFAULT_TIME_LIMIT)
+        time_limit_s = competition.parse_time_limit(competition.DEFAULT_TIME_LIMIT)
     _check_session_seconds(time_limit_s, f"{time_limit_s} s")
     if machine_shape not in MACHINE_SHAPES:
         raise ValueError(f"unknown machine shape {machine_shape!r}; valid: {', '.join(MACHINE_SHAPES)}")
@@ -148,7 +148,7 @@ def parse_variant_groups(tokens: Iterable[str]) -> list[tuple[str, ...]]:
 
 def parse_time_limit(text: str) -> int:
     """``"H:MM"`` -> seconds; at most 12:00, a Kaggle session's maximum."""
-    return _check_session_seconds(variants.parse_time_limit(text), text)
+    return _check_session_seconds(competition.parse_time_limit(text), text)
 
 
 def training_kernel(group: Sequence[str]) -> Kernel:
@@ -185,7 +185,7 @@ def kernel_metadata(user: str, kernel: Kernel, machine_shape: str,
         "enable_internet": False,
         "machine_shape": machine_shape,
         "dataset_sources": [],
-        "competition_sources": [paths.COMPETITION_SLUG],
+        "competition_sources": [competition.COMPETITION_SLUG],
         "kernel_sources": list(kernel_sources),
         "model_sources": [],
     }
@@ -219,8 +219,11 @@ def training_notebook(kernel: Kernel, sources: dict[str, str], time_limit_s: int
                 f"TIME_LIMIT_SECONDS = {time_limit_s}  # the whole run, shared by the variants\n"
                 f"SAVE_MARGIN_SECONDS = {SAVE_MARGIN_SECONDS}\n"
                 f"USE_ALL_GPUS = {use_all_gpus}  # False: train on one GPU even where there are two\n")
-    cell = _TRAIN_CELL.replace("__TRAIN_ENV__", TRAIN_ARGS_ENV)
-    return _notebook([_markdown(intro), *_kit_cells(sources), _code(settings + cell)])
+    call = ("\nfrom kit import notebook\n\n"
+            "notebook.train_variants(VARIANTS, STARTED + TIME_LIMIT_SECONDS, data_root=INPUT, working=WORKING,\n"
+            "                        use_all_gpus=USE_ALL_GPUS, save_margin_s=SAVE_MARGIN_SECONDS,\n"
+            f"                        train_args=notebook.extra_args({TRAIN_ARGS_ENV!r}))\n")
+    return _notebook([_markdown(intro), *_kit_cells(sources), _code(settings + call)])
 
 
 def inference_notebook(kernel: Kernel, sources: dict[str, str], kernel_refs: Sequence[str],
@@ -235,8 +238,10 @@ def inference_notebook(kernel: Kernel, sources: dict[str, str], kernel_refs: Seq
     settings = (f"WEIGHT_FILES = {weight_names!r}\n"
                 f"WEIGHT_KERNELS = {list(kernel_refs)!r}  # attached as kernel_sources\n"
                 f"INFER_OPTIONS = {['--tta'] if tta else []!r}\n")
-    cell = _INFER_CELL.replace("__INFER_ENV__", INFER_ARGS_ENV)
-    return _notebook([_markdown(intro), *_kit_cells(sources), _code(settings + cell)])
+    call = ("\nfrom kit import notebook\n\n"
+            "notebook.write_submission(WEIGHT_FILES, WEIGHT_KERNELS, input_root=INPUT, working=WORKING,\n"
+            f"                          infer_options=INFER_OPTIONS + notebook.extra_args({INFER_ARGS_ENV!r}))\n")
+    return _notebook([_markdown(intro), *_kit_cells(sources), _code(settings + call)])
 
 
 def inference_variants(groups: Sequence[Sequence[str]], infer: Sequence[str] | None = None) -> list[str]:
@@ -273,7 +278,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", default="kernels", help="folder receiving one sub-folder per kernel")
     parser.add_argument("--machine-shape", default=DEFAULT_MACHINE_SHAPE, choices=MACHINE_SHAPES,
                         help="Kaggle accelerator (NvidiaTeslaT4 = GPU T4 x2)")
-    parser.add_argument("--time-limit", default=variants.DEFAULT_TIME_LIMIT, metavar="H:MM",
+    parser.add_argument("--time-limit", default=competition.DEFAULT_TIME_LIMIT, metavar="H:MM",
                         help="wall time of a training kernel, shared by the variants it trains")
     parser.add_argument("--infer", nargs="+", metavar="NAME",
                         help="variants whose weights the inference kernel averages, one target type "
@@ -297,7 +302,7 @@ def main(args: argparse.Namespace) -> list[Path]:
     return folders
 
 
-# --- the notebook's own code ------------------------------------------------------------------
+# --- the notebook's bootstrap: it makes the embedded kit importable; the rest is kit.notebook ---------
 
 _BUILT_BY = ("Built by `python -m kit.build_kernel`: the kit's modules are embedded below and written to a "
              "scratch folder, so nothing is installed and the internet stays off.")
@@ -333,7 +338,7 @@ sys.path.insert(0, str(KIT_SRC))
 # Child processes (python -m kit.train / kit.infer) import the same copy.
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(KIT_SRC), os.environ.get("PYTHONPATH")]))
 import kit
-from kit import data, paths
+from kit import paths
 
 if Path(kit.__file__).parent != KIT_SRC / "kit":
     raise RuntimeError(f"imported kit from {kit.__file__}, not from the embedded copy in {KIT_SRC}")
@@ -343,100 +348,6 @@ WORKING.mkdir(parents=True, exist_ok=True)
 print(f"kit loaded from {KIT_SRC}; inputs below {INPUT}; outputs to {WORKING}")
 '''
 
-_RUN_CELL = '''\
-import shlex
-import subprocess
-import threading
-
-
-def run_kit(*args, timeout=None):
-    """Run `python -m args...`, echoing its output here; stop it after `timeout` seconds."""
-    command = [sys.executable, "-m", *map(str, args)]
-    module = next((arg for arg in args if str(arg).startswith("kit.")), args[0])
-    print("$ " + " ".join(shlex.quote(part) for part in command), flush=True)
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    stopped = threading.Event()
-
-    def stop():
-        stopped.set()
-        process.terminate()
-
-    timer = threading.Timer(timeout, stop) if timeout else None
-    if timer:
-        timer.start()
-    for line in process.stdout:
-        print(line, end="", flush=True)
-    status = process.wait()
-    if timer:
-        timer.cancel()
-    if stopped.is_set():
-        raise RuntimeError(f"{module} did not finish within its {timeout:.0f} s and was stopped")
-    if status != 0:
-        raise RuntimeError(f"{module} failed with exit status {status}; its output is above")
-
-
-def extra_args(variable):
-    """Extra command-line arguments from an environment variable (the kit's tests use it)."""
-    return shlex.split(os.environ.get(variable, ""))
-'''
-
-_TRAIN_CELL = '''
-import shutil
-
-import torch
-
-layout = data.find_competition(INPUT)
-gpus = torch.cuda.device_count() if USE_ALL_GPUS else min(torch.cuda.device_count(), 1)
-# Several GPUs (Kaggle's T4 x2) train one model through DDP; --batch-size is then per GPU.
-launcher = ["torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}", "-m"] if gpus > 1 else []
-deadline = STARTED + TIME_LIMIT_SECONDS
-for done, name in enumerate(VARIANTS):
-    # Share what is left evenly among the variants still to train: a quick one leaves time to the next.
-    budget = (deadline - time.monotonic()) / (len(VARIANTS) - done)
-    # kit.train stops before an epoch that would end past its limit; the margin covers its last
-    # validation and save, and the hard stop at `budget` is only a safety net.
-    minutes = int(budget - SAVE_MARGIN_SECONDS) // 60
-    if minutes < 1:
-        raise RuntimeError(f"only {budget:.0f} s left for {name}; raise --time-limit or train fewer variants")
-    print(f"--- training {name} on {f'{gpus} GPU(s)' if gpus else 'the CPU'}, {minutes} min at most", flush=True)
-    run_kit(*launcher, "kit.train", "--variant", name, "--data", layout.root, "--out", WORKING,
-            "--time-limit", f"{minutes // 60}:{minutes % 60:02d}", *extra_args("__TRAIN_ENV__"), timeout=budget)
-
-# The flow targets cached during training would add about 1 GB to this kernel's output: not kept.
-shutil.rmtree(WORKING / "cache", ignore_errors=True)
-for path in sorted(WORKING.rglob("*")):
-    if path.is_file():
-        print(f"{path.relative_to(WORKING)}  {path.stat().st_size:,} bytes")
-'''
-
-_INFER_CELL = '''
-from kit import submission
-
-
-def find_weights(root, name, skip):
-    """The one file called `name` below `root` (kernel outputs are mounted there), `skip` not searched."""
-    found = []
-    for folder, subfolders, file_names in os.walk(root, followlinks=True):
-        subfolders[:] = sorted(d for d in subfolders if Path(folder, d).resolve() != skip)
-        found += [Path(folder, name)] if name in file_names else []
-    if len(found) != 1:
-        what = "no" if not found else f"{len(found)} ({', '.join(map(str, found))})"
-        raise FileNotFoundError(f"{what} {name} below {root}: attach the output of the kernel that trains it "
-                                f"(one of {WEIGHT_KERNELS}) as an input, after its run has finished")
-    return found[0]
-
-
-layout = data.find_competition(INPUT, need_train=False)
-weights = [find_weights(INPUT, name, layout.root.resolve()) for name in WEIGHT_FILES]
-target = WORKING / "submission.csv"
-run_kit("kit.infer", "--data", layout.root, "--weights", *weights, "--out", target, *INFER_OPTIONS,
-        *extra_args("__INFER_ENV__"))
-test_ids = list(data.test_image_paths(layout))
-submission.validate(target, test_ids)
-print(f"{target} is valid: {len(test_ids)} test image(s)")
-'''
-
 
 def _kit_cells(sources: dict[str, str]) -> list[dict]:
     """The setup cell (with the files' digests), one ``%%writefile`` cell per module, the import cell."""
@@ -444,7 +355,7 @@ def _kit_cells(sources: dict[str, str]) -> list[dict]:
                       for name, text in sources.items())
     cells = [_code(_SETUP_CELL.replace("__DIGESTS__", digests))]
     cells += [_code(f"%%writefile {{KIT_SRC}}/kit/{name}\n{text}") for name, text in sources.items()]
-    cells += [_code(_IMPORT_CELL), _code(_RUN_CELL)]
+    cells += [_code(_IMPORT_CELL)]
     return cells
 
 

@@ -10,15 +10,14 @@ for the mask variants, ``kit.flows.flows_to_labels`` for the flow variant.
 
 Cell types: the test images come without one, yet the one-hot variants take it as input and the
 post-processing uses it (minimum sizes, watershed seeds). For images listed in ``train.csv`` the
-annotated type is used; test images get the type predicted by a small classifier (logistic
-regression on the image's radial power spectrum and intensity percentiles) fitted on the training
-images of the same data folder at start-up. Its 5-fold accuracy on the 120 shared images is about
-0.9 (cort is never confused; astro and shsy5y sometimes are).
+annotated type is used; test images get the type predicted by the classifier of
+``kit.cell_type_classifier``, loaded from ``--cell-type-model`` (default: ``cell-types.npz`` beside
+the first weights file, where the training kernel leaves it). Without such a file it is refitted on
+the training images of the same data folder at start-up, and a printed line says so.
 """
 from __future__ import annotations
 
 import argparse
-import functools
 import time
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -27,12 +26,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from kit import data, flows, metrics, models, paths, postprocess, submission
+from kit import cell_type_classifier, data, flows, metrics, models, paths, postprocess, submission
 from kit.variants import Variant
 
 DEFAULT_BATCH_SIZE = 4
-_CLASSIFIER_IMAGES_PER_TYPE = 100  # training images per cell type fitted by the cell-type classifier
-_SPECTRUM_BANDS = np.geomspace(2e-3, 0.71, 17)  # radial frequency band edges (cycles per pixel)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -50,7 +47,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     parser.add_argument("--evaluate", action="store_true", help="print the leaderboard score (annotated images only)")
     parser.add_argument("--boundary-lut", default=None,
-                        help="boundary-tuning table from `python -m kit.postprocess fit` (default: no tuning)")
+                        help="boundary-tuning table from `python -m kit.boundary_table fit` (default: no tuning)")
+    parser.add_argument("--cell-type-model", default=None, metavar="FILE",
+                        help="cell-type classifier from `python -m kit.cell_type_classifier fit` (default: "
+                             f"{cell_type_classifier.FILE_NAME} beside the first weights file if there, "
+                             "else one refitted on the training images)")
     parser.add_argument("--flow-threshold", type=float, default=flows.FLOW_THRESHOLD,
                         help="flow variant: drop instances whose flow error exceeds this")
     return parser
@@ -74,9 +75,10 @@ def run(args: argparse.Namespace) -> Path:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     out = Path(args.out) if args.out else paths.working_dir() / "submission.csv"
     ensemble = load_ensemble(args.weights, device)  # first: a bad weights file fails fast
+    classifier = load_cell_type_model(args.cell_type_model, args.weights[0])
     layout = data.find_competition(args.data, need_train=True, need_test=args.split == "test")
     train_df = data.read_train_csv(layout.train_csv)
-    image_paths, cell_types = select_images(layout, train_df, args.split, args.ids)
+    image_paths, cell_types = select_images(layout, train_df, args.split, args.ids, classifier)
     config = postprocess.PostprocessConfig(
         boundary=postprocess.load_boundary_lut(args.boundary_lut) if args.boundary_lut else None)
     print(f"{len(image_paths)} images ({args.split}), {len(ensemble)} weights file(s) of target "
@@ -92,10 +94,12 @@ def run(args: argparse.Namespace) -> Path:
 
 
 def select_images(layout: data.CompetitionLayout, train_df: pd.DataFrame, split: str,
-                  ids: Sequence[str] | None) -> tuple[dict[str, Path], dict[str, str]]:
+                  ids: Sequence[str] | None, classifier: cell_type_classifier.CellTypeClassifier | None = None
+                  ) -> tuple[dict[str, Path], dict[str, str]]:
     """``({id: image path}, {id: cell type})`` of the images to predict, sorted by id.
 
-    Annotated images keep their annotated type; test images get ``predict_cell_types``'.
+    Annotated images keep their annotated type; test images get the one ``classifier`` predicts
+    (None: a classifier refitted on the training images of ``layout``).
     """
     table = data.image_table(train_df)
     known = dict(zip(table["id"], table["cell_type"]))
@@ -110,55 +114,27 @@ def select_images(layout: data.CompetitionLayout, train_df: pd.DataFrame, split:
             raise ValueError(f"--ids {unknown[:5]} are not {split} images of {layout.root}")
         found = {image_id: found[image_id] for image_id in sorted(set(ids))}
     unlabelled = [image_id for image_id in found if image_id not in known]
-    predicted = predict_cell_types(layout, train_df, [found[i] for i in unlabelled]) if unlabelled else []
+    if unlabelled and classifier is None:
+        print(f"no cell-type classifier file: fitting one on the training images of {layout.root}")
+        classifier = cell_type_classifier.fit_classifier(layout, train_df)
+    predicted = classifier.predict_images([found[i] for i in unlabelled]) if unlabelled else []
     cell_types = {**{i: known[i] for i in found if i in known}, **dict(zip(unlabelled, predicted))}
     for image_id, cell_type in zip(unlabelled, predicted):
         print(f"  {image_id}: predicted cell type {cell_type}")
     return found, {image_id: cell_types[image_id] for image_id in found}
 
 
-def predict_cell_types(layout: data.CompetitionLayout, train_df: pd.DataFrame,
-                       image_paths: Sequence[Path], seed: int = 0) -> list[str]:
-    """The cell type of each image, from a classifier fitted on the annotated training images."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    table = data.image_table(train_df)
-    rng = np.random.default_rng(seed)
-    fit_ids, fit_types = [], []
-    for cell_type, group in table.groupby("cell_type"):
-        ids = sorted(group["id"])
-        if len(ids) > _CLASSIFIER_IMAGES_PER_TYPE:
-            ids = sorted(rng.choice(ids, size=_CLASSIFIER_IMAGES_PER_TYPE, replace=False))
-        fit_ids += ids
-        fit_types += [cell_type] * len(ids)
-    features = np.stack([image_features(data.load_image(layout.train_dir / f"{i}.png")) for i in fit_ids])
-    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000)).fit(features, fit_types)
-    queries = np.stack([image_features(data.load_image(path)) for path in image_paths])
-    return [str(t) for t in model.predict(queries)]
-
-
-def image_features(image: np.ndarray) -> np.ndarray:
-    """float64[19]: log power of the standardised image in 16 radial frequency bands, and the
-    1st, 50th and 99th intensity percentiles (cell size and texture tell the types apart)."""
-    pixels = image.astype(np.float32)
-    pixels = (pixels - pixels.mean()) / (pixels.std() + 1e-6)
-    power = np.abs(np.fft.rfft2(pixels)) ** 2
-    band, counts = _spectrum_bands(image.shape)
-    totals = np.bincount(band, weights=power.ravel(), minlength=len(_SPECTRUM_BANDS) + 1)[1:-1]
-    return np.concatenate([np.log(totals / counts + 1e-12), np.percentile(image, [1, 50, 99])])
-
-
-@functools.lru_cache(maxsize=4)
-def _spectrum_bands(shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """(band index of every rfft2 coefficient, coefficients per inner band) of an image ``shape``:
-    the same for every image of one size, so computed once."""
-    radius = np.hypot(np.fft.fftfreq(shape[0])[:, None], np.fft.rfftfreq(shape[1])[None, :])
-    band = np.digitize(radius, _SPECTRUM_BANDS).ravel()
-    counts = np.maximum(np.bincount(band, minlength=len(_SPECTRUM_BANDS) + 1)[1:-1], 1)
-    band.flags.writeable = counts.flags.writeable = False
-    return band, counts
+def load_cell_type_model(path: str | Path | None, first_weights: str | Path
+                         ) -> cell_type_classifier.CellTypeClassifier | None:
+    """The classifier in ``path``, else in the file beside ``first_weights``; None if neither is given or there."""
+    if path is None:
+        beside = Path(first_weights).parent / cell_type_classifier.FILE_NAME
+        if not beside.is_file():
+            return None
+        path = beside
+    classifier = cell_type_classifier.load_classifier(path)
+    print(f"cell types from the classifier in {path}")
+    return classifier
 
 
 def load_ensemble(weights: Sequence[str | Path], device: torch.device) -> list[tuple[torch.nn.Module, Variant, Path]]:

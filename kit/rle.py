@@ -12,7 +12,7 @@ from typing import Sequence
 import numba
 import numpy as np
 
-IMAGE_SHAPE = (520, 704)  # (height, width) of every competition image
+from kit.competition import IMAGE_SHAPE  # also kit.rle.IMAGE_SHAPE, as callers import it
 
 _ERRORS = {
     1: "a value is not a non-negative integer",

@@ -11,15 +11,12 @@ Optimizer: the paper gives the learning rate (0.01, halved every 10 epochs) but 
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import re
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from kit.data import CELL_TYPES
-
-DEFAULT_TIME_LIMIT = "8:30"  # inside Kaggle's 9-hour GPU notebook limit, with time left to save outputs
+# The time limit's default and parser live with the competition's facts; importable from here as before.
+from kit.competition import CELL_TYPES, DEFAULT_TIME_LIMIT, TimeLimitError, parse_time_limit  # noqa: F401
 
 TARGETS = ("mask", "flow")
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -173,16 +170,3 @@ def describe_variants() -> str:
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * width for width in widths))
     return "\n".join(lines)
-
-
-class TimeLimitError(ValueError, argparse.ArgumentTypeError):
-    """A malformed ``--time-limit``; as an ArgumentTypeError, argparse prints its message as is."""
-
-
-def parse_time_limit(text: str) -> int:
-    """``"H:MM"`` -> seconds; ``TimeLimitError`` (a ValueError) shows the expected form. 0:00 is valid for the
-    trainer (it still runs its first epoch)."""
-    match = re.fullmatch(r"(\d+):([0-5]\d)", text.strip())
-    if not match:
-        raise TimeLimitError(f"time limit {text!r} is not H:MM (e.g. 8:30 or 0:30)")
-    return 3600 * int(match.group(1)) + 60 * int(match.group(2))

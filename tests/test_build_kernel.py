@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -131,11 +132,11 @@ def test_the_kaggle_client_accepts_every_built_folder(tmp_path, kaggle_push, cap
         if folder.name == "sartorius-kit-infer":
             assert request.kernel_data_sources == [f"{USER}/sartorius-kit-train-{n}" for n in masks]
             assert f"WEIGHT_FILES = {[f'{n}.pt' for n in masks]!r}" in run_cell
-            assert '"kit.infer"' in run_cell
+            assert "notebook.write_submission(" in run_cell
         else:
             assert request.kernel_data_sources == []
             name = folder.name.removeprefix("sartorius-kit-train-")
-            assert f"VARIANTS = {[name]!r}" in run_cell and '"kit.train"' in run_cell
+            assert f"VARIANTS = {[name]!r}" in run_cell and "notebook.train_variants(" in run_cell
 
 
 def test_a_retired_machine_shape_is_passed_on_and_the_client_warns(tmp_path, kaggle_push, capsys):
@@ -188,6 +189,28 @@ def test_notebooks_are_valid_nbformat_4_for_a_python3_kernel(tmp_path):
         assert notebook["nbformat"] == 4
         assert notebook["metadata"]["kernelspec"]["name"] == "python3"
         assert all(cell.get("outputs", []) == [] for cell in notebook["cells"])
+
+
+# --- a light command -------------------------------------------------------------------------------
+
+HEAVY_MODULES = ("torch", "pandas", "numba", "cv2", "numpy", "sklearn")
+
+
+def loaded_modules(statement: str) -> set[str]:
+    """The top-level modules a fresh interpreter holds after ``statement`` (no module cached here counts)."""
+    probe = f"import sys; {statement}; print(' '.join(sorted({{m.split('.')[0] for m in sys.modules}})))"
+    done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, check=True)
+    return set(done.stdout.split())
+
+
+def test_importing_the_builder_loads_no_heavy_library():
+    assert not loaded_modules("import kit.build_kernel") & set(HEAVY_MODULES)
+
+
+def test_the_competition_facts_need_only_the_standard_library():
+    at_start = loaded_modules("pass")  # what the interpreter's site set-up loads anyway
+    outside = loaded_modules("import kit.competition") - at_start - set(sys.stdlib_module_names) - {"kit"}
+    assert not outside, outside
 
 
 # --- command line, names, options ------------------------------------------------------------------

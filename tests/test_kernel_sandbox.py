@@ -17,7 +17,7 @@ import io
 import pytest
 
 from benchmarks import bench_kernels, bench_variants
-from kit import build_kernel, data, submission
+from kit import build_kernel, cell_type_classifier, data, submission
 
 pytestmark = pytest.mark.slow
 
@@ -66,6 +66,16 @@ def test_the_inference_notebook_writes_a_valid_submission_for_the_test_images(sa
     weights = " ".join(str(input_root / TRAIN_KERNEL / f"{name}.pt") for name in VARIANTS)
     assert f"--weights {weights} --out" in bench_kernels.notebook_text(run.infer_notebook)  # both found
     assert "for 3 test images; valid submission.csv" in printed
+
+
+def test_the_training_kernel_ships_the_cell_type_classifier_and_inference_loads_it(sandbox):
+    run, _ = sandbox
+    saved = run.train_working / cell_type_classifier.FILE_NAME
+    assert cell_type_classifier.load_classifier(saved).classes == ("astro", "cort", "shsy5y")
+    log = bench_kernels.notebook_text(run.infer_notebook)
+    attached = run.infer_working.parent / "input" / TRAIN_KERNEL / cell_type_classifier.FILE_NAME
+    assert f"cell types from the classifier in {attached}" in log
+    assert "fitting one" not in log  # the training images were not needed for the test images' types
 
 
 def test_an_inference_notebook_without_its_weights_names_the_kernel_to_attach(shared_dir, tmp_path):

@@ -1,4 +1,4 @@
-"""kit.postprocess: closing, boundary features and table, watershed, and mask_to_labels."""
+"""kit.postprocess: closing, boundary features and table, watershed, mask_to_labels; kit.boundary_table: fitting."""
 from __future__ import annotations
 
 import dataclasses
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from kit import data, metrics, postprocess as pp
+from kit import boundary_table as bt, data, metrics, postprocess as pp
 
 
 def python_flood(levels: np.ndarray, seeds: np.ndarray) -> np.ndarray:
@@ -76,7 +76,7 @@ def test_boundary_band_matches_scipy_twin():
 
 @pytest.fixture(scope="module")
 def boundary_pixels(samples):
-    return pp.sample_boundary_pixels(samples, pixels_per_image=30, seed=1)
+    return bt.sample_boundary_pixels(samples, pixels_per_image=30, seed=1)
 
 
 def test_sample_boundary_pixels_come_from_the_band(samples, boundary_pixels):
@@ -92,23 +92,23 @@ def test_sample_boundary_pixels_come_from_the_band(samples, boundary_pixels):
 
 def test_table_equals_the_classifier_on_the_whole_grid(boundary_pixels):
     features, inside = boundary_pixels
-    lut = pp.fit_boundary_lut(features, inside, n_splits=3)
-    assert lut.classifier in pp.CLASSIFIERS and lut.n_pixels == len(inside)
-    assert set(lut.accuracies) == set(pp.CLASSIFIERS)
+    lut = bt.fit_boundary_lut(features, inside, n_splits=3)
+    assert lut.classifier in bt.CLASSIFIERS and lut.n_pixels == len(inside)
+    assert set(lut.accuracies) == set(bt.CLASSIFIERS)
     assert all(len(acc) == 3 and np.all((acc >= 0) & (acc <= 1)) for acc in lut.accuracies.values())
     best_mean = max(acc.mean() for acc in lut.accuracies.values())
     assert lut.accuracies[lut.classifier].mean() == best_mean
-    model = pp.make_classifier(lut.classifier).fit(features, inside)
+    model = bt.make_classifier(lut.classifier).fit(features, inside)
     ii, ss = np.meshgrid(np.arange(256), np.arange(256), indexing="ij")
     grid = np.stack([ii.ravel(), ss.ravel()], axis=1)
     np.testing.assert_array_equal(lut.table, model.predict(grid).reshape(256, 256))
 
 
-@pytest.mark.parametrize("name", pp.CLASSIFIERS)
+@pytest.mark.parametrize("name", bt.CLASSIFIERS)
 def test_tune_boundary_equals_predict_on_band_pixels(samples, boundary_pixels, name):
     features, inside = boundary_pixels
-    model = pp.make_classifier(name).fit(features, inside)
-    lut = pp.BoundaryLUT(pp.classifier_table(model), name)
+    model = bt.make_classifier(name).fit(features, inside)
+    lut = pp.BoundaryLUT(bt.classifier_table(model), name)
     sample = samples[5]
     mask = ndimage.binary_erosion(sample.labels > 0, iterations=2)
     band = pp.boundary_band(mask)
@@ -122,7 +122,7 @@ def test_separable_features_give_a_threshold_table():
     rng = np.random.default_rng(0)
     features = rng.integers(0, 256, size=(400, 2)).astype(np.uint8)
     inside = features[:, 0] > 128
-    lut = pp.fit_boundary_lut(features, inside, n_splits=4)
+    lut = bt.fit_boundary_lut(features, inside, n_splits=4)
     assert all(acc.mean() > 0.95 for acc in lut.accuracies.values())
     assert lut.table[200:, :].mean() > 0.95 and lut.table[:60, :].mean() < 0.05
 
@@ -143,7 +143,7 @@ def test_lut_save_load_round_trip_and_bad_files(tmp_path):
     np.savez(tmp_path / "other.npz", table=table)
     with pytest.raises(ValueError, match="not a boundary table"):
         pp.load_boundary_lut(tmp_path / "other.npz")
-    with pytest.raises(FileNotFoundError, match="kit.postprocess fit"):
+    with pytest.raises(FileNotFoundError, match="kit.boundary_table fit"):
         pp.load_boundary_lut(tmp_path / "missing.npz")
     with pytest.raises(ValueError, match=r"bool\[256, 256\]"):
         pp.save_boundary_lut(tmp_path / "x.npz", dataclasses.replace(lut, table=table[:10]))
@@ -152,7 +152,7 @@ def test_lut_save_load_round_trip_and_bad_files(tmp_path):
 def test_fit_cli_writes_a_table(shared_dir, tmp_path, capsys):
     args = SimpleNamespace(data=str(shared_dir), out=str(tmp_path / "lut.npz"), split="train",
                            max_images=6, pixels_per_image=20, seed=0)
-    lut = pp.main(args)
+    lut = bt.main(args)
     printed = capsys.readouterr().out
     assert "boundary pixels: 120 from 6 images" in printed
     assert "svm" in printed and "naive-bayes" in printed and "10 random 80/20 splits" in printed

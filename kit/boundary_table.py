@@ -1,0 +1,147 @@
+"""Fit the boundary-tuning table on annotated images (the table kit.postprocess applies).
+
+The method paper re-decides the pixels near a predicted mask's boundary with a classic classifier
+(SVM with a degree-3 polynomial kernel, or Gaussian naive Bayes, whichever is more accurate) on
+two features, the pixel intensity and its Sobel gradient magnitude. This module samples those
+pixels from annotated images, fits and scores both classifiers, and tabulates the better one as
+the 256 x 256 ``kit.postprocess.BoundaryLUT`` that inference applies (scikit-learn is needed
+here only, never at inference).
+
+CLI: ``python -m kit.boundary_table fit --data DIR --out FILE`` fits the table on the annotated
+training images (the training split by default) and reports both classifiers' accuracy.
+"""
+from __future__ import annotations
+
+import argparse
+import types
+from typing import Sequence
+
+import numpy as np
+
+from kit import data
+from kit.postprocess import (BAND_RADIUS, BoundaryLUT, boundary_band, quantised_features,
+                             save_boundary_lut)
+
+PIXELS_PER_IMAGE = 50  # boundary pixels sampled per training image (the paper's 200 x 50)
+MAX_IMAGES = 200
+CLASSIFIERS = ("svm", "naive-bayes")
+
+
+def sample_boundary_pixels(samples: Sequence[data.Sample], pixels_per_image: int = PIXELS_PER_IMAGE,
+                           band_radius: int = BAND_RADIUS, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Training pixels for the boundary classifier: (features uint8[n, 2], inside bool[n]).
+
+    From each image, ``pixels_per_image`` pixels drawn uniformly without replacement from the band
+    around the true cells' union boundary; features are (intensity, Sobel code); ``inside`` says
+    whether the pixel belongs to a true cell.
+    """
+    rng = np.random.default_rng(seed)
+    features, inside = [], []
+    for sample in samples:
+        truth = sample.labels > 0
+        candidates = np.flatnonzero(boundary_band(truth, band_radius))
+        if candidates.size == 0:
+            continue
+        chosen = rng.choice(candidates, size=min(pixels_per_image, candidates.size), replace=False)
+        intensity, sobel = quantised_features(sample.image)
+        features.append(np.stack([intensity.ravel()[chosen], sobel.ravel()[chosen]], axis=1))
+        inside.append(truth.ravel()[chosen])
+    if not features:
+        raise ValueError("no boundary pixels: the samples hold no annotated cells")
+    return np.concatenate(features), np.concatenate(inside)
+
+
+def fit_boundary_lut(features: np.ndarray, inside: np.ndarray, n_splits: int = 10,
+                     test_fraction: float = 0.2, seed: int = 0) -> BoundaryLUT:
+    """Fit both classifiers, score them on ``n_splits`` random train/test splits, and tabulate
+    the more accurate one (refitted on all pixels) over the 256 x 256 feature grid."""
+    features = np.asarray(features)
+    inside = np.asarray(inside, dtype=bool)
+    if features.ndim != 2 or features.shape[1] != 2 or features.shape[0] != inside.shape[0]:
+        raise ValueError(f"features must be [n, 2] with n labels, got {features.shape} and {inside.shape}")
+    if np.unique(inside).size < 2:
+        raise ValueError("boundary pixels of one class only: need pixels both inside and outside cells")
+    rng = np.random.default_rng(seed)
+    accuracies = {name: np.empty(n_splits) for name in CLASSIFIERS}
+    n_test = max(1, round(test_fraction * len(inside)))
+    for split in range(n_splits):
+        order = rng.permutation(len(inside))
+        test, train = order[:n_test], order[n_test:]
+        for name in CLASSIFIERS:
+            model = make_classifier(name).fit(features[train], inside[train])
+            accuracies[name][split] = np.mean(model.predict(features[test]) == inside[test])
+    best = max(CLASSIFIERS, key=lambda name: accuracies[name].mean())
+    table = classifier_table(make_classifier(best).fit(features, inside))
+    return BoundaryLUT(table, best, types.MappingProxyType(accuracies), int(len(inside)))
+
+
+def make_classifier(name: str):
+    """An unfitted scikit-learn classifier over (intensity, Sobel code) features.
+
+    "svm": standardised features, SVC with a degree-3 polynomial kernel (coef0 = 1, so the kernel
+    keeps the lower-order terms); "naive-bayes": Gaussian naive Bayes.
+    """
+    from sklearn.naive_bayes import GaussianNB
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import SVC
+
+    if name == "svm":
+        return make_pipeline(StandardScaler(), SVC(kernel="poly", degree=3, coef0=1.0, cache_size=500))
+    if name == "naive-bayes":
+        return GaussianNB()
+    raise ValueError(f"unknown boundary classifier {name!r}; valid: {', '.join(CLASSIFIERS)}")
+
+
+def classifier_table(model) -> np.ndarray:
+    """bool[256, 256]: ``model.predict`` at every (intensity, Sobel code) pair of the grid."""
+    intensity, sobel = np.meshgrid(np.arange(256), np.arange(256), indexing="ij")
+    grid = np.stack([intensity.ravel(), sobel.ravel()], axis=1).astype(np.uint8)
+    return np.asarray(model.predict(grid), dtype=bool).reshape(256, 256)
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m kit.boundary_table", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    fit = commands.add_parser("fit", help="fit the boundary-tuning lookup table on annotated images")
+    fit.add_argument("--data", default=None,
+                     help="folder holding the competition data (default: kit.paths.input_root())")
+    fit.add_argument("--out", required=True, help="where to write the table (.npz)")
+    fit.add_argument("--split", choices=("train", "all"), default="train",
+                     help="images to fit on: the training split (keeps validation images unseen) or all")
+    fit.add_argument("--max-images", type=int, default=MAX_IMAGES, help="images used at most (the paper: 200)")
+    fit.add_argument("--pixels-per-image", type=int, default=PIXELS_PER_IMAGE, help="boundary pixels per image")
+    fit.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def main(args: argparse.Namespace) -> BoundaryLUT:
+    """Fit and save the table; bad input ends the run with ``kit.boundary_table: error: ...``."""
+    try:
+        return fit_from_folder(args)
+    except (FileNotFoundError, ValueError) as err:
+        raise SystemExit(f"kit.boundary_table: error: {err}") from None
+
+
+def fit_from_folder(args: argparse.Namespace) -> BoundaryLUT:
+    """Sample boundary pixels of the chosen annotated images, fit, report, save."""
+    layout = data.find_competition(args.data, need_test=False)
+    df = data.read_train_csv(layout.train_csv)
+    images = data.image_table(df)
+    ids = data.split_train_val(images)[0] if args.split == "train" else sorted(images["id"])
+    if len(ids) > args.max_images:
+        ids = sorted(np.random.default_rng(args.seed).choice(ids, size=args.max_images, replace=False))
+    features, inside = sample_boundary_pixels(data.load_samples(layout, ids, df), args.pixels_per_image,
+                                              seed=args.seed)
+    print(f"boundary pixels: {len(inside)} from {len(ids)} images ({args.split} split), "
+          f"{inside.mean():.1%} inside cells")
+    lut = fit_boundary_lut(features, inside, seed=args.seed)
+    for name, acc in lut.accuracies.items():
+        print(f"  {name:12s} accuracy over {len(acc)} random 80/20 splits: {acc.mean():.4f} +- {acc.std():.4f}")
+    save_boundary_lut(args.out, lut)
+    print(f"chose {lut.classifier}; wrote {args.out}")
+    return lut
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())

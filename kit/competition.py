@@ -1,0 +1,27 @@
+"""The competition's fixed facts, for every module and the light commands: standard library only.
+
+``python -m kit.build_kernel`` needs the cell types, the slug and the time limit but none of numpy,
+pandas, numba, cv2 or torch, so these facts live here rather than beside the code that reads the data.
+"""
+from __future__ import annotations
+
+import argparse
+import re
+
+COMPETITION_SLUG = "sartorius-cell-instance-segmentation"
+IMAGE_SHAPE = (520, 704)  # (height, width) of every competition image
+CELL_TYPES = ("cort", "astro", "shsy5y")  # one-hot channel order
+DEFAULT_TIME_LIMIT = "8:30"  # inside Kaggle's 9-hour GPU notebook limit, with time left to save outputs
+
+
+class TimeLimitError(ValueError, argparse.ArgumentTypeError):
+    """A malformed ``--time-limit``; as an ArgumentTypeError, argparse prints its message as is."""
+
+
+def parse_time_limit(text: str) -> int:
+    """``"H:MM"`` -> seconds; ``TimeLimitError`` (a ValueError) shows the expected form. 0:00 is valid for the
+    trainer (it still runs its first epoch)."""
+    match = re.fullmatch(r"(\d+):([0-5]\d)", text.strip())
+    if not match:
+        raise TimeLimitError(f"time limit {text!r} is not H:MM (e.g. 8:30 or 0:30)")
+    return 3600 * int(match.group(1)) + 60 * int(match.group(2))

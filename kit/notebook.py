@@ -1,0 +1,124 @@
+"""What the Kaggle notebooks run, as tested code: their cells are short calls into this module.
+
+The training notebook shares its time limit between the variants it trains and runs ``kit.train``
+for each (through DDP where the session has several GPUs), after saving the cell-type classifier
+beside the weights; the inference notebook finds the attached training kernels' weights, runs
+``kit.infer`` and validates the submission. Every kit command runs as a child process
+(``run_kit``), its output echoed into the notebook and stopped at its share of the time.
+"""
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Sequence
+
+from kit import cell_type_classifier, data, submission
+
+
+def run_kit(*args, timeout=None):
+    """Run `python -m args...`, echoing its output here; stop it after `timeout` seconds."""
+    command = [sys.executable, "-m", *map(str, args)]
+    module = next((arg for arg in args if str(arg).startswith("kit.")), args[0])
+    print("$ " + " ".join(shlex.quote(part) for part in command), flush=True)
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    stopped = threading.Event()
+
+    def stop():
+        stopped.set()
+        process.terminate()
+
+    timer = threading.Timer(timeout, stop) if timeout else None
+    if timer:
+        timer.start()
+    for line in process.stdout:
+        print(line, end="", flush=True)
+    status = process.wait()
+    if timer:
+        timer.cancel()
+    if stopped.is_set():
+        raise RuntimeError(f"{module} did not finish within its {timeout:.0f} s and was stopped")
+    if status != 0:
+        raise RuntimeError(f"{module} failed with exit status {status}; its output is above")
+
+
+def extra_args(variable):
+    """Extra command-line arguments from an environment variable (the kit's tests use it)."""
+    return shlex.split(os.environ.get(variable, ""))
+
+
+def time_share(seconds_left: float, variants_left: int, save_margin_s: float) -> tuple[float, int]:
+    """(hard stop in seconds, kit.train's limit in whole minutes) for the next of ``variants_left`` variants.
+
+    What is left is shared evenly among the variants still to train, so a quick one leaves time to
+    the next. kit.train stops before an epoch that would end past its limit; the margin covers its
+    last validation and save, and the hard stop is only a safety net.
+    """
+    budget = seconds_left / variants_left
+    return budget, int(budget - save_margin_s) // 60
+
+
+def train_variants(names: Sequence[str], deadline: float, *, data_root: Path, working: Path,
+                   use_all_gpus: bool = True, save_margin_s: float = 300, train_args: Sequence[str] = ()) -> None:
+    """The training notebook: the cell-type classifier, then ``kit.train`` for each variant until
+    ``deadline`` (a ``time.monotonic()`` time); outputs in ``working``, the flow cache dropped."""
+    layout = data.find_competition(data_root)
+    # Saved first and beside the weights: the inference kernel finds it there even if training runs out of time.
+    cell_type_classifier.fit_and_save(layout.root, working / cell_type_classifier.FILE_NAME)
+    gpus = training_gpus(use_all_gpus)
+    # Several GPUs (Kaggle's T4 x2) train one model through DDP; --batch-size is then per GPU.
+    launcher = ["torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}", "-m"] if gpus > 1 else []
+    for done, name in enumerate(names):
+        budget, minutes = time_share(deadline - time.monotonic(), len(names) - done, save_margin_s)
+        if minutes < 1:
+            raise RuntimeError(f"only {budget:.0f} s left for {name}; raise --time-limit or train fewer variants")
+        print(f"--- training {name} on {f'{gpus} GPU(s)' if gpus else 'the CPU'}, {minutes} min at most", flush=True)
+        run_kit(*launcher, "kit.train", "--variant", name, "--data", layout.root, "--out", working,
+                "--time-limit", f"{minutes // 60}:{minutes % 60:02d}", *train_args, timeout=budget)
+    # The flow targets cached during training would add about 1 GB to this kernel's output: not kept.
+    shutil.rmtree(working / "cache", ignore_errors=True)
+    for path in sorted(working.rglob("*")):
+        if path.is_file():
+            print(f"{path.relative_to(working)}  {path.stat().st_size:,} bytes")
+
+
+def training_gpus(use_all_gpus: bool) -> int:
+    """GPUs to train on: all the session has, or at most one."""
+    import torch  # here, not at the top: the inference notebook's own process never needs torch
+
+    count = torch.cuda.device_count()
+    return count if use_all_gpus else min(count, 1)
+
+
+def find_weights(root: Path, name: str, skip: Path, kernels: Sequence[str]) -> Path:
+    """The one file called `name` below `root` (kernel outputs are mounted there), `skip` not searched;
+    an error names the ``kernels`` whose output to attach."""
+    found = []
+    for folder, subfolders, file_names in os.walk(root, followlinks=True):
+        subfolders[:] = sorted(d for d in subfolders if Path(folder, d).resolve() != skip)
+        found += [Path(folder, name)] if name in file_names else []
+    if len(found) != 1:
+        what = "no" if not found else f"{len(found)} ({', '.join(map(str, found))})"
+        raise FileNotFoundError(f"{what} {name} below {root}: attach the output of the kernel that trains it "
+                                f"(one of {list(kernels)}) as an input, after its run has finished")
+    return found[0]
+
+
+def write_submission(weight_files: Sequence[str], weight_kernels: Sequence[str], *, input_root: Path,
+                     working: Path, infer_options: Sequence[str] = ()) -> Path:
+    """The inference notebook: ``kit.infer`` on the test images with the weights found below
+    ``input_root`` (its default cell-type classifier lies beside the first); the submission validated."""
+    layout = data.find_competition(input_root, need_train=False)
+    weights = [find_weights(input_root, name, layout.root.resolve(), weight_kernels) for name in weight_files]
+    target = working / "submission.csv"
+    run_kit("kit.infer", "--data", layout.root, "--weights", *weights, "--out", target, *infer_options)
+    test_ids = list(data.test_image_paths(layout))
+    submission.validate(target, test_ids)
+    print(f"{target} is valid: {len(test_ids)} test image(s)")
+    return target

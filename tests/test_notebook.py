@@ -1,0 +1,92 @@
+"""kit.notebook, what the built notebooks run: the time split, child commands, finding weights, training."""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from kit import cell_type_classifier, notebook
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def kit_importable(monkeypatch):
+    """Child processes import this checkout's kit, wherever pytest was started."""
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
+
+
+def test_time_share_splits_what_is_left_among_the_variants_still_to_train():
+    assert notebook.time_share(3 * 3600, 3, 300) == (3600, 55)  # an hour each, 5 minutes kept for the save
+    assert notebook.time_share(3000, 1, 300) == (3000, 45)  # the last variant gets all that is left
+    assert notebook.time_share(1000, 2, 300) == (500, 3)
+    assert notebook.time_share(600, 2, 300)[1] == 0  # too little: train_variants refuses to start it
+
+
+def test_run_kit_echoes_the_command_and_its_output(kit_importable, capsys):
+    notebook.run_kit("kit.cell_type_classifier", "--help")
+    printed = capsys.readouterr().out
+    assert printed.startswith(f"$ {sys.executable} -m kit.cell_type_classifier --help\n")
+    assert "usage: python -m kit.cell_type_classifier" in printed
+
+
+def test_run_kit_raises_on_failure_and_stops_at_its_timeout(kit_importable):
+    with pytest.raises(RuntimeError, match="kit.boundary_table failed with exit status 2; its output is above"):
+        notebook.run_kit("kit.boundary_table")  # no sub-command: argparse exits 2
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match="timeit did not finish within its 1 s and was stopped"):
+        notebook.run_kit("timeit", "-n", "1", "-r", "1", "import time; time.sleep(60)", timeout=1)
+    assert time.monotonic() - started < 30
+
+
+def test_extra_args_split_like_a_shell(monkeypatch):
+    monkeypatch.setenv("KIT_TEST_ARGS", "--epochs 1 --crop '64x64'")
+    assert notebook.extra_args("KIT_TEST_ARGS") == ["--epochs", "1", "--crop", "64x64"]
+    monkeypatch.delenv("KIT_TEST_ARGS")
+    assert notebook.extra_args("KIT_TEST_ARGS") == []
+
+
+def test_find_weights_skips_the_competition_folder_and_names_the_kernels_to_attach(tmp_path):
+    competition = tmp_path / "sartorius" / "train"
+    competition.mkdir(parents=True)
+    (competition / "unet.pt").write_bytes(b"")  # inside the skipped folder: not a kernel output
+    kernel = tmp_path / "sartorius-kit-train-unet"
+    kernel.mkdir()
+    (kernel / "unet.pt").write_bytes(b"")
+    skip = (tmp_path / "sartorius").resolve()
+    assert notebook.find_weights(tmp_path, "unet.pt", skip, ["u/k"]) == kernel / "unet.pt"
+    with pytest.raises(FileNotFoundError, match=r"no hot-unet\.pt below .*one of \['u/k'\]"):
+        notebook.find_weights(tmp_path, "hot-unet.pt", skip, ["u/k"])
+    (tmp_path / "copy").mkdir()
+    (tmp_path / "copy" / "unet.pt").write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match=r"2 \(.*\) unet\.pt below"):
+        notebook.find_weights(tmp_path, "unet.pt", skip, ["u/k"])
+
+
+def test_train_variants_saves_the_classifier_first_then_trains_each_in_its_share(shared_dir, tmp_path,
+                                                                                 monkeypatch, capsys):
+    commands = []
+    monkeypatch.setattr(notebook, "run_kit", lambda *args, timeout=None: commands.append((args, timeout)))
+    monkeypatch.setattr(notebook, "training_gpus", lambda use_all_gpus: 2 if use_all_gpus else 1)
+    (tmp_path / "cache").mkdir()
+    # Two hours and two minutes: with the classifier fitted in under two minutes, each variant's
+    # share is just over an hour, so kit.train gets 55 minutes (5 kept back for its last save).
+    deadline = time.monotonic() + 2 * 3600 + 120
+    notebook.train_variants(["unet", "hot-unet"], deadline, data_root=shared_dir, working=tmp_path,
+                            train_args=["--epochs", "1"])
+    assert cell_type_classifier.load_classifier(tmp_path / cell_type_classifier.FILE_NAME).classes == (
+        "astro", "cort", "shsy5y")
+    (first, first_timeout), (second, _) = commands
+    assert first[:4] == ("torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m")
+    assert first[4:7] == ("kit.train", "--variant", "unet") and second[6] == "hot-unet"
+    assert first[-4:] == ("--time-limit", "0:55", "--epochs", "1")
+    assert 3600 < first_timeout <= 3660
+    assert not (tmp_path / "cache").exists()  # the flow cache is not kept in the output
+    assert f"{cell_type_classifier.FILE_NAME}  " in capsys.readouterr().out
+    commands.clear()
+    with pytest.raises(RuntimeError, match="only .* s left for unet; raise --time-limit"):
+        notebook.train_variants(["unet"], time.monotonic() + 200, data_root=shared_dir, working=tmp_path,
+                                use_all_gpus=False)
+    assert commands == []
