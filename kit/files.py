@@ -62,8 +62,9 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
 def no_space_error(path: Path, detail: str) -> OutputError:
     """The error of a write to ``path`` that ran out of space (``detail``: what the writer said)."""
     free = shutil.disk_usage(path.parent).free if path.parent.is_dir() else 0
+    kept = f"{path} keeps its previous content" if path.exists() else f"{path} was not written"
     return OutputError(f"could not write {path}: {detail}; {_mb(free)} free on its disk. "
-                       f"Free some space or write elsewhere; {path} keeps its previous content")
+                       f"Free some space or write elsewhere; {kept}")
 
 
 def check_writable_dir(folder: str | os.PathLike, option: str = "--out") -> Path:
