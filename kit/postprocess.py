@@ -27,7 +27,7 @@ import numba
 import numpy as np
 
 from kit import data, flows
-from kit.files import atomic_output
+from kit.files import OutputError, atomic_output, check_writable_dir
 
 SOBEL_STEP = 2.0  # Sobel magnitude units per code: 255 codes reach 510, above the 99.8th percentile here
 BAND_RADIUS = 2  # pixels on each side of a boundary that boundary tuning re-decides
@@ -334,8 +334,9 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> BoundaryLUT:
     """Fit and save the table; bad input ends the run with ``kit.postprocess: error: ...``."""
     try:
+        check_writable_dir(Path(args.out).parent, "--out")  # before the fit, not after it
         return fit_from_folder(args)
-    except (FileNotFoundError, ValueError) as err:
+    except (FileNotFoundError, ValueError, OutputError) as err:
         raise SystemExit(f"kit.postprocess: error: {err}") from None
 
 
