@@ -91,8 +91,8 @@ def run(args: argparse.Namespace) -> Path:
     predictions = predict_labels(ensemble, image_paths, cell_types, device, args.batch_size, args.tta,
                                  config, args.flow_threshold)
     n_cells = sum(int(labels.max()) for labels in predictions.values())
-    if n_cells == 0 and not args.allow_empty:
-        _refuse_to_empty(out, len(predictions))
+    if n_cells == 0:
+        _check_empty(out, len(predictions), args.allow_empty)
     submission.write_submission(predictions, out, expected_ids=list(image_paths))
     print(f"wrote {out}: {n_cells} cells in {len(predictions)} images ({time.perf_counter() - started:.1f} s)")
     if args.evaluate:
@@ -236,13 +236,14 @@ def report_score(train_df: pd.DataFrame, submission_path: Path, cell_types: Mapp
     return report
 
 
-def _refuse_to_empty(out: Path, n_images: int) -> None:
-    """A submission without a single cell must not replace one that has cells without a word."""
+def _check_empty(out: Path, n_images: int, allow_empty: bool) -> None:
+    """A submission without a single cell is said out loud, and replaces one that has cells only
+    with ``--allow-empty``."""
     try:
         earlier = submission.read_submission(out) if out.is_file() else None
     except submission.SubmissionError:
         earlier = None  # an unreadable file is no good submission to protect
-    if earlier is not None and earlier["predicted"].map(rle.holds_mask).any():
+    if not allow_empty and earlier is not None and earlier["predicted"].map(rle.holds_mask).any():
         raise ValueError(f"no cell predicted in any of the {n_images} images (untrained or broken weights?), "
                          f"and {out} holds cells: it was kept. Pass --allow-empty to replace it anyway")
     print(f"kit.infer: warning: no cell predicted in any of the {n_images} images (untrained or broken "
