@@ -174,11 +174,15 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except PermissionError as err:
+        raise ValueError(f"cannot read checkpoint {path} ({err.strerror}); fix its permissions") from None
     except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError,
-            KeyError, IndexError) as err:  # a short text file ends in KeyError or IndexError
+            KeyError, IndexError, OSError) as err:
+        # A short text file ends in KeyError or IndexError, a truncated checkpoint in OSError (EINVAL).
         # torch's own message suggests weights_only=False, which is exactly what not to do here.
         raise ValueError(f"{path} is not a readable checkpoint: corrupt, truncated, or not a torch file "
-                         f"({type(err).__name__}); delete it and train again") from None
+                         f"({type(err).__name__}); pass a file written by `python -m kit.train` (train again if "
+                         "it was damaged)") from None
     found = checkpoint.get("format") if isinstance(checkpoint, dict) else None
     if found == "kit-checkpoint-v1":
         raise ValueError(f"{path} was written by an older kit that fed the network image / 255; this kit "
