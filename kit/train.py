@@ -446,9 +446,9 @@ def _amp_dtype(device: torch.device, precision: str) -> torch.dtype | None:
         return None
     has_bf16 = device.type != "cuda" or models.gpu_autocast_dtype(device) == torch.bfloat16
     if precision == "bf16" and not has_bf16:
-        raise SystemExit(f"kit.train: {torch.cuda.get_device_name(device)} has no bf16; use --precision fp16")
+        raise ValueError(f"{torch.cuda.get_device_name(device)} has no bf16; use --precision fp16")
     if precision == "fp16" and device.type != "cuda":
-        raise SystemExit("kit.train: --precision fp16 needs CUDA; use fp32 or bf16 on CPU")
+        raise ValueError("--precision fp16 needs CUDA; use fp32 or bf16 on CPU")
     return torch.bfloat16 if precision == "bf16" else torch.float16
 
 
