@@ -280,6 +280,25 @@ def test_infer_into_an_unwritable_out_fails_before_predicting(shared_dir, empty_
     assert f"cannot write to {read_only} (Permission denied)" in _user_error(excinfo, "kit.infer")
 
 
+def test_the_other_commands_name_an_unwritable_output_in_one_line(shared_dir, read_only, monkeypatch):
+    from kit import postprocess
+
+    monkeypatch.setattr(postprocess, "fit_from_folder", _no_training)
+    with pytest.raises(SystemExit) as excinfo:
+        postprocess.main(postprocess.get_args_parser().parse_args(["fit", "--out", str(read_only / "b.npz")]))
+    assert f"cannot write to {read_only} (Permission denied)" in _user_error(excinfo, "kit.postprocess")
+    with pytest.raises(SystemExit) as excinfo:
+        build_kernel.main(build_kernel.get_args_parser().parse_args(["--user", "someone", "--out", str(read_only)]))
+    assert f"cannot write {read_only}/sartorius-kit-" in _user_error(excinfo, "kit.build_kernel")
+    path = write_submission({ANNOTATED_ID: _truth_labels(shared_dir, ANNOTATED_ID)}, read_only.parent / "s.csv")
+    args = ["--data", str(shared_dir), "--submission", str(path), "--ids", ANNOTATED_ID,
+            "--overlay-dir", str(read_only)]
+    with pytest.raises(SystemExit) as excinfo:
+        validate.main(validate.get_args_parser().parse_args(args))
+    assert f"cannot write to {read_only} (Permission denied); pass a folder you can write to with --overlay-dir" \
+        in _user_error(excinfo, "kit.validate")
+
+
 # ---------------------------------------------------------------- 7. kill -9 / SIGTERM during a write
 
 _DYING_SAVE = """
