@@ -597,6 +597,9 @@ def _prepare_out(out: Path, variant: Variant, args: argparse.Namespace) -> None:
     names = run_files(variant.name)
     for path in remove_stale_temporaries(out, names):
         print(f"removed {path}: a partial file left by a save that was killed")
+    last = out / f"{variant.name}-last.pt"
+    if args.resume and not last.is_file():  # found now, not after the images and flow targets are loaded
+        raise FileNotFoundError(f"--resume: no checkpoint {last}; run without --resume to start training")
     if not args.resume:
         kept = guard_existing_run(out, names, args.restart)
         if kept is not None:

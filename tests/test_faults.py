@@ -194,10 +194,12 @@ def test_train_data_errors_are_one_line_without_traceback(tmp_path):
                                    "(or a folder above it)")
 
 
-def test_resume_errors_are_one_line(shared_dir, tmp_path):
+def test_resume_errors_are_one_line_and_found_before_loading_images(shared_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(train, "load_split", _no_training)
     with pytest.raises(SystemExit) as excinfo:
         _train(*_train_args(shared_dir, tmp_path, "--resume"))
-    assert "--resume: no checkpoint" in _user_error(excinfo, "kit.train")
+    assert f"--resume: no checkpoint {tmp_path / 'unet-last.pt'}; run without --resume" \
+        in _user_error(excinfo, "kit.train")
 
 
 # ---------------------------------------------------------------- 5. a full disk
