@@ -25,6 +25,7 @@ import time  # noqa: E402
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
+from benchmarks import run_cli  # noqa: E402
 from benchmarks.numpy_twins import numpy_masks_to_flows  # noqa: E402
 from kit import boundary_table, data, flows, metrics, paths, postprocess, rle  # noqa: E402
 
@@ -152,4 +153,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli("python -m benchmarks.bench_instances", main)

@@ -27,7 +27,7 @@ import nbformat
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
-from benchmarks import bench_variants
+from benchmarks import bench_variants, run_cli
 from kit import build_kernel, data, paths, submission
 from kit.variants import VARIANTS
 
@@ -142,4 +142,4 @@ def notebook_text(notebook: nbformat.NotebookNode) -> str:
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    run_cli("python -m benchmarks.bench_kernels", main, get_args_parser().parse_args())

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import linear_sum_assignment
 
+from benchmarks import run_cli
 from kit import data, metrics, rle
 
 
@@ -94,4 +95,4 @@ def _best_of(repeats: int, fn):
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    run_cli("python -m benchmarks.bench_metrics", main, get_args_parser().parse_args())

@@ -12,6 +12,7 @@ import time
 
 import numpy as np
 
+from benchmarks import run_cli
 from kit import data, rle
 
 
@@ -57,4 +58,4 @@ def main(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    run_cli("python -m benchmarks.bench_rle", main, get_args_parser().parse_args())

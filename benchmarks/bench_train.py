@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from benchmarks import run_cli
 from kit import batches, data, models, train
 from kit.losses import build_loss
 from kit.variants import VARIANTS, Variant
@@ -42,7 +43,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> None:
-    device = torch.device(args.device)
+    device = models.resolve_device(args.device)  # a GPU this machine lacks: one line, not torch's traceback
     torch.backends.cudnn.benchmark = True  # both loops: fixed shapes
     layout = data.find_competition(args.data, need_test=False)
     df = data.read_train_csv(layout.train_csv)
@@ -164,4 +165,4 @@ def _peak_memory(device: torch.device) -> str:
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    run_cli("python -m benchmarks.bench_train", main, get_args_parser().parse_args())

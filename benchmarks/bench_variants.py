@@ -22,6 +22,7 @@ from typing import Sequence
 
 import pandas as pd
 
+from benchmarks import run_cli
 from kit import train
 from kit.files import write_text_atomic
 from kit.variants import VARIANTS
@@ -103,4 +104,4 @@ def _hms(seconds: float) -> str:
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    run_cli("python -m benchmarks.bench_variants", main, get_args_parser().parse_args())

@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import argparse
 import types
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from kit import data
+from kit.files import OutputError, check_writable_dir
 from kit.postprocess import (BAND_RADIUS, BoundaryLUT, boundary_band, quantised_features,
                              save_boundary_lut)
 
@@ -118,8 +120,9 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> BoundaryLUT:
     """Fit and save the table; bad input ends the run with ``kit.boundary_table: error: ...``."""
     try:
+        check_writable_dir(Path(args.out).parent, "--out")  # before the fit, not after it
         return fit_from_folder(args)
-    except (FileNotFoundError, ValueError) as err:
+    except (FileNotFoundError, ValueError, OutputError) as err:
         raise SystemExit(f"kit.boundary_table: error: {err}") from None
 
 

@@ -37,6 +37,8 @@ TRAIN_ARGS_ENV = "KIT_TRAIN_ARGS"  # extra kit.train arguments (tests: a tiny CP
 INFER_ARGS_ENV = "KIT_INFER_ARGS"  # extra kit.infer arguments
 _BUILDER_FILE = Path(__file__).name  # the builder itself is not needed on Kaggle
 _USERNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+# The README's and the error messages' stand-ins: kernels built with one would push to nobody's account.
+_PLACEHOLDER_USERNAMES = ("YOUR_KAGGLE_USERNAME", "USERNAME", "YOU")
 _SECRET_ENV = ("KAGGLE_KEY", "KAGGLE_API_TOKEN")
 
 
@@ -91,7 +93,25 @@ def build_kernels(user: str, groups: Sequence[Sequence[str]], out: str | os.Path
         _refuse_private(text, path)
     for path, text in rendered.items():
         files.write_text_atomic(path, text)
-    return list(dict.fromkeys(path.parent for path in rendered))
+    built = list(dict.fromkeys(path.parent for path in rendered))
+    _remove_stale_kernels(Path(out), built)
+    return built
+
+
+def _remove_stale_kernels(out: Path, built: Sequence[Path]) -> None:
+    """Delete the kernel folders of earlier builds that this build no longer makes, so ``out`` holds
+    only what the last build pushes. A folder holding more than a build writes is left, and named."""
+    for folder in sorted(out.glob(f"{SLUG_PREFIX}-*")):
+        if folder in built or not (folder / "kernel-metadata.json").is_file():
+            continue
+        ours = {folder / "kernel-metadata.json", folder / f"{folder.name}.ipynb"}
+        if set(folder.iterdir()) <= ours:
+            for path in ours:
+                path.unlink(missing_ok=True)
+            folder.rmdir()
+            print(f"removed {folder}: a kernel of an earlier build, not part of this one")
+        else:
+            print(f"left {folder}: a kernel of an earlier build, but it holds other files too; delete it by hand")
 
 
 def resolve_username(user: str | None = None) -> str:
@@ -120,6 +140,9 @@ def check_username(user: str) -> str:
     """``user`` if it can be a Kaggle username (letters, digits, '-' or '_'), else a clear error."""
     if not isinstance(user, str) or not _USERNAME.match(user):
         raise ValueError(f"{user!r} is not a Kaggle username (letters, digits, '-' and '_' only)")
+    if user.upper() in _PLACEHOLDER_USERNAMES:
+        raise ValueError(f"--user {user} is the README's placeholder: pass your own Kaggle username "
+                         "(kaggle.com -> your profile), or leave --user out to read it from kaggle.json")
     return user
 
 
@@ -295,8 +318,8 @@ def main(args: argparse.Namespace) -> list[Path]:
         folders = build_kernels(resolve_username(args.user), groups, args.out,
                                 machine_shape=args.machine_shape, time_limit_s=parse_time_limit(args.time_limit),
                                 use_all_gpus=not args.one_gpu, infer=args.infer, tta=args.tta)
-    except (ValueError, FileNotFoundError) as error:
-        raise SystemExit(f"kit.build_kernel: {error}") from None
+    except (ValueError, OSError) as error:  # OSError: --out not writable (kit.files.OutputError and others)
+        raise SystemExit(f"kit.build_kernel: error: {error}") from None
     for folder in folders:
         print(f"kaggle kernels push -p {folder}")
     return folders

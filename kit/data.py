@@ -51,6 +51,9 @@ def find_competition(root: str | Path | None = None, *, need_train: bool = True,
     ``sample_submission.csv`` when present). Ambiguity (two copies at the same depth) is an error.
     """
     root = Path(root) if root is not None else paths.input_root()
+    if root.exists() and not root.is_dir():
+        raise FileNotFoundError(f"data folder {root} is a file, not a folder: pass --data the folder holding "
+                                "train.csv, train/ and test/ (or a folder above it)")
     if not root.is_dir():
         raise FileNotFoundError(f"data folder {root} does not exist; {_DOWNLOAD_HINT}, or pass --data")
     wanted = (["train.csv", "train"] if need_train else []) + (["test"] if need_test else [])

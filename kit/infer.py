@@ -18,6 +18,7 @@ the training images of the same data folder at start-up, and a printed line says
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -26,7 +27,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from kit import cell_type_classifier, data, flows, metrics, models, paths, postprocess, submission
+from kit import cell_type_classifier, data, flows, metrics, models, paths, postprocess, rle, submission
+from kit.files import OutputError, check_writable_dir, exit_on_sigterm, remove_stale_temporaries
 from kit.variants import Variant
 
 DEFAULT_BATCH_SIZE = 4
@@ -54,6 +56,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                              "else one refitted on the training images)")
     parser.add_argument("--flow-threshold", type=float, default=flows.FLOW_THRESHOLD,
                         help="flow variant: drop instances whose flow error exceeds this")
+    parser.add_argument("--allow-empty", action="store_true",
+                        help="let a submission without any cell replace one that has cells")
     return parser
 
 
@@ -61,7 +65,7 @@ def main(args: argparse.Namespace) -> Path:
     """Write the submission; bad input ends the run with ``kit.infer: error: ...`` naming the culprit."""
     try:
         return run(args)
-    except (FileNotFoundError, ValueError) as err:  # SubmissionError is a ValueError
+    except (FileNotFoundError, ValueError, OutputError) as err:  # SubmissionError is a ValueError
         raise SystemExit(f"kit.infer: error: {err}") from None
 
 
@@ -72,8 +76,11 @@ def run(args: argparse.Namespace) -> Path:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.evaluate and args.split == "test":
         raise ValueError("--evaluate needs annotated images: add --split train or --split val")
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = models.resolve_device(args.device)
     out = Path(args.out) if args.out else paths.working_dir() / "submission.csv"
+    check_writable_dir(out.parent)  # before the predictions, not after them
+    for path in remove_stale_temporaries(out.parent, [out.name]):
+        print(f"removed {path}: a partial file left by a write that was killed")
     ensemble = load_ensemble(args.weights, device)  # first: a bad weights file fails fast
     classifier = load_cell_type_model(args.cell_type_model, args.weights[0])
     layout = data.find_competition(args.data, need_train=True, need_test=args.split == "test")
@@ -85,8 +92,10 @@ def run(args: argparse.Namespace) -> Path:
           f"{ensemble[0][1].target!r}, device {device}, tta {'on' if args.tta else 'off'}")
     predictions = predict_labels(ensemble, image_paths, cell_types, device, args.batch_size, args.tta,
                                  config, args.flow_threshold)
-    submission.write_submission(predictions, out, expected_ids=list(image_paths))
     n_cells = sum(int(labels.max()) for labels in predictions.values())
+    if n_cells == 0:
+        _check_empty(out, len(predictions), args.allow_empty)
+    submission.write_submission(predictions, out, expected_ids=list(image_paths))
     print(f"wrote {out}: {n_cells} cells in {len(predictions)} images ({time.perf_counter() - started:.1f} s)")
     if args.evaluate:
         report_score(train_df, out, cell_types)
@@ -203,6 +212,20 @@ def report_score(train_df: pd.DataFrame, submission_path: Path, cell_types: Mapp
     return report
 
 
+def _check_empty(out: Path, n_images: int, allow_empty: bool) -> None:
+    """A submission without a single cell is said out loud, and replaces one that has cells only
+    with ``--allow-empty``."""
+    try:
+        earlier = submission.read_submission(out) if out.is_file() else None
+    except submission.SubmissionError:
+        earlier = None  # an unreadable file is no good submission to protect
+    if not allow_empty and earlier is not None and earlier["predicted"].map(rle.holds_mask).any():
+        raise ValueError(f"no cell predicted in any of the {n_images} images (untrained or broken weights?), "
+                         f"and {out} holds cells: it was kept. Pass --allow-empty to replace it anyway")
+    print(f"kit.infer: warning: no cell predicted in any of the {n_images} images (untrained or broken "
+          "weights?); the submission scores 0", file=sys.stderr)
+
+
 def _forward(model: torch.nn.Module, variant: Variant, x: torch.Tensor, dims: tuple[int, ...],
              device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Decoded output for input flipped along ``dims``, flipped back. Un-flipping a flow field
@@ -234,4 +257,5 @@ def _check_finite(prob: torch.Tensor, flow: torch.Tensor | None, ids: Sequence[s
 
 
 if __name__ == "__main__":
+    exit_on_sigterm()
     main(get_args_parser().parse_args())

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import pickle
 import zipfile
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
@@ -20,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kit.data import CELL_TYPES
-from kit.files import atomic_output
+from kit.files import atomic_output, no_space_error
 from kit.variants import IMAGE_CHANNELS, Variant
 
 # v2: the image channel is standardised per image (v1 fed image / 255, see model_input).
@@ -156,24 +157,43 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, variant: Variant,
     optional = {"optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}
     checkpoint.update({key: part.state_dict() for key, part in optional.items() if part is not None})
     with atomic_output(path) as tmp:
-        torch.save(checkpoint, tmp)
+        try:
+            torch.save(checkpoint, tmp)
+        except RuntimeError as err:
+            # A full disk surfaces from torch's C++ writer as "basic_ios::clear: iostream error" or
+            # "unexpected pos": no file named, no errno. Say which file and that space ran out.
+            raise no_space_error(Path(path), f"torch.save failed ({str(err).splitlines()[0][:120]}), "
+                                             "most likely a full disk") from None
 
 
-def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
-    """A checkpoint's dict, read with ``weights_only=True``; a clear error for anything else."""
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """A checkpoint's dict (tensors on the CPU), read with ``weights_only=True``; a clear error for
+    anything else.
+
+    Always read onto the CPU: a device fault (no CUDA) must not pass for a corrupt file, so the
+    caller checks the device first (``resolve_device``) and moves the model there.
+    """
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as err:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except PermissionError as err:
+        raise ValueError(f"cannot read checkpoint {path} ({err.strerror}); fix its permissions") from None
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError,
+            KeyError, IndexError, OSError) as err:
+        # A short text file ends in KeyError or IndexError, a truncated checkpoint in OSError (EINVAL).
         # torch's own message suggests weights_only=False, which is exactly what not to do here.
         raise ValueError(f"{path} is not a readable checkpoint: corrupt, truncated, or not a torch file "
-                         f"({type(err).__name__}); delete it and train again") from None
+                         f"({type(err).__name__}); pass a file written by `python -m kit.train` (train again if "
+                         "it was damaged)") from None
     found = checkpoint.get("format") if isinstance(checkpoint, dict) else None
     if found == "kit-checkpoint-v1":
         raise ValueError(f"{path} was written by an older kit that fed the network image / 255; this kit "
                          "standardises each image, so those weights would see other inputs: train again")
+    if _format_version(found) > _format_version(CHECKPOINT_FORMAT):
+        raise ValueError(f"{path} is a kit checkpoint of a newer format ({found!r}; this kit reads "
+                         f"{CHECKPOINT_FORMAT!r}): update the kit (git pull) to load it")
     if found != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is a torch file but not a kit checkpoint (no format {CHECKPOINT_FORMAT!r}); "
                          "model files come from `python -m kit.train`")
@@ -187,7 +207,7 @@ def load_checkpoint(path: str | os.PathLike, expected_variant: str | Variant | N
     ``expected_variant`` (a name or a ``Variant``) makes a checkpoint of another variant, or one whose
     architecture settings differ, an error naming both.
     """
-    checkpoint = read_checkpoint(path, map_location)
+    checkpoint = read_checkpoint(path)
     try:
         variant = Variant.from_dict(checkpoint["variant"])
     except (KeyError, TypeError, ValueError) as err:
@@ -201,6 +221,40 @@ def load_checkpoint(path: str | os.PathLike, expected_variant: str | Variant | N
         raise ValueError(f"{os.fspath(path)}: the weights do not fit variant {variant.name!r}: "
                          f"{str(err).splitlines()[0]}") from None
     return model.to(map_location).eval(), variant, checkpoint
+
+
+def resolve_device(name: str | None) -> torch.device:
+    """The torch device of a ``--device`` value (default: cuda when available), refused before any
+    work when it is no device or is not present on this machine."""
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        device = None
+    if device is None or device.type not in ("cuda", "cpu"):
+        raise ValueError(f"--device {name!r} is not a device this kit runs on: use cuda, cuda:N or cpu")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: no CUDA GPU is visible (torch.cuda.is_available() is False); "
+                         "use --device cpu, or run on a machine with a GPU")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA GPU(s), "
+                         f"numbered from 0")
+    return device
+
+
+def checkpoint_bytes(variant: Variant) -> int:
+    """About the size of ``variant``'s resumable checkpoint: float32 weights plus the optimizer's
+    state (SGD momentum: one copy, Adam: two), and 1 MB for the rest."""
+    weights = 4 * sum(p.numel() for p in build_model(variant).parameters())
+    return weights * (3 if variant.optimizer == "adam" else 2) + 1_000_000
+
+
+def _format_version(name: Any) -> int:
+    """N of ``kit-checkpoint-vN``, 0 for anything else."""
+    text = name if isinstance(name, str) else ""
+    prefix = "kit-checkpoint-v"
+    return int(text[len(prefix):]) if text.startswith(prefix) and text[len(prefix):].isdigit() else 0
 
 
 def _check_variant(path: str, found: Variant, expected: str | Variant) -> None:

@@ -19,7 +19,7 @@ _ERRORS = {
     2: "odd number of values (expected 'start length' pairs)",
     3: "a start is < 1 (starts are 1-indexed)",
     4: "a run length is < 1",
-    5: "a run goes past the end of the image",
+    5: "a run goes past the end",
     6: "runs are not ascending or overlap",
 }
 

@@ -32,7 +32,8 @@ from torch import nn
 
 from kit import data, metrics, models, paths, postprocess
 from kit.batches import TrainData, batch_images, crop_size, load_split, make_batch, type_scales
-from kit.files import atomic_output, write_text_atomic
+from kit.files import (OutputError, atomic_output, check_free_space, check_writable_dir, exit_on_sigterm,
+                       guard_existing_run, remove_stale_temporaries, write_text_atomic)
 from kit.losses import build_loss
 from kit.variants import (DEFAULT_TIME_LIMIT, OPTIMIZERS, SCHEDULES, VARIANTS, Variant, describe_variants,
                           get_variant, parse_time_limit)
@@ -87,6 +88,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="auto: bf16 on GPUs that have it, else fp16; fp32 on CPU")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA)")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/NAME-last.pt")
+    parser.add_argument("--restart", action="store_true",
+                        help="start afresh although OUT holds a run of NAME (its files move to OUT/previous/)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the split, initialisation and batches")
     return parser
 
@@ -97,8 +100,11 @@ def main(args: argparse.Namespace) -> Path | None:
         print(describe_variants())
         return None
     if args.variant is None:
-        raise SystemExit("kit.train: --variant is required (see --list)")
-    return train(args)
+        raise SystemExit("kit.train: error: --variant is required (see --list)")
+    try:
+        return train(args)
+    except (FileNotFoundError, FileExistsError, OutputError, ValueError) as err:
+        raise SystemExit(f"kit.train: error: {err}") from None
 
 
 def train(args: argparse.Namespace) -> Path:
@@ -108,6 +114,8 @@ def train(args: argparse.Namespace) -> Path:
     variant = _effective_variant(args)
     out = Path(args.out) if args.out is not None else paths.working_dir()
     crop = _effective_crop(args.crop, variant)
+    if rank == 0:
+        _prepare_out(out, variant, args)
     train_data, val_data, inference = _load_splits(args, variant, device, out / "cache", rank)
     state = _training_state(args, variant, device, world, out, crop, inference, started, len(train_data))
     log = print if rank == 0 else (lambda *a, **k: None)
@@ -236,9 +244,15 @@ def instance_method(variant: Variant) -> str:
 
 def _setup_distributed(device_name: str | None) -> tuple[int, int, torch.device]:
     """(rank, world size, device); under torchrun (RANK set) joins the process group as nanoGPT does."""
-    wanted = device_name or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device_name is None and not torch.cuda.is_available():
+        # Not a silent fallback: the default schedule is 50 full-image epochs, days on a CPU.
+        raise ValueError("no CUDA GPU is visible, and a full training run on the CPU takes days: pass "
+                         "--device cpu to train there anyway (a smoke run: --device cpu --epochs 1 "
+                         "--max-images 8 --crop 256x256)")
+    wanted = device_name or "cuda"
     if wanted == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("kit.train: --device cuda but no CUDA GPU is visible; use --device cpu")
+        raise ValueError("--device cuda but no CUDA GPU is visible (torch.cuda.is_available() is False); "
+                         "use --device cpu")
     torch.backends.cudnn.benchmark = wanted == "cuda"  # fixed image sizes: let cuDNN pick its fastest kernels
     if int(os.environ.get("RANK", -1)) < 0:
         return 0, 1, torch.device(wanted)
@@ -398,9 +412,9 @@ def _amp_dtype(device: torch.device, precision: str) -> torch.dtype | None:
         return None
     has_bf16 = device.type != "cuda" or models.gpu_autocast_dtype(device) == torch.bfloat16
     if precision == "bf16" and not has_bf16:
-        raise SystemExit(f"kit.train: {torch.cuda.get_device_name(device)} has no bf16; use --precision fp16")
+        raise ValueError(f"{torch.cuda.get_device_name(device)} has no bf16; use --precision fp16")
     if precision == "fp16" and device.type != "cuda":
-        raise SystemExit("kit.train: --precision fp16 needs CUDA; use fp32 or bf16 on CPU")
+        raise ValueError("--precision fp16 needs CUDA; use fp32 or bf16 on CPU")
     return torch.bfloat16 if precision == "bf16" else torch.float16
 
 
@@ -513,24 +527,54 @@ def _write_metrics(path: Path, history: Sequence[dict]) -> None:
 
 
 def _plot_curves(path: Path, history: Sequence[dict], title: str) -> None:
+    """Loss, validation scores, learning rate and images/s per epoch; a dashed line marks the best epoch."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     epochs = [row["epoch"] for row in history]
-    figure = Figure(figsize=(10, 4))
+    best = max(history, key=_quality)["epoch"]
+    figure = Figure(figsize=(10, 7))
     FigureCanvasAgg(figure)
-    losses, scores = figure.subplots(1, 2)
-    for key in ("train_loss", "val_loss"):
-        losses.plot(epochs, [row[key] for row in history], marker=".", label=key)
-    for key in ("val_dice", "val_iou", "val_accuracy", "val_score"):
-        scores.plot(epochs, [row[key] for row in history], marker=".", label=key)
-    for axes, name in ((losses, "loss"), (scores, "validation")):
+    panels = {"loss": ("train_loss", "val_loss"), "validation": ("val_dice", "val_iou", "val_accuracy", "val_score"),
+              "learning rate": ("lr",), "throughput": ("images_per_s",)}
+    for axes, (name, keys) in zip(figure.subplots(2, 2).flat, panels.items()):
+        for key in keys:
+            axes.plot(epochs, [row[key] for row in history], marker=".", label=key)
+        axes.axvline(best, color="grey", linestyle="--", linewidth=1, label=f"best epoch {best}")
         axes.set_xlabel("epoch")
         axes.set_title(f"{title}: {name}")
-        axes.legend()
+        axes.legend(fontsize="small")
+    figure.tight_layout()
     with atomic_output(path) as tmp:
         figure.savefig(tmp, format="png", dpi=100)
 
 
+def run_files(name: str) -> list[str]:
+    """The files a run of variant ``name`` writes in ``--out``."""
+    return [f"{name}.pt", f"{name}-last.pt", f"{name}-metrics.csv", f"{name}-curves.png"]
+
+
+def _prepare_out(out: Path, variant: Variant, args: argparse.Namespace) -> None:
+    """Before any work: ``out`` writable and with room for the checkpoints, no temporaries of a killed
+    save left, and an earlier run there continued (--resume), moved aside (--restart) or refused."""
+    if args.resume and args.restart:
+        raise ValueError("--resume continues the run in --out and --restart starts afresh: pass one of them")
+    check_writable_dir(out)
+    names = run_files(variant.name)
+    for path in remove_stale_temporaries(out, names):
+        print(f"removed {path}: a partial file left by a save that was killed")
+    last = out / f"{variant.name}-last.pt"
+    if args.resume and not last.is_file():  # found now, not after the images and flow targets are loaded
+        raise FileNotFoundError(f"--resume: no checkpoint {last}; run without --resume to start training")
+    if not args.resume:
+        kept = guard_existing_run(out, names, args.restart)
+        if kept is not None:
+            print(f"--restart: the earlier {variant.name} run's files were moved to {kept}")
+    # The best weights and the resumable checkpoint are each written beside their previous copy.
+    check_free_space(out, 2 * models.checkpoint_bytes(variant),
+                     f"the checkpoints {variant.name}.pt and {variant.name}-last.pt")
+
+
 if __name__ == "__main__":
+    exit_on_sigterm()
     main(get_args_parser().parse_args())

@@ -1,10 +1,11 @@
 """Score a submission locally exactly as the leaderboard does: ``python -m kit.validate``.
 
 The test set's annotations are hidden, so a local check scores a submission made for *training*
-images against their ``train.csv`` annotations. Only the submission's ids that ``train.csv``
-annotates are scored (the others are listed); the per-image scores and overlay PNGs of the worst
-images (image in gray, truth outlines green, prediction outlines magenta) go to ``overlays/``
-beside the submission.
+images against their ``train.csv`` annotations. Like the leaderboard, it scores a stated set of
+images (the validation split, every annotated image, or ``--ids``), not whatever the submission
+happens to list: an image the submission lacks scores 0, and the summary counts them. The
+per-image scores and overlay PNGs of the worst images (image in gray, truth outlines green,
+prediction outlines magenta) go to ``overlays/`` beside the submission.
 
     python -m kit.validate --data ../shared --submission runs/val/submission.csv --overlays 8
 """
@@ -18,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from kit import data, metrics, rle
-from kit.files import atomic_output, write_text_atomic
+from kit.files import OutputError, atomic_output, check_writable_dir, write_text_atomic
 from kit.submission import read_submission, validate
 
 TRUTH_COLOUR = (0, 220, 0)  # BGR green
@@ -34,6 +35,10 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="folder holding the competition data somewhere below it (default: kit.paths.input_root())")
     parser.add_argument("--submission", type=Path, required=True,
                         help="submission.csv (id,predicted) for training images")
+    parser.add_argument("--split", choices=("val", "train"), default="val",
+                        help="images scored: the validation split (as `kit.infer --split val` picks it) "
+                             "or every annotated image; each one missing from the submission scores 0")
+    parser.add_argument("--ids", nargs="+", default=None, help="score exactly these annotated images instead")
     parser.add_argument("--overlays", type=int, default=8, metavar="N",
                         help="write overlay PNGs of the N worst-scoring images (0: none)")
     parser.add_argument("--overlay-dir", type=Path, default=None,
@@ -50,13 +55,17 @@ def main(args: argparse.Namespace) -> metrics.ScoreReport:
         train = data.read_train_csv(layout.train_csv)
         submission = read_submission(args.submission)
         validate(args.submission, submission["id"].unique())
-    except (FileNotFoundError, ValueError) as err:  # SubmissionError is a ValueError
+        stated, what = _stated_ids(train, args.split, args.ids, layout.train_csv)
+        missing, unscored = _compare_ids(stated, submission, args.submission, train, what)
+        out_dir = check_writable_dir(args.overlay_dir or args.submission.parent / "overlays", "--overlay-dir")
+    except (FileNotFoundError, ValueError, OutputError) as err:  # SubmissionError is a ValueError
         raise SystemExit(f"kit.validate: error: {err}") from None
-    scored, unscored = _split_ids(submission, train, args.submission, layout.train_csv)
-    report = metrics.score_report(train[train["id"].isin(scored)], submission[submission["id"].isin(scored)])
-    out_dir = args.overlay_dir or args.submission.parent / "overlays"
+    # The solution holds every stated image: one the submission lacks is scored without predictions (0).
+    report = metrics.score_report(train[train["id"].isin(stated)], submission[submission["id"].isin(stated)])
     scores_csv = write_text_atomic(out_dir / "scores.csv", report.per_image.to_csv(index=False, float_format="%.6f"))
-    print(_summary(report, args.submission, layout.train_csv, unscored, scores_csv))
+    print(_summary(report, args.submission, what, missing, unscored, scores_csv))
+    for old in out_dir.glob("[0-9][0-9]_*.png"):  # overlays of an earlier run would mix with these
+        old.unlink()
     worst = report.per_image.sort_values(["score", "id"]).head(args.overlays)
     written = [_write_overlay(row, layout, train, submission, out_dir, rank)
                for rank, row in enumerate(worst.itertuples(index=False), start=1)]
@@ -65,30 +74,47 @@ def main(args: argparse.Namespace) -> metrics.ScoreReport:
     return report
 
 
-def _split_ids(submission: pd.DataFrame, train: pd.DataFrame, sub_path: Path,
-               train_csv: Path) -> tuple[list[str], list[str]]:
-    """(ids to score: annotated in train.csv, ids that cannot be scored); no id in common is an error."""
-    sub_ids = sorted(submission["id"].unique())
+def _stated_ids(train: pd.DataFrame, split: str, ids: list[str] | None,
+                train_csv: Path) -> tuple[list[str], str]:
+    """(the sorted ids to score, their description for the summary)."""
     annotated = set(train["id"])
-    scored = [i for i in sub_ids if i in annotated]
-    if not scored:
-        raise SystemExit(
-            f"kit.validate: error: {sub_path} shares no image id with {train_csv} (it has {len(sub_ids)} id(s), "
-            f"e.g. {sub_ids[:3]}). Test annotations are hidden: to check locally, predict training images "
-            "(e.g. the validation split) and pass that submission.")
-    return scored, [i for i in sub_ids if i not in annotated]
+    if ids is not None:
+        unknown = sorted(set(ids) - annotated)
+        if unknown:
+            raise ValueError(f"--ids {unknown[:5]} are not annotated in {train_csv}; pass training image ids")
+        return sorted(set(ids)), f"--ids of {train_csv}"
+    if split == "train":
+        return sorted(annotated), f"every annotated image of {train_csv}"
+    return data.split_train_val(data.image_table(train))[1], f"the validation split of {train_csv}"
 
 
-def _summary(report: metrics.ScoreReport, sub_path: Path, train_csv: Path, unscored: list[str],
+def _compare_ids(stated: list[str], submission: pd.DataFrame, sub_path: Path, train: pd.DataFrame,
+                 what: str) -> tuple[list[str], list[str]]:
+    """(stated ids the submission lacks, submission ids outside the stated set); none in common is an error."""
+    sub_ids = set(submission["id"])
+    if not sub_ids & set(stated):
+        listed = sorted(sub_ids)
+        hint = ("Pass --split train, or --ids with the images it holds." if sub_ids & set(train["id"]) else
+                "Test annotations are hidden: to check locally, predict training images (e.g. the validation "
+                "split) and pass that submission.")
+        raise ValueError(f"{sub_path} shares no image id with {what} (it has {len(listed)} id(s), e.g. "
+                         f"{listed[:3]}). {hint}")
+    return sorted(set(stated) - sub_ids), sorted(sub_ids - set(stated))
+
+
+def _summary(report: metrics.ScoreReport, sub_path: Path, what: str, missing: list[str], unscored: list[str],
              scores_csv: Path) -> str:
     per_image = report.per_image
     counts = ", ".join(f"{t} {n}" for t, n in per_image["cell_type"].value_counts().sort_index().items())
     listed = " ".join(per_image["id"]) if len(per_image) <= 12 else f"listed in {scores_csv}"
     lines = [f"submission: {sub_path}",
-             f"scored {len(per_image)} image(s) of {train_csv} ({counts}): {listed}"]
+             f"scored {len(per_image)} image(s), {what} ({counts}): {listed}"]
+    if missing:
+        lines.append(f"MISSING from the submission ({len(missing)} image(s), each scores 0 as on the "
+                     f"leaderboard): {_some(missing)}")
     if unscored:
-        lines.append(f"NOT scored ({len(unscored)} id(s) without annotations in train.csv): "
-                     f"{' '.join(unscored[:12])}{' ...' if len(unscored) > 12 else ''}")
+        lines.append(f"NOT scored ({len(unscored)} id(s) of the submission outside the scored images): "
+                     f"{_some(unscored)}")
     lines += ["", f"score (mean over images of the mean precision over IoU thresholds): {report.score:.6f}",
               "", "per cell type (precision at each IoU threshold, mean over images):",
               report.per_cell_type.to_string(index=False, float_format=lambda v: f"{v:.4f}"),
@@ -96,6 +122,10 @@ def _summary(report: metrics.ScoreReport, sub_path: Path, train_csv: Path, unsco
               report.per_threshold.to_string(index=False, float_format=lambda v: f"{v:.4f}",
                                              formatters={"threshold": "{:.2f}".format})]
     return "\n".join(lines)
+
+
+def _some(ids: list[str]) -> str:
+    return f"{' '.join(ids[:12])}{' ...' if len(ids) > 12 else ''}"
 
 
 def _write_overlay(row, layout: data.CompetitionLayout, train: pd.DataFrame, submission: pd.DataFrame,

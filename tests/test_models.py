@@ -191,7 +191,7 @@ def test_gpus_with_bf16_get_bf16_and_t4_p100_get_fp16(capability, expected, monk
     assert train._amp_dtype(gpu, "auto") is expected and train._amp_dtype(gpu, "fp32") is None
     assert train._amp_dtype(gpu, "fp16") is torch.float16
     if expected is torch.float16:
-        with pytest.raises(SystemExit, match="Tesla T4 has no bf16; use --precision fp16"):
+        with pytest.raises(ValueError, match="Tesla T4 has no bf16; use --precision fp16"):
             train._amp_dtype(gpu, "bf16")
     else:
         assert train._amp_dtype(gpu, "bf16") is torch.bfloat16

@@ -92,7 +92,7 @@ def test_validate_accepts_good_file_and_frame(tmp_path):
     ("id,predicted\na,1 2\nb,\nb,0 2\n", r"line 4 \(image b\): .*start is < 1"),
     ("id,predicted\na,1 2\nb,3\n", r"line 3 \(image b\): .*odd number"),
     ("id,predicted\na,1 x\nb,\n", r"line 2 \(image a\): .*not a non-negative integer"),
-    ("id,predicted\na,19 3\nb,\n", r"line 2 \(image a\): .*past the end of the image"),
+    ("id,predicted\na,19 3\nb,\n", r"line 2 \(image a\): .*past the end of the \d+x\d+ image \("),
     ("id,predicted\na,5 2 1 2\nb,\n", r"line 2 \(image a\): .*not ascending"),
     ("id,predicted\na,1 2 4 1\nb,1 3\na,2 1\n",
      r"line 4 \(image a\): its mask overlaps the mask of .* line 2 at pixel 2"),

@@ -325,13 +325,13 @@ def test_the_time_limit_stops_cleanly_with_the_weights_saved(shared_dir, tmp_pat
 
 def test_resume_refuses_missing_foreign_and_corrupt_checkpoints(shared_dir, tmp_path, smoke_run):
     args = _cli(shared_dir, tmp_path, "unet", "--epochs", "2", "--resume")
-    with pytest.raises(FileNotFoundError, match="no checkpoint .*unet-last.pt; run without --resume"):
+    with pytest.raises(SystemExit, match="kit.train: error: --resume: no checkpoint .*unet-last.pt; run without"):
         _run(*args)
     shutil.copy(smoke_run[0] / "hot-unet-last.pt", tmp_path / "unet-last.pt")
-    with pytest.raises(ValueError, match="holds variant 'hot-unet', not 'unet'"):
+    with pytest.raises(SystemExit, match="holds variant 'hot-unet', not 'unet'"):
         _run(*args)
     (tmp_path / "unet-last.pt").write_bytes(b"\x00" * 1000)
-    with pytest.raises(ValueError, match="unet-last.pt is not a readable checkpoint"):
+    with pytest.raises(SystemExit, match="unet-last.pt is not a readable checkpoint"):
         _run(*args)
 
 

@@ -36,8 +36,11 @@ def disjoint_ids(train, truth_labels) -> list[str]:
             if rle.decode_many(rows["annotation"].tolist()).areas().sum() == np.count_nonzero(truth_labels[image_id])]
 
 
-def run(data: Path, submission: Path, overlays: int, overlay_dir: Path | None = None) -> metrics.ScoreReport:
+def run(data: Path, submission: Path, overlays: int, overlay_dir: Path | None = None,
+        ids: list[str] | None = None) -> metrics.ScoreReport:
     argv = ["--data", str(data), "--submission", str(submission), "--overlays", str(overlays)]
+    if ids is not None:
+        argv += ["--ids", *ids]
     if overlay_dir is not None:
         argv += ["--overlay-dir", str(overlay_dir)]
     return main(get_args_parser().parse_args(argv))
@@ -49,11 +52,11 @@ def test_submission_from_truth_scores_one(shared_dir, train, truth_labels, tmp_p
     path = write_submission({i: truth_labels[i] for i in ids}, tmp_path / "submission.csv")
     # the module run as a user runs it; --data one level above the layout: it is found below
     result = subprocess.run([sys.executable, "-m", "kit.validate", "--data", str(shared_dir.parent),
-                             "--submission", str(path), "--overlays", "1"],
+                             "--submission", str(path), "--overlays", "1", "--ids", *ids],
                             cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "score (mean over images of the mean precision over IoU thresholds): 1.000000" in result.stdout
-    assert f"scored 3 image(s) of {shared_dir / 'train.csv'} (cort 3): {' '.join(ids)}" \
+    assert f"scored 3 image(s), --ids of {shared_dir / 'train.csv'} (cort 3): {' '.join(ids)}" \
         in result.stdout
     overlays = sorted((tmp_path / "overlays").glob("*.png"))
     assert len(overlays) == 1 and overlays[0].name.startswith("01_1.000_")
@@ -68,7 +71,7 @@ def test_perturbed_submission(shared_dir, train, truth_labels, tmp_path, capsys)
         labels[np.isin(labels, rng.choice(labels.max(), size=labels.max() // 5) + 1)] = 0
         predictions[image_id] = labels
     path = write_submission(predictions, tmp_path / "sub" / "submission.csv")
-    report = run(shared_dir, path, overlays=2)
+    report = run(shared_dir, path, overlays=2, ids=ids)
     # the label co-occurrence path scores the same label images independently of the CLI's run sweep
     truth = [train.loc[train["id"] == i, "annotation"].tolist() for i in ids]
     expected = metrics.score_labels(truth, [predictions[i] for i in ids])
@@ -92,9 +95,9 @@ def test_unscored_ids_are_listed(shared_dir, train, truth_labels, tmp_path, caps
     image_id = train["id"].iloc[0]
     empty = np.zeros(rle.IMAGE_SHAPE, np.int32)
     path = write_submission({image_id: truth_labels[image_id], "notatrainid": empty}, tmp_path / "s.csv")
-    report = run(shared_dir, path, overlays=0, overlay_dir=tmp_path / "ov")
+    report = run(shared_dir, path, overlays=0, overlay_dir=tmp_path / "ov", ids=[image_id])
     assert report.per_image["id"].tolist() == [image_id]
-    assert "NOT scored (1 id(s) without annotations in train.csv): notatrainid" in capsys.readouterr().out
+    assert "NOT scored (1 id(s) of the submission outside the scored images): notatrainid" in capsys.readouterr().out
     assert not list((tmp_path / "ov").glob("*.png"))
 
 
@@ -102,13 +105,14 @@ def test_a_blank_prediction_row_is_an_image_without_cells_in_the_overlay(shared_
     image_id = train["id"].iloc[0]
     path = tmp_path / "s.csv"
     path.write_text(f"id,predicted\n{image_id}, \n")
-    report = run(shared_dir, path, overlays=1)
+    report = run(shared_dir, path, overlays=1, ids=[image_id])
     assert report.per_image["n_pred"].tolist() == [0] and report.score == 0.0
     assert len(list((tmp_path / "overlays").glob("01_0.000_*.png"))) == 1
 
 
 def test_test_set_submission_is_an_error(shared_dir):
-    with pytest.raises(SystemExit, match="shares no image id with .*train.csv"):
+    with pytest.raises(SystemExit, match="shares no image id with the validation split of .*train.csv.*"
+                                         "Test annotations are hidden"):
         run(shared_dir, shared_dir / "sample_submission.csv", overlays=0)
 
 
