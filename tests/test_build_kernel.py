@@ -108,8 +108,7 @@ def test_the_kaggle_client_accepts_every_built_folder(tmp_path, kaggle_push, cap
     folders = build(tmp_path / "kernels")
     names = list(variants.VARIANTS)
     assert [f.name for f in folders] == [f"sartorius-kit-train-{n}" for n in names] + ["sartorius-kit-infer"]
-    masks = [n for n in names if variants.get_variant(n).target == "mask"]
-    assert len(masks) == 4  # the inference kernel averages the mask variants by default
+    assert variants.RECIPE in names  # the inference kernel uses the kit's recipe by default
     repo_sources = {p.name: p.read_text() for p in sorted(KIT_DIR.glob("*.py")) if p.name != "build_kernel.py"}
     from slugify import slugify  # the kaggle client's own slug rule (python-slugify, a kaggle dependency)
 
@@ -130,8 +129,8 @@ def test_the_kaggle_client_accepts_every_built_folder(tmp_path, kaggle_push, cap
         assert embedded_files(notebook) == repo_sources
         run_cell = cell_text(notebook["cells"][-1])
         if folder.name == "sartorius-kit-infer":
-            assert request.kernel_data_sources == [f"{USER}/sartorius-kit-train-{n}" for n in masks]
-            assert f"WEIGHT_FILES = {[f'{n}.pt' for n in masks]!r}" in run_cell
+            assert request.kernel_data_sources == [f"{USER}/sartorius-kit-train-{variants.RECIPE}"]
+            assert f"WEIGHT_FILES = {[f'{variants.RECIPE}.pt']!r}" in run_cell
             assert "notebook.write_submission(" in run_cell
         else:
             assert request.kernel_data_sources == []
@@ -156,7 +155,7 @@ def test_two_builds_are_byte_identical(tmp_path):
     build(tmp_path / "a")
     build(tmp_path / "b")
     first, second = tree(tmp_path / "a"), tree(tmp_path / "b")
-    assert len(first) == 12  # 5 training kernels + inference, two files each
+    assert len(first) == 2 * (len(variants.VARIANTS) + 1)  # a training kernel per variant + inference, two files each
     assert first == second
 
 
@@ -166,7 +165,7 @@ def test_a_built_kernel_holds_no_credential_token_or_local_path(tmp_path, monkey
     monkeypatch.setenv("KAGGLE_USERNAME", USER)
     build(tmp_path / "kernels")
     texts = [p.read_text() for p in (tmp_path / "kernels").rglob("*") if p.is_file()]
-    assert len(texts) == 12
+    assert len(texts) == 2 * (len(variants.VARIANTS) + 1)
     for text in texts:
         for forbidden in (DUMMY_KEY, DUMMY_TOKEN, "KAGGLE_KEY", "KAGGLE_API_TOKEN", "kaggle.json",
                           str(REPO), str(tmp_path)):
@@ -264,6 +263,7 @@ def test_inference_variants_share_one_target_type():
     assert build_kernel.inference_variants([("hot-flow-unet",)]) == ["hot-flow-unet"]
     assert build_kernel.inference_variants([("hot-flow-unet", "unet"), ("hot-unet",)]) == ["unet", "hot-unet"]
     everything = build_kernel.parse_variant_groups(["all"])
+    assert build_kernel.inference_variants(everything) == ["hot-flow-unet-plus"]
     assert build_kernel.inference_variants(everything, ["hot-unet", "unet"]) == ["unet", "hot-unet"]
     with pytest.raises(ValueError, match="one target type"):
         build_kernel.inference_variants(everything, ["unet", "hot-flow-unet"])
@@ -278,7 +278,7 @@ def test_a_long_group_gets_a_short_stable_slug_matching_its_title():
     kernel = build_kernel.training_kernel(everything)
     assert len(kernel.title) <= build_kernel.MAX_TITLE_LENGTH
     assert slugify(kernel.title) == kernel.slug == build_kernel.training_kernel(everything).slug
-    assert kernel.slug.startswith("sartorius-kit-train-5-variants-")
+    assert kernel.slug.startswith(f"sartorius-kit-train-{len(everything)}-variants-")
     assert kernel.slug != build_kernel.training_kernel(everything[::-1]).slug
 
 

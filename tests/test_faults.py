@@ -283,12 +283,12 @@ def test_infer_into_an_unwritable_out_fails_before_predicting(shared_dir, empty_
 
 
 def test_the_other_commands_name_an_unwritable_output_in_one_line(shared_dir, read_only, monkeypatch):
-    from kit import postprocess
+    from kit import boundary_table
 
-    monkeypatch.setattr(postprocess, "fit_from_folder", _no_training)
+    monkeypatch.setattr(boundary_table, "fit_from_folder", _no_training)
     with pytest.raises(SystemExit) as excinfo:
-        postprocess.main(postprocess.get_args_parser().parse_args(["fit", "--out", str(read_only / "b.npz")]))
-    assert f"cannot write to {read_only} (Permission denied)" in _user_error(excinfo, "kit.postprocess")
+        boundary_table.main(boundary_table.get_args_parser().parse_args(["fit", "--out", str(read_only / "b.npz")]))
+    assert f"cannot write to {read_only} (Permission denied)" in _user_error(excinfo, "kit.boundary_table")
     with pytest.raises(SystemExit) as excinfo:
         build_kernel.main(build_kernel.get_args_parser().parse_args(["--user", "someone", "--out", str(read_only)]))
     assert f"cannot write {read_only}/sartorius-kit-" in _user_error(excinfo, "kit.build_kernel")
