@@ -21,13 +21,15 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from typing import Mapping, Sequence
+from types import MappingProxyType
+from typing import Mapping, NamedTuple, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
 
-from kit import cell_type_classifier, data, flows, metrics, models, paths, postprocess, rle, submission
+from kit import batches, cell_type_classifier, data, flows, metrics, models, paths, postprocess, rle, submission
 from kit.files import OutputError, check_writable_dir, exit_on_sigterm, remove_stale_temporaries
 from kit.variants import Variant
 
@@ -54,8 +56,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="cell-type classifier from `python -m kit.cell_type_classifier fit` (default: "
                              f"{cell_type_classifier.FILE_NAME} beside the first weights file if there, "
                              "else one refitted on the training images)")
-    parser.add_argument("--flow-threshold", type=float, default=flows.FLOW_THRESHOLD,
-                        help="flow variant: drop instances whose flow error exceeds this")
+    parser.add_argument("--flow-threshold", type=float, default=None,
+                        help="flow variant: drop instances whose flow error exceeds this, for every cell type "
+                             f"(default: the checkpoint's tuned value per type, else {flows.FLOW_THRESHOLD})")
     parser.add_argument("--allow-empty", action="store_true",
                         help="let a submission without any cell replace one that has cells")
     return parser
@@ -87,7 +90,8 @@ def run(args: argparse.Namespace) -> Path:
     train_df = data.read_train_csv(layout.train_csv)
     image_paths, cell_types = select_images(layout, train_df, args.split, args.ids, classifier)
     config = postprocess.PostprocessConfig(
-        boundary=postprocess.load_boundary_lut(args.boundary_lut) if args.boundary_lut else None)
+        boundary=postprocess.load_boundary_lut(args.boundary_lut) if args.boundary_lut else None,
+    ).with_tuned(ensemble[0].settings.get("postprocess"))
     print(f"{len(image_paths)} images ({args.split}), {len(ensemble)} weights file(s) of target "
           f"{ensemble[0][1].target!r}, device {device}, tta {'on' if args.tta else 'off'}")
     predictions = predict_labels(ensemble, image_paths, cell_types, device, args.batch_size, args.tta,
@@ -146,15 +150,25 @@ def load_cell_type_model(path: str | Path | None, first_weights: str | Path
     return classifier
 
 
-def load_ensemble(weights: Sequence[str | Path], device: torch.device) -> list[tuple[torch.nn.Module, Variant, Path]]:
-    """``[(model in eval mode on device, variant, path)]``; every file must hold the same target type."""
+class Member(NamedTuple):
+    """One weights file of an ensemble: the model in eval mode on the device, its variant, its path,
+    and the checkpoint's inference settings (per-type ``scales``, tuned ``postprocess`` settings)."""
+
+    model: torch.nn.Module
+    variant: Variant
+    path: Path
+    settings: Mapping = MappingProxyType({})
+
+
+def load_ensemble(weights: Sequence[str | Path], device: torch.device) -> list[Member]:
+    """One ``Member`` per file; every file must hold the same target type."""
     ensemble = []
     for path in weights:
-        model, variant, _ = models.load_checkpoint(path, map_location=device)
-        ensemble.append((model, variant, Path(path)))
-    targets = {variant.target for _, variant, _ in ensemble}
+        model, variant, checkpoint = models.load_checkpoint(path, map_location=device)
+        ensemble.append(Member(model, variant, Path(path), checkpoint.get("inference", {})))
+    targets = {member.variant.target for member in ensemble}
     if len(targets) > 1:
-        listed = ", ".join(f"{path.name} ({variant.name}: {variant.target})" for _, variant, path in ensemble)
+        listed = ", ".join(f"{m.path.name} ({m.variant.name}: {m.variant.target})" for m in ensemble)
         raise ValueError(f"weights of different target types cannot be averaged: {listed}; "
                          "pass only mask variants or only flow variants")
     return ensemble
@@ -163,8 +177,9 @@ def load_ensemble(weights: Sequence[str | Path], device: torch.device) -> list[t
 def predict_labels(ensemble, image_paths: Mapping[str, Path], cell_types: Mapping[str, str],
                    device: torch.device, batch_size: int = DEFAULT_BATCH_SIZE, tta: bool = False,
                    config: postprocess.PostprocessConfig = postprocess.PostprocessConfig(),
-                   flow_threshold: float | None = flows.FLOW_THRESHOLD) -> dict[str, np.ndarray]:
-    """``{id: int32[H, W] instances}`` for every image, predicted in batches and post-processed."""
+                   flow_threshold: float | None = None) -> dict[str, np.ndarray]:
+    """``{id: int32[H, W] instances}`` for every image, predicted in batches and post-processed
+    (``flow_threshold``, when given, overrides the config's per-type flow-error thresholds)."""
     ids = list(image_paths)
     results = {}
     for start in range(0, len(ids), batch_size):
@@ -190,11 +205,10 @@ def predict(ensemble, images: np.ndarray, cell_types: Sequence[str], device: tor
     batch = torch.from_numpy(np.ascontiguousarray(images)).to(device)
     flips = [(), (-1,), (-2,), (-2, -1)] if tta else [()]
     prob_sum, flow_sum = 0.0, None
-    for model, variant, path in ensemble:
-        x = models.model_input(batch, cell_types, variant)
+    for member in (Member(*m) for m in ensemble):  # plain (model, variant, path) tuples too
         for dims in flips:
-            prob, flow = _forward(model, variant, x, dims, device)
-            _check_finite(prob, flow, ids, path)
+            prob, flow = _member_output(member, batch, cell_types, dims, device)
+            _check_finite(prob, flow, ids, member.path)
             prob_sum = prob_sum + prob
             if flow is not None:
                 flow_sum = flow if flow_sum is None else flow_sum + flow
@@ -224,6 +238,31 @@ def _check_empty(out: Path, n_images: int, allow_empty: bool) -> None:
                          f"and {out} holds cells: it was kept. Pass --allow-empty to replace it anyway")
     print(f"kit.infer: warning: no cell predicted in any of the {n_images} images (untrained or broken "
           "weights?); the submission scores 0", file=sys.stderr)
+
+
+def _member_output(member: Member, images: torch.Tensor, cell_types: Sequence[str], dims: tuple[int, ...],
+                   device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One member's decoded output for uint8[B, H, W] ``images`` at their native size.
+
+    A member trained on rescaled images (``settings["scales"]``) sees each image resampled to its
+    cell type's scale exactly as training cut its crops (``kit.batches.resample``, rounded to
+    uint8); its outputs are resized back bilinearly. Flows are unit vectors, so only their grid
+    changes, not their length.
+    """
+    scales = member.settings.get("scales")
+    if not scales:
+        return _forward(member.model, member.variant, models.model_input(images, cell_types, member.variant),
+                        dims, device)
+    probs, flows_out = [], []
+    for k, cell_type in enumerate(cell_types):
+        scale = torch.tensor([float(scales[cell_type])])
+        image = batches.resample(images[k:k + 1, None].float(), scale, None, mode="bilinear")
+        x = models.model_input(image[:, 0].round().clamp(0, 255).to(torch.uint8), [cell_type], member.variant)
+        prob, flow = _forward(member.model, member.variant, x, dims, device)
+        probs.append(F.interpolate(prob[:, None], size=images.shape[-2:], mode="bilinear", align_corners=False)[:, 0])
+        if flow is not None:
+            flows_out.append(F.interpolate(flow, size=images.shape[-2:], mode="bilinear", align_corners=False))
+    return torch.cat(probs), torch.cat(flows_out) if flows_out else None
 
 
 def _forward(model: torch.nn.Module, variant: Variant, x: torch.Tensor, dims: tuple[int, ...],

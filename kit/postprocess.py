@@ -36,6 +36,9 @@ LUT_FORMAT = "kit-boundary-lut-v1"
 # at most about 1 % of true cells could fall below it while fragments and specks go.
 MIN_SIZE = types.MappingProxyType({"cort": 75, "astro": 100, "shsy5y": 50})
 CELL_MASK_THRESHOLD = 0.5  # flow variant: cell probability above which a pixel is followed
+CELL_PROB = types.MappingProxyType(dict.fromkeys(data.CELL_TYPES, CELL_MASK_THRESHOLD))
+FLOW_THRESHOLD = types.MappingProxyType(dict.fromkeys(data.CELL_TYPES, flows.FLOW_THRESHOLD))
+TUNABLE = ("cell_prob", "flow_threshold", "min_size")  # the flow extraction's per-type settings
 # Instance extraction: a distance-transform watershed for every type; its seed settings per type
 # were chosen on the union of the true masks of the 120 shared images (mask -> closing -> watershed
 # -> minimum size, leaderboard score): cort 0.683 (connected components: 0.637), astro 0.188
@@ -64,7 +67,9 @@ class BoundaryLUT:
 
 @dataclass(frozen=True)
 class PostprocessConfig:
-    """Settings of ``mask_to_labels``; ``boundary`` None skips boundary tuning."""
+    """Settings of ``mask_to_labels`` and, per cell type, of the flow variant's extraction
+    (``cell_prob``, ``flow_threshold``, ``min_size``; ``kit.tune`` fits them into a checkpoint);
+    ``boundary`` None skips boundary tuning."""
 
     threshold: float = 0.5  # probability above which a pixel is cell
     closing_radius: int = 2  # 0 disables both closings
@@ -74,6 +79,18 @@ class PostprocessConfig:
     min_size: Mapping[str, int] = dataclasses.field(default_factory=lambda: MIN_SIZE)  # smallest instance (pixels)
     peak_distance: Mapping[str, int] = dataclasses.field(default_factory=lambda: PEAK_DISTANCE)
     min_peak: Mapping[str, float] = dataclasses.field(default_factory=lambda: MIN_PEAK)
+    cell_prob: Mapping[str, float] = dataclasses.field(default_factory=lambda: CELL_PROB)  # flow: pixels followed
+    flow_threshold: Mapping[str, float] = dataclasses.field(default_factory=lambda: FLOW_THRESHOLD)
+
+    def with_tuned(self, tuned: Mapping[str, Mapping[str, float]] | None) -> "PostprocessConfig":
+        """A copy with per-type settings from a checkpoint (``{"cell_prob": {type: value}, ...}``);
+        types a setting does not name keep this config's value."""
+        changes = {}
+        for name, per_type in (tuned or {}).items():
+            if name not in TUNABLE:
+                raise ValueError(f"unknown tuned setting {name!r}; known: {', '.join(TUNABLE)}")
+            changes[name] = types.MappingProxyType({**getattr(self, name), **per_type})
+        return dataclasses.replace(self, **changes)
 
 
 def mask_to_labels(prob: np.ndarray, image: np.ndarray, cell_type: str,
@@ -103,17 +120,21 @@ def mask_to_labels(prob: np.ndarray, image: np.ndarray, cell_type: str,
 
 def output_to_labels(prob: np.ndarray, flow: np.ndarray | None, image: np.ndarray, cell_type: str,
                      config: PostprocessConfig = PostprocessConfig(),
-                     flow_threshold: float | None = flows.FLOW_THRESHOLD) -> np.ndarray:
+                     flow_threshold: float | None = None) -> np.ndarray:
     """int32[H, W] non-overlapping instances from one image's decoded network output.
 
     ``prob``: float[H, W] cell probability; ``flow``: float[2, H, W] (dy, dx), or None for the mask
-    variants (``mask_to_labels``). The flow variant follows the flows inside ``prob > 0.5``
-    (``kit.flows.flows_to_labels``) with the same per-type minimum size. Training validation and
-    inference both come here, so the score a run reports is the score inference gets.
+    variants (``mask_to_labels``). The flow variant follows the flows inside
+    ``prob > config.cell_prob[cell_type]`` (``kit.flows.flows_to_labels``) with the type's flow-error
+    threshold (``flow_threshold``, when given, overrides it for every type) and minimum size.
+    Training validation and inference both come here, so the score a run reports is the score
+    inference gets.
     """
     if flow is None:
         return mask_to_labels(prob, image, cell_type, config)
-    return flows.flows_to_labels(flow, prob > CELL_MASK_THRESHOLD, flow_threshold=flow_threshold,
+    if flow_threshold is None:
+        flow_threshold = config.flow_threshold[cell_type]
+    return flows.flows_to_labels(flow, prob > config.cell_prob[cell_type], flow_threshold=flow_threshold,
                                  min_size=config.min_size[cell_type])
 
 
