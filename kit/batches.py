@@ -71,7 +71,7 @@ class TrainData:
 
     def _crop_truth(self, crop: tuple[int, int]) -> list[list[str]]:
         if not self.rescaled:
-            return [_crop_annotations(a, crop) for a in self.annotations]
+            return [_crop_annotations(a, crop, tuple(self.images.shape[-2:])) for a in self.annotations]
         if self.labels is None:
             raise ValueError("a rescaled validation split needs its label images (load_split keeps them)")
         truth = []
@@ -180,13 +180,14 @@ def resample_batch(split: TrainData, index: torch.Tensor, crop: tuple[int, int] 
 
 
 def resample(batch: torch.Tensor, scales: torch.Tensor, crop: tuple[int, int] | None,
-             corners: torch.Tensor, mode: str, flips: torch.Tensor | None = None) -> torch.Tensor:
+             corners: torch.Tensor | None = None, mode: str = "bilinear",
+             flips: torch.Tensor | None = None) -> torch.Tensor:
     """float[B, C, h, w]: each item of float[B, C, H, W] magnified ``scales[b]`` times, then cut to
     ``crop`` (the whole rescaled image when None, which needs one scale for the batch), flipped
     along (y, x) where ``flips`` (bool[B, 2]).
 
     ``corners``: float[B or 1, 2] in [0, 1], where along the free room of each axis the crop
-    starts (0.5: centred). A crop that reaches past the image is centred and filled by reflection.
+    starts (None or 0.5: centred). A crop that reaches past the image is centred and filled by reflection.
     ``mode``: "bilinear" or "nearest".
     """
     n, _, height, width = batch.shape
@@ -194,7 +195,7 @@ def resample(batch: torch.Tensor, scales: torch.Tensor, crop: tuple[int, int] | 
         if bool((scales != scales[0]).any()):
             raise ValueError("whole rescaled images of different scales cannot form one batch; pass a crop")
         crop = (round(height * float(scales[0])), round(width * float(scales[0])))
-    u = corners.expand(n, 2)
+    u = (_CENTRED if corners is None else corners).expand(n, 2)
     flips = torch.zeros(n, 2, dtype=torch.bool) if flips is None else flips
     scales = scales.float().cpu()
     theta = torch.zeros(n, 2, 3)
@@ -285,8 +286,9 @@ def _crop(batch: torch.Tensor, tops: Sequence[int], lefts: Sequence[int], crop: 
                         for item, top, left in zip(batch, tops, lefts)])
 
 
-def _crop_annotations(annotations: Sequence[str], crop: tuple[int, int]) -> list[str]:
-    """The centre crop of full-image annotation RLEs, re-encoded at the crop's size (empty ones dropped)."""
-    (top,), (left,) = _crop_offsets(rle.IMAGE_SHAPE, crop, 1, None)
-    cropped = (rle.decode(a)[top: top + crop[0], left: left + crop[1]] for a in annotations)
+def _crop_annotations(annotations: Sequence[str], crop: tuple[int, int],
+                      shape: tuple[int, int] = rle.IMAGE_SHAPE) -> list[str]:
+    """The centre crop of the RLEs of ``shape`` images, re-encoded at the crop's size (empty ones dropped)."""
+    (top,), (left,) = _crop_offsets(shape, crop, 1, None)
+    cropped = (rle.decode(a, shape)[top: top + crop[0], left: left + crop[1]] for a in annotations)
     return [rle.encode(mask) for mask in cropped if mask.any()]

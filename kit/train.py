@@ -75,6 +75,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--lr", type=float, help="initial learning rate (default: the variant's, 0.01)")
     parser.add_argument("--optimizer", choices=OPTIMIZERS, help="default: the variant's (sgd, momentum 0.9)")
     parser.add_argument("--schedule", choices=SCHEDULES, help="default: the variant's (step: x0.5 every 10 epochs)")
+    parser.add_argument("--cell-diameter", type=float, metavar="PX",
+                        help="rescale every image so its cell type's median diameter becomes PX pixels; 0: native "
+                             "scale (default: the variant's, 30 for hot-flow-unet-plus, else 0)")
     parser.add_argument("--max-images", type=int,
                         help="smoke runs: the first N training images and N/4 validation images")
     parser.add_argument("--val-fraction", type=float, default=0.2, help="stratified validation share (default 0.2)")
@@ -129,7 +132,10 @@ def train(args: argparse.Namespace) -> Path:
     epoch_seconds: list[float] = []
     for epoch in range(done + 1, variant.epochs + 1):
         next_epoch = max(epoch_seconds[-3:], default=0.0)
-        if epoch_seconds and _stop(device, time.monotonic() - started + next_epoch, args.time_limit):
+        # A single process on the cosine schedule stops within the epoch that spends the budget instead.
+        per_epoch_stop = not (state.step_lr_per_batch and world == 1)
+        if per_epoch_stop and epoch_seconds and _stop(device, time.monotonic() - started + next_epoch,
+                                                      args.time_limit):
             log(f"stopping before epoch {epoch}: it would end past the time limit {_clock(args.time_limit)} "
                 f"({_clock(time.monotonic() - started)} used, an epoch takes {_clock(next_epoch)}); "
                 f"best weights kept in {out / f'{variant.name}.pt'}; --resume continues")
@@ -200,7 +206,8 @@ def evaluate(model: nn.Module, split: TrainData, variant: Variant, criterion: nn
 
     With ``crop`` the score is the mean over the centre crops that hold a true cell: a crop without
     cells scores 1.0 for an empty prediction, so counting those would let a model that predicts
-    nothing win the model selection.
+    nothing win the model selection. Where no crop holds a cell the score is NaN, and the best
+    epoch is the one of lowest validation loss.
     """
     model.eval()
     losses, pixel, labels = [], [], []
@@ -219,13 +226,10 @@ def evaluate(model: nn.Module, split: TrainData, variant: Variant, criterion: nn
             labels.append(predict_instances(prob[k], None if flow is None else flow[k], images[k],
                                             split.cell_types[i], variant))
     scored = [i for i in range(len(split)) if crop is None or truth[i]]
-    if not scored:
-        raise ValueError(f"no validation crop of {crop[0]}x{crop[1]} holds a cell, so no score can rank the "
-                         "epochs; use a larger --crop")
     scores = metrics.score_labels([truth[i] for i in scored], [labels[i] for i in scored])
     return {"val_loss": sum(losses) / len(split),
             **{f"val_{key}": float(np.mean([p[key] for p in pixel])) for key in ("dice", "iou", "accuracy")},
-            "val_score": float(np.mean(scores))}
+            "val_score": float(np.mean(scores)) if scored else math.nan}
 
 
 def predict_instances(prob: np.ndarray, flow: np.ndarray | None, image: np.ndarray, cell_type: str,
@@ -331,7 +335,7 @@ def _cosine_step(state: _TrainingState, time_limit: float) -> bool:
 def _effective_variant(args: argparse.Namespace) -> Variant:
     """The registered variant with the command line's schedule overrides."""
     overrides = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "optimizer": args.optimizer,
-                 "schedule": args.schedule}
+                 "schedule": args.schedule, "cell_diameter": args.cell_diameter}
     return get_variant(args.variant).replace(**{k: v for k, v in overrides.items() if v is not None})
 
 
@@ -356,6 +360,11 @@ def _load_splits(args: argparse.Namespace, variant: Variant, device: torch.devic
     layout = data.find_competition(args.data, need_test=False)
     df = data.read_train_csv(layout.train_csv)
     train_ids, val_ids = data.split_train_val(data.image_table(df), args.val_fraction, args.seed)
+    inference, scales = {}, None
+    if variant.cell_diameter > 0:  # measured on the whole training split: --max-images may miss a type
+        diameters = data.cell_diameters(df, train_ids)
+        scales = type_scales(diameters, variant.cell_diameter)
+        inference = {"cell_diameters": diameters, "scales": scales}
     if args.max_images is not None:
         if args.max_images < 1:
             raise ValueError(f"--max-images must be >= 1, got {args.max_images}")
@@ -365,11 +374,6 @@ def _load_splits(args: argparse.Namespace, variant: Variant, device: torch.devic
         raise ValueError(f"{layout.train_csv}: the split leaves no validation image; raise --val-fraction")
     if rank != 0:
         dist.barrier()  # rank 0 fills the flow cache first; the others then read it
-    inference, scales = {}, None
-    if variant.cell_diameter > 0:
-        diameters = data.cell_diameters(df, train_ids)
-        scales = type_scales(diameters, variant.cell_diameter)
-        inference = {"cell_diameters": diameters, "scales": scales}
     train_data = load_split(layout, train_ids, variant, device, cache_dir, df, scales)
     val_data = load_split(layout, val_ids, variant, device, cache_dir, df, scales,
                           keep_labels=scales is not None) if rank == 0 else None

@@ -147,6 +147,7 @@ VARIANTS: dict[str, Variant] = {
     )
 }
 PAPER_VARIANTS = ("unet", "hot-unet", "hot-unet-weighted", "hot-flow-unet", "hot-drop-unet")
+RECIPE = "hot-flow-unet-plus"  # the kit's best measured recipe: the inference kernel's default
 
 
 def get_variant(name: str) -> Variant:

@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -389,3 +390,44 @@ def test_two_processes_train_through_torchrun(shared_dir, tmp_path):
     assert "on cpu x2" in done.stdout and done.stdout.count("epoch 1/1") == 1
     assert torch.load(tmp_path / "hot-flow-unet.pt", weights_only=True)["epoch"] == 1
     assert len(list((tmp_path / "cache").glob("*.npy"))) == 5  # 4 train + 1 validation images
+
+
+def test_model_selection_scores_only_the_crops_that_hold_cells():
+    """An empty prediction scores 1.0 on a crop without cells; counted, it would lift a model that
+    predicts nothing to 0.5 here. Scored over the crops that hold a cell, it gets 0."""
+    labels = _two_cells(96, 128)
+    empty = np.zeros_like(labels)
+    masks = np.stack([labels > 0, empty > 0])
+    split = batches.TrainData(["cells", "empty"], ["cort", "cort"], torch.from_numpy(masks.astype(np.uint8) * 200),
+                              torch.from_numpy(masks[:, None].astype(np.uint8)),
+                              [[rle.encode(labels == k) for k in (1, 2)], []])
+    variant = VARIANTS["hot-unet"]
+    nothing = _Fixed(torch.full((2, 1, 64, 96), -20.0))
+    scores = train.evaluate(nothing, split, variant, build_loss(variant), crop=(64, 96))
+    assert scores["val_score"] == 0.0
+    only_empty = batches.TrainData(["empty"], ["cort"], split.images[1:], split.targets[1:], [[]])
+    alone = train.evaluate(_Fixed(torch.full((1, 1, 64, 96), -20.0)), only_empty, variant, build_loss(variant),
+                           crop=(64, 96))
+    assert math.isnan(alone["val_score"])  # the epochs are then ranked by validation loss
+
+
+def test_the_cosine_factor_warms_up_then_follows_the_larger_of_step_and_time_progress():
+    clock = {"origin": 0.0, "reserve": 0.0}
+    factor = train._cosine_factor(0.1, 100, 0.0, clock)  # no time limit: steps alone
+    assert factor(5) == pytest.approx(0.5) and factor(10) == pytest.approx(1.0)
+    assert factor(55) == pytest.approx(0.5) and factor(100) == pytest.approx(0.0, abs=1e-12)
+    clock["origin"] = train.time.monotonic() - 50.0  # half of a 100 s limit is spent
+    timed = train._cosine_factor(0.0, 10 ** 6, 100.0, clock)
+    assert timed(0) == pytest.approx(0.5, abs=0.01)
+
+
+def test_a_single_process_on_the_cosine_schedule_stops_when_its_budget_less_the_reserve_is_spent():
+    steps = []
+    state = SimpleNamespace(scheduler=SimpleNamespace(step=lambda: steps.append(1)), world=1,
+                            clock={"origin": train.time.monotonic() - 50.0, "reserve": 0.0, "out_of_time": False})
+    assert not train._cosine_step(state, 100.0) and not state.clock["out_of_time"]
+    state.clock["reserve"] = 60.0  # the last validation and save took a minute: 40 s were left, now none
+    assert train._cosine_step(state, 100.0) and state.clock["out_of_time"]
+    state.world = 2  # DDP ranks keep to the stop they decide together at each epoch's end
+    assert not train._cosine_step(state, 100.0)
+    assert len(steps) == 3  # the lr moved at every step
