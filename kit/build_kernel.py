@@ -270,14 +270,15 @@ def inference_notebook(kernel: Kernel, sources: dict[str, str], kernel_refs: Seq
 def inference_variants(groups: Sequence[Sequence[str]], infer: Sequence[str] | None = None) -> list[str]:
     """The variants whose weights the inference kernel averages, in training order.
 
-    ``kit.infer`` averages weights of one target type only. By default: every trained mask variant,
-    or the flow variant when no mask variant is trained. ``infer`` names them instead; each must be
-    trained by one of ``groups`` and all must share a target.
+    ``kit.infer`` averages weights of one target type only. By default: the kit's recipe
+    (``variants.RECIPE``, the best measured model) where it is trained, else every trained mask
+    variant, else the first flow variant. ``infer`` names them instead; each must be trained by one
+    of ``groups`` and all must share a target.
     """
     trained = [name for group in groups for name in group]
     if infer is None:
         masks = [name for name in trained if variants.get_variant(name).target == "mask"]
-        chosen = masks or trained[:1]
+        chosen = [variants.RECIPE] if variants.RECIPE in trained else masks or trained[:1]
     else:
         missing = [name for name in infer if name not in trained]
         if missing:

@@ -2,7 +2,7 @@
 
 The training notebook shares its time limit between the variants it trains and runs ``kit.train``
 for each (through DDP where the session has several GPUs), after saving the cell-type classifier
-beside the weights; the inference notebook finds the attached training kernels' weights, runs
+beside the weights, and ``kit.tune`` after each flow variant; the inference notebook finds the attached training kernels' weights, runs
 ``kit.infer`` and validates the submission. Every kit command runs as a child process
 (``run_kit``), its output echoed into the notebook and stopped at its share of the time.
 """
@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from kit import cell_type_classifier, data, submission
+from kit import cell_type_classifier, data, submission, variants
 
 
 def run_kit(*args, timeout=None):
@@ -81,6 +81,8 @@ def train_variants(names: Sequence[str], deadline: float, *, data_root: Path, wo
         print(f"--- training {name} on {f'{gpus} GPU(s)' if gpus else 'the CPU'}, {minutes} min at most", flush=True)
         run_kit(*launcher, "kit.train", "--variant", name, "--data", layout.root, "--out", working,
                 "--time-limit", f"{minutes // 60}:{minutes % 60:02d}", *train_args, timeout=budget)
+        if variants.get_variant(name).target == "flow":  # per-type extraction settings into the weights
+            run_kit("kit.tune", "--data", layout.root, "--weights", working / f"{name}.pt", timeout=save_margin_s)
     # The flow targets cached during training would add about 1 GB to this kernel's output: not kept.
     shutil.rmtree(working / "cache", ignore_errors=True)
     for path in sorted(working.rglob("*")):
