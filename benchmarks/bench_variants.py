@@ -28,7 +28,14 @@ from kit.files import write_text_atomic
 from kit.variants import VARIANTS
 
 REPO = Path(__file__).resolve().parent.parent
-COLUMNS = ("variant", "val score", "Dice", "IoU", "accuracy", "best epoch", "epochs", "images/s", "wall time")
+COLUMNS = ("variant", "val score", "Dice", "IoU", "accuracy", "best epoch", "epochs", "images/s", "wall time",
+           "paper IoU", "paper Dice", "paper accuracy")
+# The method paper's Table I (pixel IoU, Dice, accuracy), as printed there.
+PAPER_TABLE_I = {"unet": (0.528, 0.068, 0.94), "hot-unet": (0.522, 0.067, 0.94),
+                 "hot-unet-weighted": (0.583, 0.092, 0.942), "hot-flow-unet": (0.22, 0.04, 0.889),
+                 "hot-drop-unet": (0.098, 0.014, 0.879)}
+PAPER_NOTE = ("The paper's Dice values lie below its IoU values, which no segmentation can give: "
+              "Dice = 2·IoU / (1 + IoU) ≥ IoU; its columns are copied as printed.")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -89,13 +96,16 @@ def variant_summary(out: Path, name: str) -> dict:
 
 
 def format_table(rows: Sequence[dict]) -> str:
-    """The rows as a markdown table (scores to 3 decimals, wall time as H:MM:SS)."""
+    """The rows as a markdown table (scores to 3 decimals, wall time as H:MM:SS) with the paper's
+    Table I beside each of its variants, and the note on that table's Dice column."""
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for row in rows:
+        paper = PAPER_TABLE_I.get(row["variant"])
         cells = [row["variant"], *(f"{row[key]:.3f}" for key in ("val score", "Dice", "IoU", "accuracy")),
-                 str(row["best epoch"]), str(row["epochs"]), f"{row['images/s']:.1f}", _hms(row["wall time"])]
+                 str(row["best epoch"]), str(row["epochs"]), f"{row['images/s']:.1f}", _hms(row["wall time"]),
+                 *((f"{value:g}" for value in paper) if paper else ("not in the paper",) * 3)]
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return "\n".join([*lines, "", PAPER_NOTE])
 
 
 def _hms(seconds: float) -> str:

@@ -6,7 +6,7 @@ import pytest
 
 from benchmarks import bench_variants
 
-TINY = ["--epochs", "2", "--max-images", "4", "--crop", "96x128", "--device", "cpu"]
+TINY = ["--epochs", "2", "--max-images", "4", "--crop", "96x128", "--device", "cpu", "--seed", "1"]
 
 
 def _args(*argv: str):
@@ -18,7 +18,8 @@ def test_trains_each_variant_in_its_own_process_and_tabulates_the_best_epoch(sha
     table = bench_variants.main(_args("--data", str(shared_dir), "--out", str(tmp_path),
                                       "--variants", "unet", "hot-flow-unet", "--", *TINY))
     lines = table.splitlines()
-    assert lines[0] == "| " + " | ".join(bench_variants.COLUMNS) + " |" and len(lines) == 4
+    assert lines[0] == "| " + " | ".join(bench_variants.COLUMNS) + " |" and len(lines) == 6
+    assert lines[-1] == bench_variants.PAPER_NOTE
     assert (tmp_path / "variants.md").read_text() == table + "\n"
     assert "training hot-flow-unet" in capsys.readouterr().out
     for name, line in zip(("unet", "hot-flow-unet"), lines[2:]):
@@ -44,7 +45,9 @@ def test_best_epoch_is_the_one_kit_train_keeps(tmp_path):
     row = bench_variants.variant_summary(tmp_path, "unet")
     assert row["best epoch"] == 2  # the same score as epoch 3, with the lower validation loss
     assert (row["val score"], row["Dice"], row["images/s"], row["epochs"]) == (0.2, 0.6, 9.0, 3)
-    assert "| unet | 0.200 | 0.600 | 0.400 | 0.800 | 2 | 3 | 9.0 | 1:03:01 |" in bench_variants.format_table([row])
+    table = bench_variants.format_table([row])
+    assert "| unet | 0.200 | 0.600 | 0.400 | 0.800 | 2 | 3 | 9.0 | 1:03:01 | 0.528 | 0.068 | 0.94 |" in table
+    assert "Dice = 2·IoU / (1 + IoU)" in table.splitlines()[-1]
 
 
 def test_missing_runs_and_failed_training_are_clear_errors(shared_dir, tmp_path):
