@@ -122,6 +122,19 @@ def make_batch(split: TrainData, index: torch.Tensor, variant: Variant, crop: tu
     rescaled split or an augmented flow target is resampled (``resample_batch``); otherwise the
     crop is a plain slice.
     """
+    x, target, _ = _batch(split, index, variant, crop, generator, augment)
+    return x, target
+
+
+def validation_batch(split: TrainData, index: torch.Tensor, variant: Variant,
+                     crop: tuple[int, int] | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``make_batch``'s centred view with the uint8[B, h, w] images it was cut from (cut once), as
+    evaluation needs both: the network's input and the images for the post-processing."""
+    return _batch(split, index, variant, crop, None, False)
+
+
+def _batch(split: TrainData, index: torch.Tensor, variant: Variant, crop: tuple[int, int] | None,
+           generator: torch.Generator | None, augment: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     if split.rescaled or (augment and variant.target == "flow"):
         images, target = resample_batch(split, index, crop, generator, augment)
     else:
@@ -132,7 +145,7 @@ def make_batch(split: TrainData, index: torch.Tensor, variant: Variant, crop: tu
         x, target = augment_batch(x, target, generator)
     if x.is_cuda:
         x = x.contiguous(memory_format=torch.channels_last)
-    return x, target
+    return x, target, images
 
 
 def batch_images(split: TrainData, index: torch.Tensor, crop: tuple[int, int] | None = None,

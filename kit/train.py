@@ -31,7 +31,7 @@ import torch.distributed as dist
 from torch import nn
 
 from kit import data, metrics, models, paths, postprocess
-from kit.batches import TrainData, batch_images, crop_size, load_split, make_batch, type_scales
+from kit.batches import TrainData, crop_size, load_split, make_batch, type_scales, validation_batch
 from kit.files import (OutputError, atomic_output, check_free_space, check_writable_dir, exit_on_sigterm,
                        guard_existing_run, remove_stale_temporaries, write_text_atomic)
 from kit.losses import build_loss
@@ -40,6 +40,26 @@ from kit.variants import (DEFAULT_TIME_LIMIT, OPTIMIZERS, SCHEDULES, VARIANTS, V
 
 METRIC_COLUMNS = ("epoch", "train_loss", "val_loss", "val_dice", "val_iou", "val_accuracy", "val_score",
                   "lr", "images_per_s", "epoch_s", "elapsed_s")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One training run as the command line asks for it, built once by ``run_config``; everything
+    below ``main`` takes this, never the argparse Namespace."""
+
+    variant: Variant  # the registered variant with the command line's overrides
+    data: Path | None
+    out: Path
+    crop: tuple[int, int] | None  # training and validation crop (None: whole images)
+    time_limit: float  # seconds
+    device: str | None
+    precision: str
+    compile: bool
+    resume: bool
+    restart: bool
+    seed: int
+    max_images: int | None
+    val_fraction: float
 
 
 @dataclass
@@ -105,22 +125,29 @@ def main(args: argparse.Namespace) -> Path | None:
     if args.variant is None:
         raise SystemExit("kit.train: error: --variant is required (see --list)")
     try:
-        return train(args)
+        return train(run_config(args))
     except (FileNotFoundError, FileExistsError, OutputError, ValueError) as err:
         raise SystemExit(f"kit.train: error: {err}") from None
 
 
-def train(args: argparse.Namespace) -> Path:
-    """Train ``args.variant`` as the command line asks; returns ``OUT/NAME.pt``."""
-    started = time.monotonic()
-    rank, world, device = _setup_distributed(args.device)
+def run_config(args: argparse.Namespace) -> RunConfig:
+    """The frozen settings of a run from the parsed command line."""
     variant = _effective_variant(args)
     out = Path(args.out) if args.out is not None else paths.working_dir()
-    crop = _effective_crop(args.crop, variant)
+    return RunConfig(variant, args.data, out, _effective_crop(args.crop, variant), args.time_limit, args.device,
+                     args.precision, args.compile, args.resume, args.restart, args.seed, args.max_images,
+                     args.val_fraction)
+
+
+def train(config: RunConfig) -> Path:
+    """Train ``config.variant``; returns ``OUT/NAME.pt``."""
+    started = time.monotonic()
+    rank, world, device = _setup_distributed(config.device)
+    variant, out = config.variant, config.out
     if rank == 0:
-        _prepare_out(out, variant, args)
-    train_data, val_data, inference = _load_splits(args, variant, device, out / "cache", rank)
-    state = _training_state(args, variant, device, world, out, crop, inference, started, len(train_data))
+        _prepare_out(config)
+    train_data, val_data, inference = _load_splits(config, device, rank)
+    state = _training_state(config, device, world, inference, started, len(train_data))
     log = print if rank == 0 else (lambda *a, **k: None)
     done = len(state.history)
     if done >= variant.epochs:
@@ -135,19 +162,19 @@ def train(args: argparse.Namespace) -> Path:
         # A single process on the cosine schedule stops within the epoch that spends the budget instead.
         per_epoch_stop = not (state.step_lr_per_batch and world == 1)
         if per_epoch_stop and epoch_seconds and _stop(device, time.monotonic() - started + next_epoch,
-                                                      args.time_limit):
-            log(f"stopping before epoch {epoch}: it would end past the time limit {_clock(args.time_limit)} "
+                                                      config.time_limit):
+            log(f"stopping before epoch {epoch}: it would end past the time limit {_clock(config.time_limit)} "
                 f"({_clock(time.monotonic() - started)} used, an epoch takes {_clock(next_epoch)}); "
                 f"best weights kept in {out / f'{variant.name}.pt'}; --resume continues")
             break
         epoch_start = time.monotonic()
-        row = _run_epoch(state, epoch, train_data, val_data, args)
+        row = _run_epoch(state, epoch, train_data, val_data, config)
         epoch_seconds.append(time.monotonic() - epoch_start)
         if row is not None:
             log(_progress_line(row, variant.epochs, epoch_seconds))
         if state.clock["out_of_time"]:
             log(f"stopped within epoch {epoch}: the cosine schedule reached the end of the time limit "
-                f"{_clock(args.time_limit)}; best weights in {out / f'{variant.name}.pt'}")
+                f"{_clock(config.time_limit)}; best weights in {out / f'{variant.name}.pt'}")
             break
     if state.history:
         best = max(state.history, key=_quality)
@@ -213,13 +240,13 @@ def evaluate(model: nn.Module, split: TrainData, variant: Variant, criterion: nn
     losses, pixel, labels = [], [], []
     truth = split.truth(crop)
     for index in torch.arange(len(split)).split(variant.batch_size):
-        x, target = make_batch(split, index, variant, crop)
+        x, target, images = validation_batch(split, index, variant, crop)
         with _autocast(x.device, amp_dtype):
             output = model(x)
         losses.append(criterion(output, target).item() * len(index))
         prob, flow = models.decode_output(output, variant)
         prob, flow = prob.cpu().numpy(), None if flow is None else flow.cpu().numpy()
-        images = batch_images(split, index, crop).cpu().numpy()
+        images = images.cpu().numpy()
         true_masks = (target[:, -1] > 0.5).cpu().numpy()  # one device-to-host copy per batch
         for k, i in enumerate(index.tolist()):
             pixel.append(metrics.pixel_metrics(true_masks[k], prob[k] > 0.5))
@@ -268,42 +295,42 @@ def _setup_distributed(device_name: str | None) -> tuple[int, int, torch.device]
     return rank, world, device
 
 
-def _training_state(args: argparse.Namespace, variant: Variant, device: torch.device, world: int,
-                    out: Path, crop: tuple[int, int] | None, inference: dict, started: float,
+def _training_state(config: RunConfig, device: torch.device, world: int, inference: dict, started: float,
                     n_train: int) -> _TrainingState:
     """Fresh model, optimizer, lr schedule and scaler; loaded from ``OUT/NAME-last.pt`` with ``--resume``."""
-    torch.manual_seed(args.seed)  # same initial weights on every rank
+    variant, out = config.variant, config.out
+    torch.manual_seed(config.seed)  # same initial weights on every rank
     raw_model = models.build_model(variant).to(device)
     optimizer = _optimizer(raw_model, variant)
     clock = {"origin": started, "reserve": 0.0, "out_of_time": False}  # origin: moved back on --resume
     if variant.schedule == "cosine":
         steps = variant.epochs * math.ceil(n_train // world / variant.batch_size)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, _cosine_factor(variant.warmup, steps, args.time_limit, clock))
+            optimizer, _cosine_factor(variant.warmup, steps, config.time_limit, clock))
     else:
         scheduler = torch.optim.lr_scheduler.StepLR(optimizer, variant.lr_step, variant.lr_gamma)
-    amp_dtype = _amp_dtype(device, args.precision)
+    amp_dtype = _amp_dtype(device, config.precision)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     history: list[dict] = []
-    if args.resume:
+    if config.resume:
         history = _resume(out / f"{variant.name}-last.pt", variant, raw_model, optimizer, scheduler, scaler)
         clock["origin"] -= history[-1]["elapsed_s"] if history else 0.0
-    model = _wrap_model(raw_model, device, world, args.compile)
+    model = _wrap_model(raw_model, device, world, config.compile)
     rank = dist.get_rank() if dist.is_initialized() else 0
     return _TrainingState(variant, out, rank, world, raw_model, model, optimizer, scheduler, scaler, amp_dtype,
-                          build_loss(variant), history, crop, inference, variant.schedule == "cosine", clock)
+                          build_loss(variant), history, config.crop, inference, variant.schedule == "cosine", clock)
 
 
 def _run_epoch(state: _TrainingState, epoch: int, train_data: TrainData, val_data: TrainData | None,
-               args: argparse.Namespace) -> dict | None:
+               config: RunConfig) -> dict | None:
     """Train one epoch; on rank 0 also validate and write the outputs. Returns rank 0's metrics row."""
     epoch_start = time.monotonic()
     lr = state.optimizer.param_groups[0]["lr"]
-    order = _epoch_order(len(train_data), args.seed, epoch, state.rank, state.world)
-    per_batch = functools.partial(_cosine_step, state, args.time_limit) if state.step_lr_per_batch else None
+    order = _epoch_order(len(train_data), config.seed, epoch, state.rank, state.world)
+    per_batch = functools.partial(_cosine_step, state, config.time_limit) if state.step_lr_per_batch else None
     train_loss, images_per_s = train_epoch(state.model, train_data, order, state.variant, state.criterion,
                                            state.optimizer, state.scaler, state.amp_dtype,
-                                           _generator(args.seed, epoch, 1 + state.rank), state.crop, per_batch)
+                                           _generator(config.seed, epoch, 1 + state.rank), state.crop, per_batch)
     if not state.step_lr_per_batch:
         state.scheduler.step()
     validation_start = time.monotonic()
@@ -348,28 +375,28 @@ def _effective_crop(crop: tuple[int, int] | None, variant: Variant) -> tuple[int
     return crop
 
 
-def _load_splits(args: argparse.Namespace, variant: Variant, device: torch.device, cache_dir: Path,
-                 rank: int) -> tuple[TrainData, TrainData | None, dict]:
+def _load_splits(config: RunConfig, device: torch.device, rank: int) -> tuple[TrainData, TrainData | None, dict]:
     """The stratified split (or its ``--max-images`` head), decoded; validation on rank 0 only.
 
     Also returns the checkpoint's inference settings: for a rescaling variant, the training
     images' median cell diameter per type and the resulting scales.
     """
-    if not 0.0 < args.val_fraction < 1.0:
-        raise ValueError(f"--val-fraction must be in (0, 1), got {args.val_fraction}")
-    layout = data.find_competition(args.data, need_test=False)
+    variant, cache_dir = config.variant, config.out / "cache"
+    if not 0.0 < config.val_fraction < 1.0:
+        raise ValueError(f"--val-fraction must be in (0, 1), got {config.val_fraction}")
+    layout = data.find_competition(config.data, need_test=False)
     df = data.read_train_csv(layout.train_csv)
-    train_ids, val_ids = data.split_train_val(data.image_table(df), args.val_fraction, args.seed)
+    train_ids, val_ids = data.split_train_val(data.image_table(df), config.val_fraction, config.seed)
     inference, scales = {}, None
     if variant.cell_diameter > 0:  # measured on the whole training split: --max-images may miss a type
         diameters = data.cell_diameters(df, train_ids)
         scales = type_scales(diameters, variant.cell_diameter)
         inference = {"cell_diameters": diameters, "scales": scales}
-    if args.max_images is not None:
-        if args.max_images < 1:
-            raise ValueError(f"--max-images must be >= 1, got {args.max_images}")
-        n_val = max(1, round(args.max_images * args.val_fraction / (1.0 - args.val_fraction)))
-        train_ids, val_ids = train_ids[: args.max_images], val_ids[:n_val]
+    if config.max_images is not None:
+        if config.max_images < 1:
+            raise ValueError(f"--max-images must be >= 1, got {config.max_images}")
+        n_val = max(1, round(config.max_images * config.val_fraction / (1.0 - config.val_fraction)))
+        train_ids, val_ids = train_ids[: config.max_images], val_ids[:n_val]
     if not val_ids:
         raise ValueError(f"{layout.train_csv}: the split leaves no validation image; raise --val-fraction")
     if rank != 0:
@@ -558,20 +585,21 @@ def run_files(name: str) -> list[str]:
     return [f"{name}.pt", f"{name}-last.pt", f"{name}-metrics.csv", f"{name}-curves.png"]
 
 
-def _prepare_out(out: Path, variant: Variant, args: argparse.Namespace) -> None:
+def _prepare_out(config: RunConfig) -> None:
     """Before any work: ``out`` writable and with room for the checkpoints, no temporaries of a killed
     save left, and an earlier run there continued (--resume), moved aside (--restart) or refused."""
-    if args.resume and args.restart:
+    out, variant = config.out, config.variant
+    if config.resume and config.restart:
         raise ValueError("--resume continues the run in --out and --restart starts afresh: pass one of them")
     check_writable_dir(out)
     names = run_files(variant.name)
     for path in remove_stale_temporaries(out, names):
         print(f"removed {path}: a partial file left by a save that was killed")
     last = out / f"{variant.name}-last.pt"
-    if args.resume and not last.is_file():  # found now, not after the images and flow targets are loaded
+    if config.resume and not last.is_file():  # found now, not after the images and flow targets are loaded
         raise FileNotFoundError(f"--resume: no checkpoint {last}; run without --resume to start training")
-    if not args.resume:
-        kept = guard_existing_run(out, names, args.restart)
+    if not config.resume:
+        kept = guard_existing_run(out, names, config.restart)
         if kept is not None:
             print(f"--restart: the earlier {variant.name} run's files were moved to {kept}")
     # The best weights and the resumable checkpoint are each written beside their previous copy.
