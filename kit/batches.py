@@ -69,6 +69,16 @@ class TrainData:
             self._truth[crop] = self._crop_truth(crop) if crop is not None else self.annotations
         return self._truth[crop]
 
+    def truth_runs(self, crop: tuple[int, int] | None) -> list[rle.RunTable]:
+        """``truth(crop)`` parsed (``rle.decode_many`` per image), once per split and crop size: what
+        ``kit.metrics.score_label_runs`` takes, so that no epoch parses an annotation again."""
+        key = ("runs", crop)
+        if key not in self._truth:
+            shape = crop or tuple(self.images.shape[-2:])
+            self._truth[key] = [rle.decode_many([r for r in rles if rle.holds_mask(r)], shape)
+                                for rles in self.truth(crop)]
+        return self._truth[key]
+
     def _crop_truth(self, crop: tuple[int, int]) -> list[list[str]]:
         if not self.rescaled:
             return [_crop_annotations(a, crop, tuple(self.images.shape[-2:])) for a in self.annotations]

@@ -118,10 +118,19 @@ def score_labels(truth: Sequence[Sequence[str]], predictions: Sequence[np.ndarra
     """
     if len(truth) != len(predictions):
         raise ValueError(f"score_labels: {len(truth)} truth lists but {len(predictions)} label images")
+    shapes = [np.shape(labels) for labels in predictions]
+    return score_label_runs([rle.decode_many([r for r in rles if rle.holds_mask(r)], shape)
+                             for rles, shape in zip(truth, shapes)], predictions)
+
+
+def score_label_runs(truth: Sequence[RunTable], predictions: Sequence[np.ndarray]) -> np.ndarray:
+    """``score_labels`` with the true cells already parsed (``rle.decode_many`` of each image's RLEs
+    at its label image's shape): a validation split parses its truth once per run, not per epoch."""
+    if len(truth) != len(predictions):
+        raise ValueError(f"score_label_runs: {len(truth)} run tables but {len(predictions)} label images")
     scores = np.empty(len(truth))
-    for i, (rles, labels) in enumerate(zip(truth, predictions)):
+    for i, (true_runs, labels) in enumerate(zip(truth, predictions)):
         labels = _check_labels(labels, f"score_labels: prediction {i}")
-        true_runs = rle.decode_many([r for r in rles if rle.holds_mask(r)], labels.shape)
         overlaps = label_overlaps(true_runs, labels)
         tp = true_positives(overlaps)
         scores[i] = precisions_at(tp, len(overlaps.true_area), len(overlaps.pred_area)).mean()

@@ -238,7 +238,7 @@ def evaluate(model: nn.Module, split: TrainData, variant: Variant, criterion: nn
     """
     model.eval()
     losses, pixel, labels = [], [], []
-    truth = split.truth(crop)
+    truth = split.truth_runs(crop)
     for index in torch.arange(len(split)).split(variant.batch_size):
         x, target, images = validation_batch(split, index, variant, crop)
         with _autocast(x.device, amp_dtype):
@@ -252,8 +252,8 @@ def evaluate(model: nn.Module, split: TrainData, variant: Variant, criterion: nn
             pixel.append(metrics.pixel_metrics(true_masks[k], prob[k] > 0.5))
             labels.append(predict_instances(prob[k], None if flow is None else flow[k], images[k],
                                             split.cell_types[i], variant))
-    scored = [i for i in range(len(split)) if crop is None or truth[i]]
-    scores = metrics.score_labels([truth[i] for i in scored], [labels[i] for i in scored])
+    scored = [i for i in range(len(split)) if crop is None or len(truth[i])]
+    scores = metrics.score_label_runs([truth[i] for i in scored], [labels[i] for i in scored])
     return {"val_loss": sum(losses) / len(split),
             **{f"val_{key}": float(np.mean([p[key] for p in pixel])) for key in ("dice", "iou", "accuracy")},
             "val_score": float(np.mean(scores)) if scored else math.nan}
