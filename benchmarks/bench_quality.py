@@ -129,17 +129,26 @@ def score_entry(entry: str, args: argparse.Namespace, layout: data.CompetitionLa
     weights = folder / f"{entry}.pt"
     history = pd.read_csv(folder / f"{entry}-metrics.csv")
     speed, wall = float(history["images_per_s"].median()), _wall_seconds(folder)
-    variants = [(entry, weights, False)]
+    device = models.resolve_device(args.device)
+    ensemble = infer.load_ensemble([weights], device)
+    paths = {image_id: layout.train_dir / f"{image_id}.png" for image_id in val_ids}
+    # kit.infer's path, its network run once: the plain and the tuned rows differ only in the extraction.
+    outputs = tune.predict_outputs(ensemble, paths, types, device)
+    config = postprocess.PostprocessConfig().with_tuned(ensemble[0].settings.get("postprocess"))
+    name = entry
+    rows = [_row(name, score_instances(_extract(outputs, paths, types, config), truth, types), speed, wall, weights)]
     if args.tune and VARIANTS[entry].target == "flow":
-        tuned = folder / f"{entry}-tuned.pt"
-        tune.save_tuned(weights, tuned, _fit(weights, layout, train_df, types, args.device))
-        variants.append((f"{entry} + tuned per-type settings", tuned, False))
+        tuned, report = tune.fit_settings(outputs, truth, types)
+        print(report)
+        weights, name = folder / f"{entry}-tuned.pt", f"{entry} + tuned per-type settings"
+        tune.save_tuned(folder / f"{entry}.pt", weights, tuned)
+        config = postprocess.PostprocessConfig().with_tuned(tuned)
+        rows.append(_row(name, score_instances(_extract(outputs, paths, types, config), truth, types),
+                         speed, wall, weights))
     if args.tta:
-        variants.append((f"{variants[-1][0]} + flip TTA", variants[-1][1], True))
-    rows = []
-    for name, path, tta in variants:
-        labels = _predict(path, layout, train_df, val_ids, types, args.device, tta)
-        rows.append(_row(name, score_instances(labels, truth, types), speed, wall, path))
+        flipped = tune.predict_outputs(ensemble, paths, types, device, tta=True)
+        rows.append(_row(f"{name} + flip TTA", score_instances(_extract(flipped, paths, types, config), truth, types),
+                         speed, wall, weights))
     return rows
 
 
@@ -202,24 +211,11 @@ def _wall_seconds(folder: Path) -> float:
     return float(json.loads((folder / "wall.json").read_text())["wall_s"])
 
 
-def _fit(weights: Path, layout, train_df, types: Mapping[str, str], device: str) -> dict:
-    ensemble = infer.load_ensemble([weights], models.resolve_device(device))
-    paths = {image_id: layout.train_dir / f"{image_id}.png" for image_id in types}
-    outputs = tune.predict_outputs(ensemble, paths, types, models.resolve_device(device))
-    truth = train_df.groupby("id")["annotation"].apply(list)
-    tuned, report = tune.fit_settings(outputs, {i: truth[i] for i in types}, types)
-    print(report)
-    return tuned
-
-
-def _predict(weights: Path, layout, train_df, ids: Sequence[str], types: Mapping[str, str], device: str,
-             tta: bool) -> dict[str, np.ndarray]:
-    """``kit.infer``'s path: the checkpoint's settings, its per-type scales, the same extraction."""
-    device = models.resolve_device(device)
-    ensemble = infer.load_ensemble([weights], device)
-    config = postprocess.PostprocessConfig().with_tuned(ensemble[0].settings.get("postprocess"))
-    paths = {image_id: layout.train_dir / f"{image_id}.png" for image_id in ids}
-    return infer.predict_labels(ensemble, paths, types, device, batch_size=1, tta=tta, config=config)
+def _extract(outputs: Mapping[str, tuple], paths: Mapping[str, Path], types: Mapping[str, str],
+             config: postprocess.PostprocessConfig) -> dict[str, np.ndarray]:
+    """Instances from saved network outputs by ``kit.infer``'s extraction (``output_to_labels``)."""
+    return {image_id: postprocess.output_to_labels(prob, flow, data.load_image(paths[image_id]), types[image_id],
+                                                   config) for image_id, (prob, flow) in outputs.items()}
 
 
 def _union(annotations: Sequence[str], shape) -> np.ndarray:

@@ -75,8 +75,8 @@ def main(args: argparse.Namespace) -> dict:
     train_start = time.monotonic()
     saved, _, _ = train_lib.train_seg(model.net, train_data=images, train_labels=flows, channels=[0, 0],
                                       normalize=True, n_epochs=n_epochs, batch_size=BATCH_SIZE,
-                                      nimg_per_epoch=BATCH_SIZE, save_path=str(args.out), save_every=10 ** 9, model_name="cellpose-weights",
-                                      min_train_masks=1)
+                                      nimg_per_epoch=BATCH_SIZE, save_path=str(args.out), save_every=10 ** 9,
+                                      model_name="cellpose-weights", min_train_masks=1)
     train_s = time.monotonic() - train_start
     wall_s = time.monotonic() - started
     trained = models.CellposeModel(gpu=False, pretrained_model=str(saved), nchan=2)

@@ -69,14 +69,14 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def predict_outputs(ensemble, image_paths: Mapping[str, Path], cell_types: Mapping[str, str],
-                    device: torch.device, tta: bool = False) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """``{id: (prob float32[H, W], flow float32[2, H, W])}``, one image at a time (rescaled
-    members resample each image anyway)."""
+                    device: torch.device, tta: bool = False) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
+    """``{id: (prob float32[H, W], flow float32[2, H, W] or None for a mask variant)}``, one image at
+    a time (rescaled members resample each image anyway)."""
     outputs = {}
     for image_id, path in image_paths.items():
         image = data.load_image(path)[None]
         prob, flow = infer.predict(ensemble, image, [cell_types[image_id]], device, tta, [image_id])
-        outputs[image_id] = (prob[0], flow[0])
+        outputs[image_id] = (prob[0], None if flow is None else flow[0])
     return outputs
 
 
