@@ -58,8 +58,9 @@ class TrainData:
     def __len__(self) -> int:
         return len(self.ids)
 
-    @property
+    @functools.cached_property
     def rescaled(self) -> bool:
+        """Whether any image is resampled; asked once per split, not once per batch (a device sync)."""
         return self.scales is not None and bool((self.scales != 1).any())
 
     def truth(self, crop: tuple[int, int] | None) -> list[list[str]]:
@@ -160,11 +161,8 @@ def _batch(split: TrainData, index: torch.Tensor, variant: Variant, crop: tuple[
 
 def batch_images(split: TrainData, index: torch.Tensor, crop: tuple[int, int] | None = None,
                  generator: torch.Generator | None = None, with_targets: bool = False):
-    """The uint8[B, H, W] images of ``index`` (and their targets if ``with_targets``), cropped as
-    ``make_batch`` crops them: random with ``generator``, centred without."""
-    if split.rescaled:
-        images, targets = resample_batch(split, index, crop, generator, augment=False)
-        return (images, targets) if with_targets else images
+    """The uint8[B, H, W] images of ``index`` (and their targets if ``with_targets``) of a split at
+    native scale, cropped as ``make_batch`` crops them: random with ``generator``, centred without."""
     on_device = index.to(split.images.device)
     images, targets = split.images[on_device], split.targets[on_device] if with_targets else None
     if crop is not None:
