@@ -105,7 +105,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="train on random HxW crops and validate on centre crops (default: the variant's "
                              "crop_size, else whole images)")
     parser.add_argument("--time-limit", type=parse_time_limit, default=DEFAULT_TIME_LIMIT, metavar="H:MM",
-                        help=f"stop before an epoch that would end past this (default {DEFAULT_TIME_LIMIT})")
+                        help="training time budget: one process stops within the epoch that spends it, "
+                             f"torchrun's ranks before an epoch that would end past it (default {DEFAULT_TIME_LIMIT})")
     parser.add_argument("--device", choices=("cuda", "cpu"), help="default: cuda when available")
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
                         help="auto: bf16 on GPUs that have it, else fp16; fp32 on CPU")
@@ -159,8 +160,9 @@ def train(config: RunConfig) -> Path:
     epoch_seconds: list[float] = []
     for epoch in range(done + 1, variant.epochs + 1):
         next_epoch = max(epoch_seconds[-3:], default=0.0)
-        # A single process on the cosine schedule stops within the epoch that spends the budget instead.
-        per_epoch_stop = not (state.step_lr_per_batch and world == 1)
+        # A single process with a budget stops within the epoch that spends it instead, so that a
+        # budget buys the same training time whatever an epoch takes (DDP ranks stop together here).
+        per_epoch_stop = world > 1 or config.time_limit <= 0
         if per_epoch_stop and epoch_seconds and _stop(device, time.monotonic() - started + next_epoch,
                                                       config.time_limit):
             log(f"stopping before epoch {epoch}: it would end past the time limit {_clock(config.time_limit)} "
@@ -173,7 +175,7 @@ def train(config: RunConfig) -> Path:
         if row is not None:
             log(_progress_line(row, variant.epochs, epoch_seconds))
         if state.clock["out_of_time"]:
-            log(f"stopped within epoch {epoch}: the cosine schedule reached the end of the time limit "
+            log(f"stopped within epoch {epoch}: its training spent the time limit "
                 f"{_clock(config.time_limit)}; best weights in {out / f'{variant.name}.pt'}")
             break
     if state.history:
@@ -327,7 +329,7 @@ def _run_epoch(state: _TrainingState, epoch: int, train_data: TrainData, val_dat
     epoch_start = time.monotonic()
     lr = state.optimizer.param_groups[0]["lr"]
     order = _epoch_order(len(train_data), config.seed, epoch, state.rank, state.world)
-    per_batch = functools.partial(_cosine_step, state, config.time_limit) if state.step_lr_per_batch else None
+    per_batch = functools.partial(_after_step, state, config.time_limit)
     train_loss, images_per_s = train_epoch(state.model, train_data, order, state.variant, state.criterion,
                                            state.optimizer, state.scaler, state.amp_dtype,
                                            _generator(config.seed, epoch, 1 + state.rank), state.crop, per_batch)
@@ -347,11 +349,12 @@ def _run_epoch(state: _TrainingState, epoch: int, train_data: TrainData, val_dat
     return row
 
 
-def _cosine_step(state: _TrainingState, time_limit: float) -> bool:
-    """After each step of the cosine schedule: move the lr; True once the time budget (less the
-    last validation's and save's duration) is spent. A single process stops mid-epoch then; under
-    DDP the ranks keep to the per-epoch stop, which they decide together."""
-    state.scheduler.step()
+def _after_step(state: _TrainingState, time_limit: float) -> bool:
+    """After each optimiser step: move the cosine schedule's lr; True once the time budget (less
+    the last validation's and save's duration) is spent. A single process stops mid-epoch then;
+    under DDP the ranks keep to the per-epoch stop, which they decide together."""
+    if state.step_lr_per_batch:
+        state.scheduler.step()
     if state.world > 1 or time_limit <= 0:
         return False
     clock = state.clock

@@ -421,13 +421,15 @@ def test_the_cosine_factor_warms_up_then_follows_the_larger_of_step_and_time_pro
     assert timed(0) == pytest.approx(0.5, abs=0.01)
 
 
-def test_a_single_process_on_the_cosine_schedule_stops_when_its_budget_less_the_reserve_is_spent():
+def test_a_single_process_stops_when_its_budget_less_the_reserve_is_spent():
     steps = []
-    state = SimpleNamespace(scheduler=SimpleNamespace(step=lambda: steps.append(1)), world=1,
+    state = SimpleNamespace(scheduler=SimpleNamespace(step=lambda: steps.append(1)), world=1, step_lr_per_batch=True,
                             clock={"origin": train.time.monotonic() - 50.0, "reserve": 0.0, "out_of_time": False})
-    assert not train._cosine_step(state, 100.0) and not state.clock["out_of_time"]
+    assert not train._after_step(state, 100.0) and not state.clock["out_of_time"]
     state.clock["reserve"] = 60.0  # the last validation and save took a minute: 40 s were left, now none
-    assert train._cosine_step(state, 100.0) and state.clock["out_of_time"]
+    assert train._after_step(state, 100.0) and state.clock["out_of_time"]
     state.world = 2  # DDP ranks keep to the stop they decide together at each epoch's end
-    assert not train._cosine_step(state, 100.0)
+    assert not train._after_step(state, 100.0)
     assert len(steps) == 3  # the lr moved at every step
+    state.world, state.step_lr_per_batch = 1, False  # the step schedule: lr moves per epoch, the stop is the same
+    assert train._after_step(state, 100.0) and len(steps) == 3
