@@ -2,6 +2,8 @@
 
     python -m benchmarks.bench_quality --data DIR --out runs/quality --budget 45 \\
         --variants hot-flow-unet-plus --peer cellpose --parallel --tune --tta
+    python -m benchmarks.bench_quality --data DIR --out runs/ablation --budget 15 --parallel \\
+        --lever "native-scale=--cell-diameter 0" "sgd=--optimizer sgd --lr 0.2" --tta hot-flow-unet-plus
     python -m benchmarks.bench_quality --data DIR --out runs/quality --variants ... --table-only
 
 Every entry trains on the kit's stratified 80/20 split of the images under ``--data`` for
@@ -9,7 +11,10 @@ Every entry trains on the kit's stratified 80/20 split of the images under ``--d
 in its own ``python -m kit.train`` process (``--time-limit``; log, metrics CSV and curves PNG
 in ``OUT/NAME/``), the peer in its own ``python -m benchmarks.peer_cellpose`` process. With
 ``--parallel`` the entries train side by side, each pinned to its own core with one thread, so
-that they share the machine's state (and whatever else runs on it) alike.
+that they share the machine's state (and whatever else runs on it) alike; there are never more
+entries running than cores, and a freed core takes the next entry. ``--lever NAME="ARGS"`` adds an
+ablation entry: the ``--lever-base`` variant (the recipe) trained with those extra ``kit.train``
+arguments, one lever at a time.
 
 Then the whole 520x704 validation images are predicted, the kit's through ``kit.infer``'s own
 path (the inference kernel's code), Cellpose's through its own ``eval``, and every entry is scored
@@ -17,19 +22,23 @@ by ``score_instances``: the leaderboard score overall, per cell type and as the 
 types' scores (the split is cort-heavy), the pixel Dice, IoU and accuracy of the instances'
 union, the training images/s, the wall time and the weights file scored. ``--tune`` adds a row per
 flow variant with ``kit.tune``'s per-type settings (fitted on the same validation images; a copy
-of the weights), ``--tta`` a row with flip TTA. An entry whose outputs exist is not trained again.
-The table goes to ``OUT/quality.md``.
+of the weights), ``--tta`` a row with flip TTA, ``--boundary-lut FILE`` a row per mask variant
+with that boundary-tuning table (the paper's post-processing, its Table II); ``--tune`` and
+``--tta`` take entry names to limit them to (bare: every entry). An entry whose outputs exist is
+not trained again. The table goes to ``OUT/quality.md``.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Mapping, NamedTuple, Sequence
 
 import numpy as np
 import pandas as pd
@@ -37,12 +46,19 @@ import pandas as pd
 from benchmarks import run_cli
 from kit import data, infer, metrics, models, postprocess, rle, tune
 from kit.files import write_text_atomic
-from kit.variants import VARIANTS
+from kit.variants import RECIPE, VARIANTS
 
 REPO = Path(__file__).resolve().parent.parent
 PEERS = ("cellpose",)
 COLUMNS = ("entry", "val score", "cort", "astro", "shsy5y", "type mean", "Dice", "IoU", "accuracy",
            "train images/s", "wall time", "weights")
+
+
+class Entry(NamedTuple):
+    """One row's training: a kit variant (with a lever's extra ``kit.train`` arguments) or a peer."""
+    name: str  # also its folder below --out
+    variant: str | None  # None: a peer
+    train_args: tuple[str, ...] = ()
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -52,13 +68,25 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--budget", type=int, default=45, help="wall-clock minutes of training per entry")
     parser.add_argument("--variants", nargs="*", choices=list(VARIANTS), default=["hot-flow-unet-plus"])
     parser.add_argument("--peer", nargs="*", choices=PEERS, default=[], help="peers trained the same way")
-    parser.add_argument("--parallel", action="store_true", help="train the entries side by side, a core each")
+    parser.add_argument("--lever", nargs="+", default=[], metavar='NAME="ARGS"', type=_lever,
+                        help='ablation entries: the --lever-base variant trained with these extra kit.train '
+                             'arguments, e.g. "crop-384=--crop 384x384"')
+    parser.add_argument("--lever-base", choices=list(VARIANTS), default=RECIPE,
+                        help=f"the variant each lever changes (default: {RECIPE})")
+    parser.add_argument("--parallel", action="store_true",
+                        help="train the entries side by side, a core each (never more at once than cores)")
     parser.add_argument("--cores", type=int, nargs="+", default=None,
                         help="with --parallel: the cores to pin the entries to, in turn (default: 0, 1, ...)")
     parser.add_argument("--crop", default=None, metavar="HxW",
                         help="kit.train --crop for the variants that train on whole images (a CPU budget needs crops)")
-    parser.add_argument("--tune", action="store_true", help="add rows with kit.tune's per-type settings")
-    parser.add_argument("--tta", action="store_true", help="add rows with flip test-time augmentation")
+    parser.add_argument("--tune", nargs="*", default=None, metavar="ENTRY",
+                        help="add rows with kit.tune's per-type settings (for these entries; bare: every flow entry)")
+    parser.add_argument("--tta", nargs="*", default=None, metavar="ENTRY",
+                        help="add rows with flip test-time augmentation (for these entries; bare: every kit "
+                             "entry; each costs four predictions of the validation images)")
+    parser.add_argument("--boundary-lut", type=Path, default=None, metavar="FILE",
+                        help="add a row per mask variant with this boundary-tuning table "
+                             "(from python -m kit.boundary_table fit; the paper's Table II)")
     parser.add_argument("--device", default="cpu", help="training and prediction device (default: cpu)")
     parser.add_argument("--table-only", action="store_true", help="score finished entries, train nothing")
     parser.add_argument("--max-val-images", type=int, default=None,
@@ -70,9 +98,9 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> str:
     """Train what is missing, score every entry, print and write the table; returns it."""
-    entries = [*args.variants, *args.peer]
-    if not entries:
-        raise ValueError("nothing to measure: name --variants and/or --peer")
+    entries = plan_entries(args)
+    if args.boundary_lut is not None:
+        postprocess.load_boundary_lut(args.boundary_lut)  # a missing or bad table fails before any training
     if not args.table_only:
         train_entries(entries, args)
     layout = data.find_competition(args.data, need_test=False)
@@ -86,69 +114,94 @@ def main(args: argparse.Namespace) -> str:
     return table
 
 
-def train_entries(entries: Sequence[str], args: argparse.Namespace) -> None:
-    """Start every entry whose outputs are missing (side by side with ``--parallel``), wait for all."""
-    running = []
-    for k, entry in enumerate(entries):
-        folder = args.out / entry
+def plan_entries(args: argparse.Namespace) -> list[Entry]:
+    """The variants, then the levers, then the peers; a clear error for a clash or an empty plan."""
+    entries = [Entry(name, name) for name in args.variants]
+    entries += [Entry(name, args.lever_base, extra) for name, extra in args.lever]
+    entries += [Entry(name, None) for name in args.peer]
+    if not entries:
+        raise ValueError("nothing to measure: name --variants, --lever and/or --peer")
+    names = [entry.name for entry in entries]
+    clashes = sorted({name for name in names if names.count(name) > 1})
+    if clashes:
+        raise ValueError(f"entry name(s) {', '.join(clashes)} given twice: each entry needs its own folder; "
+                         "rename the lever")
+    for option in ("tune", "tta"):
+        unknown = sorted(set(getattr(args, option) or ()) - set(names))
+        if unknown:
+            raise ValueError(f"--{option} {' '.join(unknown)}: not an entry of this run ({', '.join(names)})")
+    return entries
+
+
+def train_entries(entries: Sequence[Entry], args: argparse.Namespace) -> None:
+    """Start every entry whose outputs are missing and wait for all. With ``--parallel`` one per
+    core, pinned, one thread each, and a freed core takes the next entry; else one after another."""
+    cores = (args.cores or list(range(os.cpu_count()))) if args.parallel else [None]
+    waiting = []
+    for entry in entries:
+        folder = args.out / entry.name
         if _finished(entry, folder):
-            print(f"{entry}: already trained in {folder}")
-            continue
-        folder.mkdir(parents=True, exist_ok=True)
-        command, env = _command(entry, args, folder), dict(os.environ)
-        if args.parallel:
-            cores = args.cores or list(range(os.cpu_count()))
-            command = ["taskset", "-c", str(cores[k % len(cores)]), *command]
-            env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-        print(f"{entry}: {' '.join(command)}", flush=True)
-        log = open(folder / "log.txt", "w")
-        process = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env)
-        running.append((entry, process, log, time.monotonic()))
-        if not args.parallel:
-            _wait(*running.pop())
-    for item in running:
-        _wait(*item)
+            print(f"{entry.name}: already trained in {folder}")
+        else:
+            waiting.append(entry)
+    running: dict[int, tuple] = {}  # slot (an index into cores) -> its entry's process
+    while waiting or running:
+        for slot in [k for k in range(len(cores)) if k not in running][: len(waiting)]:
+            running[slot] = _start(waiting.pop(0), args, cores[slot])
+        finished = [slot for slot, item in running.items() if item[1].poll() is not None]
+        for slot in finished:
+            _wait(*running.pop(slot))
+        if not finished:
+            time.sleep(2)
 
 
-def score_entry(entry: str, args: argparse.Namespace, layout: data.CompetitionLayout,
+def score_entry(entry: Entry, args: argparse.Namespace, layout: data.CompetitionLayout,
                 train_df: pd.DataFrame) -> list[dict]:
-    """The table rows of one entry: plain, then ``--tune`` and ``--tta`` where they apply."""
-    folder = args.out / entry
+    """The table rows of one entry: plain, then ``--tune``, ``--boundary-lut`` and ``--tta`` where
+    they apply."""
+    folder = args.out / entry.name
     table = data.image_table(train_df)
     cell_types = dict(zip(table["id"], table["cell_type"]))
     val_ids = data.split_train_val(table)[1][: args.max_val_images]
     truth = train_df.groupby("id")["annotation"].apply(list)
     truth = {image_id: truth[image_id] for image_id in val_ids}
     types = {image_id: cell_types[image_id] for image_id in val_ids}
-    if entry in PEERS:
+    if entry.variant is None:
         run = json.loads((folder / "run.json").read_text())
         with np.load(folder / "val-labels.npz") as saved:
             labels = {image_id: saved[image_id] for image_id in val_ids}
-        return [_row(entry, score_instances(labels, truth, types), run["train_images_per_s"], run["wall_s"],
+        return [_row(entry.name, score_instances(labels, truth, types), run["train_images_per_s"], run["wall_s"],
                      run["weights"])]
-    weights = folder / f"{entry}.pt"
-    history = pd.read_csv(folder / f"{entry}-metrics.csv")
+    weights = folder / f"{entry.variant}.pt"
+    history = pd.read_csv(folder / f"{entry.variant}-metrics.csv")
     speed, wall = float(history["images_per_s"].median()), _wall_seconds(folder)
     device = models.resolve_device(args.device)
     ensemble = infer.load_ensemble([weights], device)
     paths = {image_id: layout.train_dir / f"{image_id}.png" for image_id in val_ids}
-    # kit.infer's path, its network run once: the plain and the tuned rows differ only in the extraction.
+
+    def row(name: str, outputs, config: postprocess.PostprocessConfig, scored_weights: Path) -> dict:
+        labels = _extract(outputs, paths, types, config)
+        return _row(name, score_instances(labels, truth, types), speed, wall, scored_weights)
+
+    # kit.infer's path, its network run once: the rows below differ only in the extraction.
     outputs = tune.predict_outputs(ensemble, paths, types, device)
     config = postprocess.PostprocessConfig().with_tuned(ensemble[0].settings.get("postprocess"))
-    name = entry
-    rows = [_row(name, score_instances(_extract(outputs, paths, types, config), truth, types), speed, wall, weights)]
-    if args.tune and VARIANTS[entry].target == "flow":
+    name, rows = entry.name, [row(entry.name, outputs, config, weights)]
+    flow = VARIANTS[entry.variant].target == "flow"
+    if flow and _asked(args.tune, entry):
         tuned, report = tune.fit_settings(outputs, truth, types)
         print(report)
-        weights, name = folder / f"{entry}-tuned.pt", f"{entry} + tuned per-type settings"
-        tune.save_tuned(folder / f"{entry}.pt", weights, tuned)
+        weights, name = folder / f"{entry.variant}-tuned.pt", f"{entry.name} + tuned per-type settings"
+        tune.save_tuned(folder / f"{entry.variant}.pt", weights, tuned)
         config = postprocess.PostprocessConfig().with_tuned(tuned)
-        rows.append(_row(name, score_instances(_extract(outputs, paths, types, config), truth, types),
-                         speed, wall, weights))
-    if args.tta:
+        rows.append(row(name, outputs, config, weights))
+    if not flow and args.boundary_lut is not None:
+        lut = postprocess.load_boundary_lut(args.boundary_lut)
+        rows.append(row(f"{entry.name} + boundary tuning", outputs,
+                        dataclasses.replace(config, boundary=lut), weights))
+    if _asked(args.tta, entry):
         flipped = tune.predict_outputs(ensemble, paths, types, device, tta=True)
-        rows.append(_row(f"{name} + flip TTA", score_instances(_extract(flipped, paths, types, config), truth, types),
-                         speed, wall, weights))
+        rows.append(row(f"{name} + flip TTA", flipped, config, weights))
     return rows
 
 
@@ -180,30 +233,58 @@ def format_table(rows: Sequence[Mapping], budget: int) -> str:
     return "\n".join(lines)
 
 
-def _command(entry: str, args: argparse.Namespace, folder: Path) -> list[str]:
-    if entry in PEERS:
+def _lever(text: str) -> tuple[str, tuple[str, ...]]:
+    """``NAME=ARGS`` (argparse type of ``--lever``)."""
+    name, sep, extra = text.partition("=")
+    if not sep or not name.strip() or not extra.strip():
+        raise argparse.ArgumentTypeError(f"{text!r}: write a lever as NAME=\"KIT.TRAIN ARGS\", "
+                                         "e.g. \"crop-384=--crop 384x384\"")
+    return name.strip(), tuple(shlex.split(extra))
+
+
+def _asked(names: Sequence[str] | None, entry: Entry) -> bool:
+    """Whether ``--tune`` / ``--tta`` (absent: None; bare: every entry) covers this entry."""
+    return names is not None and (not names or entry.name in names)
+
+
+def _start(entry: Entry, args: argparse.Namespace, core: int | None) -> tuple:
+    folder = args.out / entry.name
+    folder.mkdir(parents=True, exist_ok=True)
+    command, env = _command(entry, args, folder), dict(os.environ)
+    if core is not None:
+        command = ["taskset", "-c", str(core), *command]
+        env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    print(f"{entry.name}: {' '.join(command)}", flush=True)
+    log = open(folder / "log.txt", "w")
+    process = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env)
+    return entry, process, log, time.monotonic()
+
+
+def _command(entry: Entry, args: argparse.Namespace, folder: Path) -> list[str]:
+    if entry.variant is None:
         return [sys.executable, "-m", "benchmarks.peer_cellpose", "--data", str(args.data), "--out", str(folder),
                 "--budget", str(args.budget), *(["--threads", "1"] if args.parallel else [])]
-    crop = ["--crop", args.crop] if args.crop and not VARIANTS[entry].crop_size else []
-    return [sys.executable, "-m", "kit.train", "--variant", entry, "--data", str(args.data), "--out", str(folder),
-            "--time-limit", f"{args.budget // 60}:{args.budget % 60:02d}", "--device", args.device, *crop,
-            *args.train_args]
+    crop = ["--crop", args.crop] if args.crop and not VARIANTS[entry.variant].crop_size else []
+    return [sys.executable, "-m", "kit.train", "--variant", entry.variant, "--data", str(args.data),
+            "--out", str(folder), "--time-limit", f"{args.budget // 60}:{args.budget % 60:02d}",
+            "--device", args.device, *crop, *args.train_args, *entry.train_args]
 
 
-def _finished(entry: str, folder: Path) -> bool:
-    if entry in PEERS:
+def _finished(entry: Entry, folder: Path) -> bool:
+    if entry.variant is None:
         return (folder / "run.json").is_file()
-    return (folder / f"{entry}.pt").is_file() and (folder / "wall.json").is_file()
+    return (folder / f"{entry.variant}.pt").is_file() and (folder / "wall.json").is_file()
 
 
-def _wait(entry: str, process: subprocess.Popen, log, started: float) -> None:
+def _wait(entry: Entry, process: subprocess.Popen, log, started: float) -> None:
     code = process.wait()
     log.close()
     folder = Path(log.name).parent
     if code != 0:
         tail = Path(log.name).read_text().strip().splitlines()[-5:]
-        raise SystemExit(f"{entry} failed (exit {code}); see {log.name}:\n" + "\n".join(tail))
-    if entry not in PEERS:
+        raise SystemExit(f"{entry.name} failed (exit {code}); see {log.name}:\n" + "\n".join(tail))
+    print(f"{entry.name}: done in {_clock(time.monotonic() - started)}", flush=True)
+    if entry.variant is not None:
         write_text_atomic(folder / "wall.json", json.dumps({"wall_s": time.monotonic() - started}) + "\n")
 
 

@@ -62,3 +62,50 @@ def test_trains_a_kit_entry_and_scores_it_beside_a_peers_saved_masks(shared_dir,
     assert rows["cellpose"][9] == "3.00" and rows["cellpose"][10] == "0:01"
     assert 0.0 <= float(rows["unet"][1]) <= 1.0
     assert rows["unet"][11] == f"`{os.path.relpath(tmp_path / 'unet' / 'unet.pt', bench_quality.REPO)}`"
+
+
+def _parse(*argv):
+    return bench_quality.get_args_parser().parse_args(["--data", "unused", *argv])
+
+
+def test_levers_are_the_base_variant_with_extra_train_args_after_the_shared_ones(tmp_path):
+    args = _parse("--out", str(tmp_path), "--variants", "unet", "--lever", "native-scale=--cell-diameter 0",
+                  "sgd=--optimizer sgd --lr 0.2", "--peer", "cellpose", "--", "--max-images", "4")
+    entries = bench_quality.plan_entries(args)
+    assert [(e.name, e.variant) for e in entries] == [
+        ("unet", "unet"), ("native-scale", bench_quality.RECIPE), ("sgd", bench_quality.RECIPE), ("cellpose", None)]
+    command = bench_quality._command(entries[2], args, tmp_path / "sgd")
+    assert command[command.index("--variant") + 1] == bench_quality.RECIPE
+    assert command[-6:] == ["--max-images", "4", "--optimizer", "sgd", "--lr", "0.2"]  # the lever's win
+    assert "--crop" not in command  # the recipe has its own crop size
+
+
+def test_bad_plans_fail_before_any_training_and_say_what_to_change(tmp_path):
+    with pytest.raises(SystemExit):
+        _parse("--lever", "no-equals-sign")
+    with pytest.raises(ValueError, match="entry name.* unet given twice"):
+        bench_quality.plan_entries(_parse("--variants", "unet", "--lever", "unet=--lr 0.1"))
+    with pytest.raises(ValueError, match="--tta hot-unet: not an entry of this run"):
+        bench_quality.plan_entries(_parse("--variants", "unet", "--tta", "hot-unet"))
+    with pytest.raises(ValueError, match="nothing to measure"):
+        bench_quality.plan_entries(_parse("--variants"))
+    with pytest.raises(FileNotFoundError, match="boundary table .*missing.npz does not exist"):
+        bench_quality.main(_parse("--variants", "unet", "--boundary-lut", str(tmp_path / "missing.npz")))
+
+
+@pytest.mark.parametrize("cores", [["0"], ["0", "0"]])
+def test_parallel_runs_never_more_entries_at_once_than_cores(tmp_path, monkeypatch, cores):
+    def sleeper(entry, args, folder):  # each entry notes when it ran
+        script = (f"import time, pathlib; a = time.time(); time.sleep(0.4); "
+                  f"pathlib.Path({str(folder / 'span')!r}).write_text(f'{{a}} {{time.time()}}')")
+        return [bench_quality.sys.executable, "-c", script]
+
+    monkeypatch.setattr(bench_quality, "_command", sleeper)
+    args = _parse("--out", str(tmp_path), "--variants", "unet", "hot-unet", "hot-unet-weighted", "--parallel",
+                  "--cores", *cores)
+    bench_quality.train_entries(bench_quality.plan_entries(args), args)
+    spans = sorted(tuple(map(float, (tmp_path / name / "span").read_text().split()))
+                   for name in ("unet", "hot-unet", "hot-unet-weighted"))
+    at_once = max(sum(start <= begin < end for start, end in spans) for begin, _ in spans)
+    assert at_once == len(cores)  # 3 entries on 2 slots: 2 at once, then the third
+    assert all((tmp_path / name / "wall.json").is_file() for name in ("unet", "hot-unet", "hot-unet-weighted"))
