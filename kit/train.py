@@ -98,6 +98,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cell-diameter", type=float, metavar="PX",
                         help="rescale every image so its cell type's median diameter becomes PX pixels; 0: native "
                              "scale (default: the variant's, 30 for hot-flow-unet-plus, else 0)")
+    parser.add_argument("--residual", action="store_true", default=None,
+                        help="residual blocks and a style vector, as in Cellpose's network (default: the variant's)")
     parser.add_argument("--max-images", type=int,
                         help="smoke runs: the first N training images and N/4 validation images")
     parser.add_argument("--val-fraction", type=float, default=0.2, help="stratified validation share (default 0.2)")
@@ -365,7 +367,7 @@ def _after_step(state: _TrainingState, time_limit: float) -> bool:
 def _effective_variant(args: argparse.Namespace) -> Variant:
     """The registered variant with the command line's schedule overrides."""
     overrides = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "optimizer": args.optimizer,
-                 "schedule": args.schedule, "cell_diameter": args.cell_diameter}
+                 "schedule": args.schedule, "cell_diameter": args.cell_diameter, "residual": args.residual}
     return get_variant(args.variant).replace(**{k: v for k, v in overrides.items() if v is not None})
 
 

@@ -64,6 +64,7 @@ class Variant:
     flow_scale: float = 5.0
     cell_diameter: float = 0.0  # pixels; 0: images at native scale
     crop_size: int = 0  # 0: whole images
+    residual: bool = False  # residual blocks + a style vector, as in Cellpose's network (kit.models.UNet)
     schedule: str = "step"
     warmup: float = 0.0  # fraction of the run (cosine schedule)
     description: str = ""

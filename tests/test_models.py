@@ -42,9 +42,45 @@ def test_build_model_has_the_papers_architecture(name):
     assert all(d.p == v.dropout for d in dropouts)
 
 
+def test_the_residual_network_adds_projections_and_a_style_per_decoder():
+    plain, residual = UNet(4, 3), UNet(4, 3, residual=True)
+    widths_in = [(4, 32), (32, 64), (64, 128), (128, 256), (256, 512), (512, 256), (256, 128), (128, 64), (64, 32)]
+    projections = sum(cin * cout for cin, cout in widths_in)  # 1x1, bias-free
+    styles = sum(512 * w + w for w in (256, 128, 64, 32))  # one linear map (with bias) per decoder
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(residual) - count(plain) == projections + styles
+
+
+@pytest.mark.parametrize("residual", [False, True])
+def test_only_the_style_vector_lets_a_pixel_see_past_its_receptive_field(residual):
+    torch.manual_seed(0)
+    model = UNet(1, 1, residual=residual).eval()
+    image = torch.rand(1, 1, 16, 640)
+    changed = image.clone()
+    changed[..., 560:] = 0.0  # far beyond the receptive field of the left edge's pixels
+    with torch.no_grad():
+        left, left_changed = model(image)[..., :32], model(changed)[..., :32]
+    assert torch.equal(left, left_changed) != residual
+
+
+def test_a_residual_checkpoint_round_trips_and_an_old_one_without_the_setting_loads(tmp_path):
+    variant = VARIANTS["hot-flow-unet-plus"].replace(residual=True)
+    model = build_model(variant)
+    save_checkpoint(tmp_path / "r.pt", model, variant, epoch=1, best_score=0.0)
+    loaded, found, _ = load_checkpoint(tmp_path / "r.pt")
+    assert found.residual and loaded.styles is not None
+    old = torch.load(tmp_path / "r.pt", weights_only=True)
+    plain = VARIANTS["hot-flow-unet-plus"]
+    old["variant"] = {k: v for k, v in plain.to_dict().items() if k != "residual"}  # saved before the setting
+    old["model"] = build_model(plain).state_dict()
+    torch.save(old, tmp_path / "old.pt")
+    assert load_checkpoint(tmp_path / "old.pt")[1] == plain
+
+
 @pytest.mark.parametrize("height, width", [(37, 50), (16, 16), (33, 17)])
-def test_any_size_goes_in_and_comes_back_out(height, width):
-    model = UNet(4, 3).eval()
+@pytest.mark.parametrize("residual", [False, True])
+def test_any_size_goes_in_and_comes_back_out(height, width, residual):
+    model = UNet(4, 3, residual=residual).eval()
     with torch.no_grad():
         out = model(torch.rand(2, 4, height, width))
     assert out.shape == (2, 3, height, width)

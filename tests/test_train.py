@@ -433,3 +433,12 @@ def test_a_single_process_stops_when_its_budget_less_the_reserve_is_spent():
     assert len(steps) == 3  # the lr moved at every step
     state.world, state.step_lr_per_batch = 1, False  # the step schedule: lr moves per epoch, the stop is the same
     assert train._after_step(state, 100.0) and len(steps) == 3
+
+
+def test_command_line_overrides_change_only_what_they_name():
+    parse = train.get_args_parser().parse_args
+    recipe = train._effective_variant(parse(["--variant", "hot-flow-unet-plus"]))
+    assert recipe == train.get_variant("hot-flow-unet-plus")
+    changed = train._effective_variant(parse(["--variant", "hot-flow-unet-plus", "--residual", "--cell-diameter", "0",
+                                              "--optimizer", "sgd", "--lr", "0.2"]))
+    assert changed == recipe.replace(residual=True, cell_diameter=0.0, optimizer="sgd", lr=0.2)
