@@ -25,7 +25,8 @@ flow variant with ``kit.tune``'s per-type settings (fitted on the same validatio
 of the weights), ``--tta`` a row with flip TTA, ``--boundary-lut FILE`` a row per mask variant
 with that boundary-tuning table (the paper's post-processing, its Table II); ``--tune`` and
 ``--tta`` take entry names to limit them to (bare: every entry). An entry whose outputs exist is
-not trained again. The table goes to ``OUT/quality.md``.
+not trained again, an entry scored before from the same files is not scored again
+(``OUT/NAME/rows.json``). The table goes to ``OUT/quality.md``.
 """
 from __future__ import annotations
 
@@ -107,7 +108,7 @@ def main(args: argparse.Namespace) -> str:
     train_df = data.read_train_csv(layout.train_csv)
     rows = []
     for entry in entries:
-        rows += score_entry(entry, args, layout, train_df)
+        rows += scored_rows(entry, args, layout, train_df)
     table = format_table(rows, args.budget)
     write_text_atomic(args.out / "quality.md", table + "\n")
     print(table)
@@ -153,6 +154,23 @@ def train_entries(entries: Sequence[Entry], args: argparse.Namespace) -> None:
             _wait(*running.pop(slot))
         if not finished:
             time.sleep(2)
+
+
+def scored_rows(entry: Entry, args: argparse.Namespace, layout: data.CompetitionLayout,
+                train_df: pd.DataFrame) -> list[dict]:
+    """``score_entry``'s rows, kept in ``OUT/NAME/rows.json`` with what they were scored from (the
+    weights or masks file's size and time, the rows asked for), so that printing the table again,
+    or with entries scored by other processes, costs no prediction; anything changed scores anew."""
+    path = args.out / entry.name / "rows.json"
+    key = _score_key(entry, args)
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        if saved.get("key") == key:
+            print(f"{entry.name}: scored before, rows read from {path}")
+            return saved["rows"]
+    rows = score_entry(entry, args, layout, train_df)
+    write_text_atomic(path, json.dumps({"key": key, "rows": rows}, indent=1) + "\n")
+    return rows
 
 
 def score_entry(entry: Entry, args: argparse.Namespace, layout: data.CompetitionLayout,
@@ -240,6 +258,16 @@ def _lever(text: str) -> tuple[str, tuple[str, ...]]:
         raise argparse.ArgumentTypeError(f"{text!r}: write a lever as NAME=\"KIT.TRAIN ARGS\", "
                                          "e.g. \"crop-384=--crop 384x384\"")
     return name.strip(), tuple(shlex.split(extra))
+
+
+def _score_key(entry: Entry, args: argparse.Namespace) -> dict:
+    """What an entry's rows depend on besides the data: the scored file and the rows asked for."""
+    folder = args.out / entry.name
+    scored = folder / ("val-labels.npz" if entry.variant is None else f"{entry.variant}.pt")
+    files = [scored] + ([args.boundary_lut] if args.boundary_lut is not None else [])
+    return {"files": [[os.path.abspath(f), f.stat().st_size, f.stat().st_mtime_ns] for f in files],
+            "tune": _asked(args.tune, entry), "tta": _asked(args.tta, entry),
+            "max_val_images": args.max_val_images, "device": args.device}
 
 
 def _asked(names: Sequence[str] | None, entry: Entry) -> bool:

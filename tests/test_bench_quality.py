@@ -109,3 +109,28 @@ def test_parallel_runs_never_more_entries_at_once_than_cores(tmp_path, monkeypat
     at_once = max(sum(start <= begin < end for start, end in spans) for begin, _ in spans)
     assert at_once == len(cores)  # 3 entries on 2 slots: 2 at once, then the third
     assert all((tmp_path / name / "wall.json").is_file() for name in ("unet", "hot-unet", "hot-unet-weighted"))
+
+
+def test_an_entry_scored_before_from_the_same_files_is_read_back_not_scored_again(shared_dir, tmp_path,
+                                                                                  val_truth, monkeypatch):
+    truth, _ = val_truth
+    ids = sorted(truth)[:2]
+    peer = tmp_path / "cellpose"
+    peer.mkdir()
+    masks = {i: rle.decode_labels(truth[i]) for i in ids}
+    np.savez_compressed(peer / "val-labels.npz", **masks)
+    (peer / "run.json").write_text(json.dumps({"train_images_per_s": 3.0, "wall_s": 60.0, "weights": "w"}))
+    args = _parse("--out", str(tmp_path), "--variants", "--peer", "cellpose", "--max-val-images", "2",
+                  "--table-only")
+    args.data = shared_dir
+    first = bench_quality.main(args)
+    calls = []
+    real = bench_quality.score_entry
+    monkeypatch.setattr(bench_quality, "score_entry", lambda *a: calls.append(1) or real(*a))
+    assert bench_quality.main(args) == first and not calls
+    np.savez_compressed(peer / "val-labels.npz", **{i: np.zeros_like(m) for i, m in masks.items()})
+    rescored = bench_quality.main(args)  # other masks: scored anew
+    assert calls == [1] and "| cellpose | 0.0000 |" in rescored and rescored != first
+    args.max_val_images = 1  # other rows asked for: scored anew
+    bench_quality.main(args)
+    assert calls == [1, 1]
