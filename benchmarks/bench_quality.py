@@ -62,6 +62,13 @@ class Entry(NamedTuple):
     train_args: tuple[str, ...] = ()
 
 
+class Validation(NamedTuple):
+    """The validation images every entry is scored on, keyed by image id."""
+    paths: dict[str, Path]  # the PNGs
+    truth: dict[str, list[str]]  # their annotations' RLEs
+    types: dict[str, str]  # their cell types
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_quality", description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True, help="folder holding the competition data")
@@ -104,11 +111,10 @@ def main(args: argparse.Namespace) -> str:
         postprocess.load_boundary_lut(args.boundary_lut)  # a missing or bad table fails before any training
     if not args.table_only:
         train_entries(entries, args)
-    layout = data.find_competition(args.data, need_test=False)
-    train_df = data.read_train_csv(layout.train_csv)
+    validation = validation_set(args.data, args.max_val_images)
     rows = []
     for entry in entries:
-        rows += scored_rows(entry, args, layout, train_df)
+        rows += scored_rows(entry, args, validation)
     table = format_table(rows, args.budget)
     write_text_atomic(args.out / "quality.md", table + "\n")
     print(table)
@@ -156,8 +162,19 @@ def train_entries(entries: Sequence[Entry], args: argparse.Namespace) -> None:
             time.sleep(2)
 
 
-def scored_rows(entry: Entry, args: argparse.Namespace, layout: data.CompetitionLayout,
-                train_df: pd.DataFrame) -> list[dict]:
+def validation_set(data_dir: Path, max_images: int | None) -> Validation:
+    """The kit's validation split (its first ``max_images``), read once for every entry."""
+    layout = data.find_competition(data_dir, need_test=False)
+    train_df = data.read_train_csv(layout.train_csv)
+    table = data.image_table(train_df)
+    cell_types = dict(zip(table["id"], table["cell_type"]))
+    val_ids = data.split_train_val(table)[1][:max_images]
+    annotations = train_df.groupby("id")["annotation"].apply(list)
+    return Validation({i: layout.train_dir / f"{i}.png" for i in val_ids}, {i: annotations[i] for i in val_ids},
+                      {i: cell_types[i] for i in val_ids})
+
+
+def scored_rows(entry: Entry, args: argparse.Namespace, validation: Validation) -> list[dict]:
     """``score_entry``'s rows, kept in ``OUT/NAME/rows.json`` with what they were scored from (the
     weights or masks file's size and time, the rows asked for), so that printing the table again,
     or with entries scored by other processes, costs no prediction; anything changed scores anew."""
@@ -168,26 +185,20 @@ def scored_rows(entry: Entry, args: argparse.Namespace, layout: data.Competition
         if saved.get("key") == key:
             print(f"{entry.name}: scored before, rows read from {path}")
             return saved["rows"]
-    rows = score_entry(entry, args, layout, train_df)
+    rows = score_entry(entry, args, validation)
     write_text_atomic(path, json.dumps({"key": key, "rows": rows}, indent=1) + "\n")
     return rows
 
 
-def score_entry(entry: Entry, args: argparse.Namespace, layout: data.CompetitionLayout,
-                train_df: pd.DataFrame) -> list[dict]:
+def score_entry(entry: Entry, args: argparse.Namespace, validation: Validation) -> list[dict]:
     """The table rows of one entry: plain, then ``--tune``, ``--boundary-lut`` and ``--tta`` where
     they apply."""
     folder = args.out / entry.name
-    table = data.image_table(train_df)
-    cell_types = dict(zip(table["id"], table["cell_type"]))
-    val_ids = data.split_train_val(table)[1][: args.max_val_images]
-    truth = train_df.groupby("id")["annotation"].apply(list)
-    truth = {image_id: truth[image_id] for image_id in val_ids}
-    types = {image_id: cell_types[image_id] for image_id in val_ids}
+    paths, truth, types = validation
     if entry.variant is None:
         run = json.loads((folder / "run.json").read_text())
         with np.load(folder / "val-labels.npz") as saved:
-            labels = {image_id: saved[image_id] for image_id in val_ids}
+            labels = {image_id: saved[image_id] for image_id in truth}
         return [_row(entry.name, score_instances(labels, truth, types), run["train_images_per_s"], run["wall_s"],
                      run["weights"])]
     weights = folder / f"{entry.variant}.pt"
@@ -195,7 +206,6 @@ def score_entry(entry: Entry, args: argparse.Namespace, layout: data.Competition
     speed, wall = float(history["images_per_s"].median()), _wall_seconds(folder)
     device = models.resolve_device(args.device)
     ensemble = infer.load_ensemble([weights], device)
-    paths = {image_id: layout.train_dir / f"{image_id}.png" for image_id in val_ids}
 
     def row(name: str, outputs, config: postprocess.PostprocessConfig, scored_weights: Path) -> dict:
         labels = _extract(outputs, paths, types, config)

@@ -160,11 +160,11 @@ def train(config: RunConfig) -> Path:
             f"{f' x{world}' if world > 1 else ''}, {_precision_name(state.amp_dtype)}, batch {variant.batch_size}"
             f", epochs {done + 1}-{variant.epochs}; validation instances: {instance_method(variant)}")
     epoch_seconds: list[float] = []
+    # A single process with a budget stops within the epoch that spends it instead, so that a
+    # budget buys the same training time whatever an epoch takes (DDP ranks stop together here).
+    per_epoch_stop = world > 1 or config.time_limit <= 0
     for epoch in range(done + 1, variant.epochs + 1):
         next_epoch = max(epoch_seconds[-3:], default=0.0)
-        # A single process with a budget stops within the epoch that spends it instead, so that a
-        # budget buys the same training time whatever an epoch takes (DDP ranks stop together here).
-        per_epoch_stop = world > 1 or config.time_limit <= 0
         if per_epoch_stop and epoch_seconds and _stop(device, time.monotonic() - started + next_epoch,
                                                       config.time_limit):
             log(f"stopping before epoch {epoch}: it would end past the time limit {_clock(config.time_limit)} "
