@@ -175,7 +175,8 @@ def train(config: RunConfig) -> Path:
         row = _run_epoch(state, epoch, train_data, val_data, config)
         epoch_seconds.append(time.monotonic() - epoch_start)
         if row is not None:
-            log(_progress_line(row, variant.epochs, epoch_seconds))
+            budget_left = config.time_limit - (time.monotonic() - state.clock["origin"])
+            log(_progress_line(row, variant.epochs, epoch_seconds, budget_left if config.time_limit > 0 else math.inf))
         if state.clock["out_of_time"]:
             log(f"stopped within epoch {epoch}: its training spent the time limit "
                 f"{_clock(config.time_limit)}; best weights in {out / f'{variant.name}.pt'}")
@@ -540,12 +541,16 @@ def _quality(row: dict) -> tuple[float, float]:
     return (score if math.isfinite(score) else -math.inf, -loss if math.isfinite(loss) else -math.inf)
 
 
-def _progress_line(row: dict, epochs: int, epoch_seconds: Sequence[float]) -> str:
-    eta = (epochs - row["epoch"]) * float(np.mean(epoch_seconds))
+def _progress_line(row: dict, epochs: int, epoch_seconds: Sequence[float], budget_left: float = math.inf) -> str:
+    """One epoch's line; its ETA is the remaining epochs' time or, when sooner, the time limit's end
+    (a budgeted run of 200 epochs stops long before they would end)."""
+    epochs_left = (epochs - row["epoch"]) * float(np.mean(epoch_seconds))
+    eta = max(min(epochs_left, budget_left), 0.0)
+    until = " (time limit)" if budget_left < epochs_left else ""
     return (f"epoch {row['epoch']}/{epochs}  train {row['train_loss']:.4f}  val {row['val_loss']:.4f}  "
             f"dice {row['val_dice']:.3f}  iou {row['val_iou']:.3f}  acc {row['val_accuracy']:.3f}  "
             f"score {row['val_score']:.4f}  lr {row['lr']:.2e}  {row['images_per_s']:.1f} img/s  "
-            f"{row['epoch_s']:.0f}s  ETA {_clock(eta)}")
+            f"{row['epoch_s']:.0f}s  ETA {_clock(eta)}{until}")
 
 
 def _clock(seconds: float) -> str:

@@ -273,6 +273,15 @@ def test_list_prints_the_variant_table():
     assert all(name in printed for name in VARIANTS)
 
 
+def test_the_eta_is_the_time_limits_end_when_that_comes_before_the_last_epoch():
+    row = {"epoch": 1, "train_loss": 0.5, "val_loss": 0.4, "val_dice": 0.6, "val_iou": 0.4, "val_accuracy": 0.9,
+           "val_score": 0.1, "lr": 1e-3, "images_per_s": 0.5, "epoch_s": 600.0}
+    # 199 epochs of 10 minutes left (33 h), but the budget ends in 5 minutes: the run stops then.
+    assert train._progress_line(row, 200, [600.0], budget_left=300.0).endswith("ETA 0:05 (time limit)")
+    assert train._progress_line(row, 200, [600.0]).endswith("ETA 33:10")
+    assert train._progress_line(row, 3, [600.0], budget_left=7200.0).endswith("ETA 0:20")
+
+
 def test_smoke_run_writes_weights_metrics_and_curves(smoke_run):
     out, printed = smoke_run
     assert "hot-unet: 4 train / 1 val images on cpu" in printed
