@@ -215,15 +215,14 @@ def score_entry(entry: Entry, args: argparse.Namespace, validation: Validation) 
     outputs = tune.predict_outputs(ensemble, paths, types, device)
     config = postprocess.PostprocessConfig().with_tuned(ensemble[0].settings.get("postprocess"))
     name, rows = entry.name, [row(entry.name, outputs, config, weights)]
-    flow = VARIANTS[entry.variant].target == "flow"
-    if flow and _asked(args.tune, entry):
+    if _tuned_row(entry, args):
         tuned, report = tune.fit_settings(outputs, truth, types)
         print(report)
         weights, name = folder / f"{entry.variant}-tuned.pt", f"{entry.name} + tuned per-type settings"
         tune.save_tuned(folder / f"{entry.variant}.pt", weights, tuned)
         config = postprocess.PostprocessConfig().with_tuned(tuned)
         rows.append(row(name, outputs, config, weights))
-    if not flow and args.boundary_lut is not None:
+    if _boundary_row(entry, args):
         lut = postprocess.load_boundary_lut(args.boundary_lut)
         rows.append(row(f"{entry.name} + boundary tuning", outputs,
                         dataclasses.replace(config, boundary=lut), weights))
@@ -271,13 +270,24 @@ def _lever(text: str) -> tuple[str, tuple[str, ...]]:
 
 
 def _score_key(entry: Entry, args: argparse.Namespace) -> dict:
-    """What an entry's rows depend on besides the data: the scored file and the rows asked for."""
+    """What an entry's rows depend on besides the data: the scored file and the rows asked for that
+    apply to it (a boundary table changes only mask variants' rows, --tune only flow variants')."""
     folder = args.out / entry.name
     scored = folder / ("val-labels.npz" if entry.variant is None else f"{entry.variant}.pt")
-    files = [scored] + ([args.boundary_lut] if args.boundary_lut is not None else [])
+    files = [scored] + ([args.boundary_lut] if _boundary_row(entry, args) else [])
     return {"files": [[os.path.abspath(f), f.stat().st_size, f.stat().st_mtime_ns] for f in files],
-            "tune": _asked(args.tune, entry), "tta": _asked(args.tta, entry),
+            "tune": _tuned_row(entry, args), "tta": entry.variant is not None and _asked(args.tta, entry),
             "max_val_images": args.max_val_images, "device": args.device}
+
+
+def _tuned_row(entry: Entry, args: argparse.Namespace) -> bool:
+    """Whether the entry gets a ``kit.tune`` row: flow variants asked for by ``--tune``."""
+    return entry.variant is not None and VARIANTS[entry.variant].target == "flow" and _asked(args.tune, entry)
+
+
+def _boundary_row(entry: Entry, args: argparse.Namespace) -> bool:
+    """Whether the entry gets a boundary-tuning row: mask variants, when ``--boundary-lut`` is given."""
+    return entry.variant is not None and VARIANTS[entry.variant].target == "mask" and args.boundary_lut is not None
 
 
 def _asked(names: Sequence[str] | None, entry: Entry) -> bool:

@@ -111,6 +111,28 @@ def test_parallel_runs_never_more_entries_at_once_than_cores(tmp_path, monkeypat
     assert all((tmp_path / name / "wall.json").is_file() for name in ("unet", "hot-unet", "hot-unet-weighted"))
 
 
+def test_options_that_add_no_row_to_an_entry_leave_its_kept_rows_valid(tmp_path):
+    lut = tmp_path / "lut.npz"
+    lut.write_bytes(b"table")
+    entries = {"flow": bench_quality.Entry("hot-flow-unet", "hot-flow-unet"),
+               "mask": bench_quality.Entry("unet", "unet"), "peer": bench_quality.Entry("cellpose", None)}
+    for entry in entries.values():
+        (tmp_path / entry.name).mkdir()
+        (tmp_path / entry.name / ("val-labels.npz" if entry.variant is None else f"{entry.variant}.pt")).write_bytes(b"w")
+
+    def keys(*argv):
+        args = _parse("--out", str(tmp_path), *argv)
+        return {kind: bench_quality._score_key(entry, args) for kind, entry in entries.items()}
+
+    plain, more = keys(), keys("--boundary-lut", str(lut), "--tune")
+    assert more["flow"] != plain["flow"]  # a tuned row more
+    assert more["mask"] != plain["mask"]  # a boundary-tuning row more
+    assert more["peer"] == plain["peer"]
+    lut_only, tune_only = keys("--boundary-lut", str(lut)), keys("--tune")
+    assert lut_only["flow"] == plain["flow"] and tune_only["mask"] == plain["mask"]
+    assert keys("--tta")["peer"] == plain["peer"] != keys("--tta")["mask"]
+
+
 def test_an_entry_scored_before_from_the_same_files_is_read_back_not_scored_again(shared_dir, tmp_path,
                                                                                   val_truth, monkeypatch):
     truth, _ = val_truth
