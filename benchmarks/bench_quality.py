@@ -216,11 +216,12 @@ def score_entry(entry: Entry, args: argparse.Namespace, validation: Validation) 
     config = postprocess.PostprocessConfig().with_tuned(ensemble[0].settings.get("postprocess"))
     name, rows = entry.name, [row(entry.name, outputs, config, weights)]
     if _tuned_row(entry, args):
-        tuned, report = tune.fit_settings(outputs, truth, types)
-        print(report)
+        fit = tune.fit_settings(outputs, truth, types)
+        print(fit.report)
         weights, name = folder / f"{entry.variant}-tuned.pt", f"{entry.name} + tuned per-type settings"
-        tune.save_tuned(folder / f"{entry.variant}.pt", weights, tuned)
-        config = postprocess.PostprocessConfig().with_tuned(tuned)
+        tune.save_tuned(folder / f"{entry.variant}.pt", weights, fit.settings,
+                        tune.validation_record(fit, list(paths), "val", tta=False))
+        config = postprocess.PostprocessConfig().with_tuned(fit.settings)
         rows.append(row(name, outputs, config, weights))
     if _boundary_row(entry, args):
         lut = postprocess.load_boundary_lut(args.boundary_lut)

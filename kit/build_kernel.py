@@ -85,7 +85,7 @@ def build_kernels(user: str, groups: Sequence[Sequence[str]], out: str | os.Path
     planned = [(kernel_metadata(user, k, machine_shape), training_notebook(k, sources, time_limit_s, use_all_gpus))
                for k in trainers]
     planned.append((kernel_metadata(user, inference, machine_shape, refs),
-                    inference_notebook(inference, sources, refs, tta)))
+                    inference_notebook(inference, sources, refs, tta, select_best(inferred, infer))))
     # Everything is rendered and checked before the first file is written: no half-built set.
     rendered = {path: text for metadata, notebook in planned
                 for path, text in _render(Path(out), metadata, notebook).items()}
@@ -250,17 +250,20 @@ def training_notebook(kernel: Kernel, sources: dict[str, str], time_limit_s: int
 
 
 def inference_notebook(kernel: Kernel, sources: dict[str, str], kernel_refs: Sequence[str],
-                       tta: bool = False) -> dict:
-    """The notebook writing ``submission.csv`` with ``kit.infer`` from ``kernel.variants``' weights."""
+                       tta: bool = False, select: bool = False) -> dict:
+    """The notebook writing ``submission.csv`` with ``kit.infer`` from ``kernel.variants``' weights
+    (averaged, or with ``select`` the one with the best validation score)."""
     weight_names = [f"{name}.pt" for name in kernel.variants]
     averaged = " (averaged)" if len(weight_names) > 1 else ""
+    if select:
+        averaged = " (it uses the one whose kit.tune validation score is highest)"
     intro = (f"# {kernel.title}\n\nFinds {_listing(weight_names)}{averaged} among the inputs (the output of "
              f"{_listing(kernel_refs)}), runs `python -m kit.infer`{' with flip TTA' if tta else ''} on the "
              "competition's test images and leaves `submission.csv`, validated, in the working folder.\n\n"
              + _BUILT_BY)
     settings = (f"WEIGHT_FILES = {weight_names!r}\n"
                 f"WEIGHT_KERNELS = {list(kernel_refs)!r}  # attached as kernel_sources\n"
-                f"INFER_OPTIONS = {['--tta'] if tta else []!r}\n")
+                f"INFER_OPTIONS = {(['--tta'] if tta else []) + (['--select-best'] if select else [])!r}\n")
     call = ("\nfrom kit import notebook\n\n"
             "notebook.write_submission(WEIGHT_FILES, WEIGHT_KERNELS, input_root=INPUT, working=WORKING,\n"
             f"                          infer_options=INFER_OPTIONS + notebook.extra_args({INFER_ARGS_ENV!r}))\n")
@@ -268,17 +271,18 @@ def inference_notebook(kernel: Kernel, sources: dict[str, str], kernel_refs: Seq
 
 
 def inference_variants(groups: Sequence[Sequence[str]], infer: Sequence[str] | None = None) -> list[str]:
-    """The variants whose weights the inference kernel averages, in training order.
+    """The variants whose weights the inference kernel uses, in training order.
 
-    ``kit.infer`` averages weights of one target type only. By default: the kit's recipe
-    (``variants.RECIPE``, the best measured model) where it is trained, else every trained mask
-    variant, else the first flow variant. ``infer`` names them instead; each must be trained by one
-    of ``groups`` and all must share a target.
+    By default: every trained flow variant, of which the kernel uses the one that ``kit.tune``
+    scored best on the validation split (``select_best``), else every trained mask variant,
+    averaged. ``infer`` names them instead, averaged; each must be trained by one of ``groups`` and
+    all must share a target (``kit.infer`` averages weights of one target type only).
     """
     trained = [name for group in groups for name in group]
     if infer is None:
-        masks = [name for name in trained if variants.get_variant(name).target == "mask"]
-        chosen = [variants.RECIPE] if variants.RECIPE in trained else masks or trained[:1]
+        by_target = {target: [name for name in trained if variants.get_variant(name).target == target]
+                     for target in ("flow", "mask")}
+        chosen = by_target["flow"] or by_target["mask"]
     else:
         missing = [name for name in infer if name not in trained]
         if missing:
@@ -289,6 +293,14 @@ def inference_variants(groups: Sequence[Sequence[str]], infer: Sequence[str] | N
         raise ValueError(f"kit.infer averages weights of one target type, but --infer mixes {targets}; "
                          "name only mask variants or only the flow variant")
     return chosen
+
+
+def select_best(chosen: Sequence[str], infer: Sequence[str] | None) -> bool:
+    """Whether the inference kernel picks one of ``chosen`` by its validation score (``kit.infer
+    --select-best``) instead of averaging them: by default, among several flow variants, each tuned
+    by its training kernel on the same validation split. Which wins depends on the training run
+    (README, "Model quality"), so the kernel measures it instead of assuming it."""
+    return infer is None and len(chosen) > 1 and variants.get_variant(chosen[0]).target == "flow"
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -306,7 +318,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="wall time of a training kernel, shared by the variants it trains")
     parser.add_argument("--infer", nargs="+", metavar="NAME",
                         help="variants whose weights the inference kernel averages, one target type "
-                             "(default: every trained mask variant, else the flow variant)")
+                             "(default: of the trained flow variants, the one kit.tune scores best on the "
+                             "validation split; without one, every trained mask variant, averaged)")
     parser.add_argument("--tta", action="store_true", help="inference with flip test-time augmentation")
     parser.add_argument("--one-gpu", action="store_true",
                         help="train on one GPU even where the session has two (default: DDP over all)")

@@ -4,7 +4,8 @@
 
 Needs no network. Every weights file is read with ``torch.load(weights_only=True)`` (through
 ``kit.models.load_checkpoint``) and carries its variant's settings; several files of the same
-target type (mask or flow) are averaged. Images are predicted at native resolution in batches,
+target type (mask or flow) are averaged, or, with ``--select-best``, the one whose ``kit.tune``
+validation score is highest is used alone. Images are predicted at native resolution in batches,
 optionally with flip test-time augmentation, then post-processed: ``kit.postprocess.mask_to_labels``
 for the mask variants, ``kit.flows.flows_to_labels`` for the flow variant.
 
@@ -47,6 +48,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                              "(all of them / the validation split)")
     parser.add_argument("--ids", nargs="+", default=None, help="only these image ids")
     parser.add_argument("--tta", action="store_true", help="average over horizontal/vertical flips")
+    parser.add_argument("--select-best", action="store_true",
+                        help="use only the weights file whose kit.tune validation score (the cell types' mean) "
+                             "is highest, instead of averaging them; each must be tuned on the same images")
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     parser.add_argument("--evaluate", action="store_true", help="print the leaderboard score (annotated images only)")
@@ -54,7 +58,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="boundary-tuning table from `python -m kit.boundary_table fit` (default: no tuning)")
     parser.add_argument("--cell-type-model", default=None, metavar="FILE",
                         help="cell-type classifier from `python -m kit.cell_type_classifier fit` (default: "
-                             f"{cell_type_classifier.FILE_NAME} beside the first weights file if there, "
+                             f"{cell_type_classifier.FILE_NAME} beside the first weights file used, if there, "
                              "else one refitted on the training images)")
     parser.add_argument("--flow-threshold", type=float, default=None,
                         help="flow variant: drop instances whose flow error exceeds this, for every cell type "
@@ -85,7 +89,9 @@ def run(args: argparse.Namespace) -> Path:
     for path in remove_stale_temporaries(out.parent, [out.name]):
         print(f"removed {path}: a partial file left by a write that was killed")
     ensemble = load_ensemble(args.weights, device)  # first: a bad weights file fails fast
-    classifier = load_cell_type_model(args.cell_type_model, args.weights[0])
+    if args.select_best:
+        ensemble = [best_validated(ensemble)]
+    classifier = load_cell_type_model(args.cell_type_model, ensemble[0].path)
     layout = data.find_competition(args.data, need_train=True, need_test=args.split == "test")
     train_df = data.read_train_csv(layout.train_csv)
     image_paths, cell_types = select_images(layout, train_df, args.split, args.ids, classifier)
@@ -172,6 +178,26 @@ def load_ensemble(weights: Sequence[str | Path], device: torch.device) -> list[M
         raise ValueError(f"weights of different target types cannot be averaged: {listed}; "
                          "pass only mask variants or only flow variants")
     return ensemble
+
+
+def best_validated(ensemble: Sequence[Member]) -> Member:
+    """The member whose ``kit.tune`` validation score (``settings["validation"]["type_mean"]``) is
+    highest; every member must carry one, fitted on the same images, or scores cannot be compared."""
+    unscored = [str(m.path) for m in ensemble if "validation" not in m.settings]
+    if unscored:
+        raise ValueError(f"--select-best: {unscored[0]} carries no validation score; run "
+                         f"`python -m kit.tune --data DIR --weights {unscored[0]}` on it first")
+    records = [m.settings["validation"] for m in ensemble]
+    if len({r["image_ids_sha256"] for r in records}) > 1:
+        listed = ", ".join(f"{m.path} ({r['images']} {r['split']} images)" for m, r in zip(ensemble, records))
+        raise ValueError(f"--select-best: {listed} were tuned on different images, so their scores cannot be "
+                         "compared; run kit.tune on each with the same --data and --split")
+    best = max(ensemble, key=lambda m: m.settings["validation"]["type_mean"])
+    for member, record in zip(ensemble, records):
+        chosen = "  <- used" if member is best else ""
+        print(f"  {member.path}: validation type mean {record['type_mean']:.4f} over {record['images']} "
+              f"{record['split']} images{' (flip TTA)' if record['tta'] else ''}{chosen}")
+    return best
 
 
 def predict_labels(ensemble, image_paths: Mapping[str, Path], cell_types: Mapping[str, str],

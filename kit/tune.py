@@ -11,14 +11,17 @@ kernel take it from. The file is rewritten atomically with nothing but that entr
 (``--out`` writes a copy instead).
 
 Fitted and scored on the same images, the tuned score is optimistic by the choice among the
-grid's 36 combinations per type; the report prints the untuned score beside it.
+grid's 36 combinations per type; the report prints the untuned score beside it. The tuned scores
+are kept in the checkpoint too (``inference["validation"]``), so that ``kit.infer --select-best``
+can pick, among flow models tuned on the same images, the one that scores best.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import itertools
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Mapping, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -27,6 +30,13 @@ from kit import data, flows, infer, metrics, models, postprocess
 from kit.files import atomic_output
 
 GRID = {"cell_prob": (0.3, 0.4, 0.5, 0.6), "flow_threshold": (0.4, 0.6, 0.8), "min_size": (0.5, 1.0, 1.5)}
+
+
+class Fit(NamedTuple):
+    """``fit_settings``' result: the tuned settings, a printable report, each type's tuned score."""
+    settings: dict  # {"cell_prob": {type: v}, "flow_threshold": {...}, "min_size": {...}}
+    report: str
+    scores: dict  # {type: mean leaderboard score of its images at its tuned settings}
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -60,12 +70,14 @@ def run(args: argparse.Namespace) -> dict:
     outputs = predict_outputs(ensemble, image_paths, cell_types, device, args.tta)
     annotations = train_df.groupby("id")["annotation"].apply(list)
     truth = {image_id: annotations[image_id] for image_id in image_paths}
-    tuned, report = fit_settings(outputs, truth, cell_types)
-    print(report)
+    fit = fit_settings(outputs, truth, cell_types)
+    validation = validation_record(fit, list(image_paths), args.split, args.tta)
+    print(fit.report)
+    print(f"type mean at the tuned settings: {validation['type_mean']:.4f} ({len(image_paths)} {args.split} images)")
     out = Path(args.out or args.weights)
-    save_tuned(args.weights, out, tuned)
+    save_tuned(args.weights, out, fit.settings, validation)
     print(f"wrote the tuned settings into {out}; kit.infer uses them from there")
-    return tuned
+    return fit.settings
 
 
 def predict_outputs(ensemble, image_paths: Mapping[str, Path], cell_types: Mapping[str, str],
@@ -81,11 +93,11 @@ def predict_outputs(ensemble, image_paths: Mapping[str, Path], cell_types: Mappi
 
 
 def fit_settings(outputs: Mapping[str, tuple[np.ndarray, np.ndarray]], truth: Mapping[str, Sequence[str]],
-                 cell_types: Mapping[str, str]) -> tuple[dict, str]:
-    """The best ``GRID`` point per cell type: ``({"cell_prob": {type: v}, "flow_threshold": ...,
-    "min_size": ...}, a printable report)``. A tie with the default settings keeps the defaults
-    (no move without a gain); other ties go to the first in grid order."""
+                 cell_types: Mapping[str, str]) -> Fit:
+    """The best ``GRID`` point per cell type (``Fit``). A tie with the default settings keeps the
+    defaults (no move without a gain); other ties go to the first in grid order."""
     tuned: dict[str, dict] = {name: {} for name in GRID}
+    best_scores = {}
     lines = ["cell type  images  default  tuned  cell_prob  flow_threshold  min_size"]
     default = postprocess.PostprocessConfig()
     for cell_type in sorted(set(cell_types.values())):
@@ -98,15 +110,29 @@ def fit_settings(outputs: Mapping[str, tuple[np.ndarray, np.ndarray]], truth: Ma
         tuned["cell_prob"][cell_type] = cell_prob
         tuned["flow_threshold"][cell_type] = flow_threshold
         tuned["min_size"][cell_type] = int(round(factor * default.min_size[cell_type]))
+        best_scores[cell_type] = scores[best]
         lines.append(f"{cell_type:9s}  {len(ids):6d}  {base:7.4f}  {scores[best]:.4f}  {cell_prob:9g}  "
                      f"{flow_threshold:14g}  {tuned['min_size'][cell_type]:8d}")
-    return tuned, "\n".join(lines)
+    return Fit(tuned, "\n".join(lines), best_scores)
 
 
-def save_tuned(weights: str | Path, out: str | Path, tuned: Mapping[str, Mapping[str, float]]) -> None:
-    """Write ``weights``' checkpoint with ``inference["postprocess"] = tuned`` to ``out``, atomically."""
+def validation_record(fit: Fit, image_ids: Sequence[str], split: str, tta: bool) -> dict:
+    """What ``save_tuned`` keeps of a fit: the types' mean tuned score (what ``kit.infer
+    --select-best`` compares), each type's, and which images gave them (a digest of their ids)."""
+    digest = hashlib.sha256(" ".join(sorted(image_ids)).encode()).hexdigest()
+    return {"type_mean": float(np.mean(list(fit.scores.values()))), "per_type": dict(fit.scores),
+            "images": len(image_ids), "image_ids_sha256": digest, "split": split, "tta": tta}
+
+
+def save_tuned(weights: str | Path, out: str | Path, tuned: Mapping[str, Mapping[str, float]],
+               validation: Mapping | None = None) -> None:
+    """Write ``weights``' checkpoint with ``inference["postprocess"] = tuned`` (and
+    ``inference["validation"]``, from ``validation_record``, when given) to ``out``, atomically."""
     checkpoint = models.read_checkpoint(weights)
-    checkpoint["inference"] = {**checkpoint.get("inference", {}), "postprocess": {k: dict(v) for k, v in tuned.items()}}
+    inference = {**checkpoint.get("inference", {}), "postprocess": {k: dict(v) for k, v in tuned.items()}}
+    if validation is not None:
+        inference["validation"] = dict(validation)
+    checkpoint["inference"] = inference
     with atomic_output(out) as tmp:
         torch.save(checkpoint, tmp)
 

@@ -108,7 +108,8 @@ def test_the_kaggle_client_accepts_every_built_folder(tmp_path, kaggle_push, cap
     folders = build(tmp_path / "kernels")
     names = list(variants.VARIANTS)
     assert [f.name for f in folders] == [f"sartorius-kit-train-{n}" for n in names] + ["sartorius-kit-infer"]
-    assert variants.RECIPE in names  # the inference kernel uses the kit's recipe by default
+    flow = [n for n in names if variants.get_variant(n).target == "flow"]
+    assert flow == ["hot-flow-unet", variants.RECIPE]  # the inference kernel picks one of these by score
     repo_sources = {p.name: p.read_text() for p in sorted(KIT_DIR.glob("*.py")) if p.name != "build_kernel.py"}
     from slugify import slugify  # the kaggle client's own slug rule (python-slugify, a kaggle dependency)
 
@@ -129,8 +130,9 @@ def test_the_kaggle_client_accepts_every_built_folder(tmp_path, kaggle_push, cap
         assert embedded_files(notebook) == repo_sources
         run_cell = cell_text(notebook["cells"][-1])
         if folder.name == "sartorius-kit-infer":
-            assert request.kernel_data_sources == [f"{USER}/sartorius-kit-train-{variants.RECIPE}"]
-            assert f"WEIGHT_FILES = {[f'{variants.RECIPE}.pt']!r}" in run_cell
+            assert request.kernel_data_sources == [f"{USER}/sartorius-kit-train-{n}" for n in flow]
+            assert f"WEIGHT_FILES = {[f'{n}.pt' for n in flow]!r}" in run_cell
+            assert "INFER_OPTIONS = ['--select-best']" in run_cell
             assert "notebook.write_submission(" in run_cell
         else:
             assert request.kernel_data_sources == []
@@ -247,8 +249,9 @@ def test_a_group_trains_its_variants_in_one_kernel(tmp_path):
     assert "VARIANTS = ['hot-unet', 'hot-flow-unet']" in run_cell
     assert "TIME_LIMIT_SECONDS = 3600 " in run_cell
     inference = json.loads((folders[-1] / "kernel-metadata.json").read_text())
-    assert inference["kernel_sources"] == [f"{USER}/{f.name}" for f in folders[:-1]]
-    assert "WEIGHT_FILES = ['hot-unet.pt', 'unet.pt']" in cell_text(read_notebook(folders[-1])["cells"][-1])
+    assert inference["kernel_sources"] == [f"{USER}/{folders[0].name}"]  # the kernel training the flow variant
+    run_cell = cell_text(read_notebook(folders[-1])["cells"][-1])
+    assert "WEIGHT_FILES = ['hot-flow-unet.pt']" in run_cell and "INFER_OPTIONS = []" in run_cell
 
 
 def test_the_inference_kernel_attaches_only_the_kernels_training_its_weights(tmp_path):
@@ -261,12 +264,16 @@ def test_the_inference_kernel_attaches_only_the_kernels_training_its_weights(tmp
 
 def test_inference_variants_share_one_target_type():
     assert build_kernel.inference_variants([("hot-flow-unet",)]) == ["hot-flow-unet"]
-    assert build_kernel.inference_variants([("hot-flow-unet", "unet"), ("hot-unet",)]) == ["unet", "hot-unet"]
+    assert build_kernel.inference_variants([("hot-flow-unet", "unet"), ("hot-unet",)]) == ["hot-flow-unet"]
+    assert build_kernel.inference_variants([("hot-unet", "unet")]) == ["hot-unet", "unet"]  # no flow: masks averaged
     everything = build_kernel.parse_variant_groups(["all"])
-    assert build_kernel.inference_variants(everything) == ["hot-flow-unet-plus"]
+    assert build_kernel.inference_variants(everything) == ["hot-flow-unet", "hot-flow-unet-plus"]
     assert build_kernel.inference_variants(everything, ["hot-unet", "unet"]) == ["unet", "hot-unet"]
     with pytest.raises(ValueError, match="one target type"):
         build_kernel.inference_variants(everything, ["unet", "hot-flow-unet"])
+    assert build_kernel.select_best(["hot-flow-unet", "hot-flow-unet-plus"], None)
+    assert not build_kernel.select_best(["hot-flow-unet", "hot-flow-unet-plus"], ["hot-flow-unet", "hot-flow-unet-plus"])
+    assert not build_kernel.select_best(["unet", "hot-unet"], None) and not build_kernel.select_best(["hot-flow-unet"], None)
     with pytest.raises(ValueError, match="not trained"):
         build_kernel.inference_variants([("unet",)], ["hot-unet"])
 

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kit import cell_type_classifier, data, infer, models, submission, variants
+from kit import cell_type_classifier, data, infer, models, submission, tune, variants
 
 TEST_IDS = ["7ae19de7bc2a", "d48ec7815252", "d8bfd1dafdc4"]
 
@@ -60,6 +60,38 @@ def test_two_flow_checkpoints_on_an_annotated_image_with_evaluate(shared_dir, tm
     printed = capsys.readouterr().out
     assert "leaderboard score over 1 images: 0.0000" in printed and "cort" in printed
     submission.validate(out, ["053d61766edb"])
+
+
+def _tuned(path: Path, head_bias: float, type_mean: float, image_ids=("a", "b")) -> Path:
+    """A flow checkpoint as kit.tune leaves it: tuned settings and its validation score."""
+    _checkpoint(path, "hot-flow-unet", head_bias=head_bias)
+    fit = tune.Fit({"cell_prob": {"cort": 0.4}}, "", {"cort": type_mean})
+    tune.save_tuned(path, path, fit.settings, tune.validation_record(fit, list(image_ids), "val", tta=False))
+    return path
+
+
+def test_select_best_uses_only_the_weights_with_the_best_validation_score(shared_dir, tmp_path, capsys):
+    worse, better = _tuned(tmp_path / "worse.pt", 0.0, 0.21), _tuned(tmp_path / "better.pt", -30.0, 0.34)
+    image = ["--data", shared_dir, "--split", "train", "--ids", "053d61766edb"]
+    out = _run(*image, "--weights", worse, better, "--select-best", "--out", tmp_path / "best.csv")
+    printed = capsys.readouterr().out
+    assert f"{worse}: validation type mean 0.2100 over 2 val images\n" in printed
+    assert f"{better}: validation type mean 0.3400 over 2 val images  <- used" in printed
+    assert "1 weights file(s) of target 'flow'" in printed
+    alone = _run(*image, "--weights", better, "--out", tmp_path / "alone.csv")
+    assert out.read_text() == alone.read_text()
+
+
+def test_select_best_refuses_weights_it_cannot_compare(shared_dir, tmp_path):
+    untuned = _checkpoint(tmp_path / "untuned.pt", "hot-flow-unet")
+    tuned = _tuned(tmp_path / "tuned.pt", 0.0, 0.2)
+    other_images = _tuned(tmp_path / "other.pt", 0.0, 0.3, image_ids=("c",))
+    image = ["--data", shared_dir, "--split", "train", "--ids", "053d61766edb", "--select-best"]
+    with pytest.raises(SystemExit, match=f"{untuned} carries no validation score; run `python -m kit.tune"):
+        _run(*image, "--weights", tuned, untuned, "--out", tmp_path / "x.csv")
+    with pytest.raises(SystemExit, match="were tuned on different images"):
+        _run(*image, "--weights", tuned, other_images, "--out", tmp_path / "x.csv")
+    assert not (tmp_path / "x.csv").exists()
 
 
 def test_predict_tta_undoes_flips_including_flow_signs():
