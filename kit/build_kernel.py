@@ -254,10 +254,10 @@ def inference_notebook(kernel: Kernel, sources: dict[str, str], kernel_refs: Seq
     """The notebook writing ``submission.csv`` with ``kit.infer`` from ``kernel.variants``' weights
     (averaged, or with ``select`` the one with the best validation score)."""
     weight_names = [f"{name}.pt" for name in kernel.variants]
-    averaged = " (averaged)" if len(weight_names) > 1 else ""
+    how = " (averaged)" if len(weight_names) > 1 else ""
     if select:
-        averaged = " (it uses the one whose kit.tune validation score is highest)"
-    intro = (f"# {kernel.title}\n\nFinds {_listing(weight_names)}{averaged} among the inputs (the output of "
+        how = " (it uses the one whose kit.tune validation score is highest)"
+    intro = (f"# {kernel.title}\n\nFinds {_listing(weight_names)}{how} among the inputs (the output of "
              f"{_listing(kernel_refs)}), runs `python -m kit.infer`{' with flip TTA' if tta else ''} on the "
              "competition's test images and leaves `submission.csv`, validated, in the working folder.\n\n"
              + _BUILT_BY)
