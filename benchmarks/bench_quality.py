@@ -164,14 +164,7 @@ def train_entries(entries: Sequence[Entry], args: argparse.Namespace) -> None:
 
 def validation_set(data_dir: Path, max_images: int | None) -> Validation:
     """The kit's validation split (its first ``max_images``), read once for every entry."""
-    layout = data.find_competition(data_dir, need_test=False)
-    train_df = data.read_train_csv(layout.train_csv)
-    table = data.image_table(train_df)
-    cell_types = dict(zip(table["id"], table["cell_type"]))
-    val_ids = data.split_train_val(table)[1][:max_images]
-    annotations = train_df.groupby("id")["annotation"].apply(list)
-    return Validation({i: layout.train_dir / f"{i}.png" for i in val_ids}, {i: annotations[i] for i in val_ids},
-                      {i: cell_types[i] for i in val_ids})
+    return Validation(*tune.annotated_images(data_dir, "val", max_images))
 
 
 def scored_rows(entry: Entry, args: argparse.Namespace, validation: Validation) -> list[dict]:

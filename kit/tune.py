@@ -64,12 +64,8 @@ def run(args: argparse.Namespace) -> dict:
     if ensemble[0].variant.target != "flow":
         raise ValueError(f"{args.weights} holds mask variant {ensemble[0].variant.name!r}; kit.tune fits the "
                          "flow variants' extraction")
-    layout = data.find_competition(args.data, need_test=False)
-    train_df = data.read_train_csv(layout.train_csv)
-    image_paths, cell_types = infer.select_images(layout, train_df, args.split, None, None)
+    image_paths, truth, cell_types = annotated_images(args.data, args.split)
     outputs = predict_outputs(ensemble, image_paths, cell_types, device, args.tta)
-    annotations = train_df.groupby("id")["annotation"].apply(list)
-    truth = {image_id: annotations[image_id] for image_id in image_paths}
     fit = fit_settings(outputs, truth, cell_types)
     validation = validation_record(fit, list(image_paths), args.split, args.tta)
     print(fit.report)
@@ -78,6 +74,18 @@ def run(args: argparse.Namespace) -> dict:
     save_tuned(args.weights, out, fit.settings, validation)
     print(f"wrote the tuned settings into {out}; kit.infer uses them from there")
     return fit.settings
+
+
+def annotated_images(data_dir: str | Path | None, split: str, max_images: int | None = None
+                     ) -> tuple[dict[str, Path], dict[str, list[str]], dict[str, str]]:
+    """``({id: PNG path}, {id: annotation RLEs}, {id: cell type})`` of the kit's ``split`` ("val" or
+    "train"), its first ``max_images``, in ``kit.infer --split``'s order."""
+    layout = data.find_competition(data_dir, need_test=False)
+    train_df = data.read_train_csv(layout.train_csv)
+    image_paths, cell_types = infer.select_images(layout, train_df, split, None, None)
+    ids = list(image_paths)[:max_images]
+    annotations = train_df.groupby("id")["annotation"].apply(list)
+    return ({i: image_paths[i] for i in ids}, {i: annotations[i] for i in ids}, {i: cell_types[i] for i in ids})
 
 
 def predict_outputs(ensemble, image_paths: Mapping[str, Path], cell_types: Mapping[str, str],
