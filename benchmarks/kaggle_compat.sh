@@ -48,6 +48,16 @@ py="$venv/bin/python"
 echo "== installing $requirements and the test tools into $venv"
 # The test tools as requirements.txt pins them, without its torch/numpy/... lines.
 tools="$(grep -E '^(kaggle|six|nbformat|nbclient|ipykernel|pytest)\b' requirements.txt)"
+no_client=()
+if ! "$py" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+    # The kaggle client pushes kernels from the user's machine and never runs on Kaggle; its release
+    # pinned in requirements.txt needs Python 3.11, so on 3.10 its two push tests are left out.
+    echo "== $("$py" -V): no kaggle client here (kaggle 2.2.5 needs Python >= 3.11); its push tests are left out"
+    # python-slugify, the client's dependency, stays: a test holds the kernel slugs to its rule.
+    tools="$(grep -vE '^kaggle\b' <<<"$tools") python-slugify"
+    no_client=(--deselect tests/test_build_kernel.py::test_the_kaggle_client_accepts_every_built_folder
+               --deselect tests/test_build_kernel.py::test_a_retired_machine_shape_is_passed_on_and_the_client_warns)
+fi
 # shellcheck disable=SC2086
 "$py" -m pip install -q -r "$requirements" $tools
 "$py" -m pip check || true  # a conflict among the pins is worth seeing, not a reason to stop
@@ -56,8 +66,9 @@ tools="$(grep -E '^(kaggle|six|nbformat|nbclient|ipykernel|pytest)\b' requiremen
 export CI="${CI:-true}"  # a missing slice fails the real-data tests instead of skipping them
 status=0
 run() { echo "== $*"; "$@" || { echo "== FAILED: $*"; status=1; }; }
-run "$py" -m pytest -q -p no:cacheprovider -m "not slow" tests
-run "$py" -m pytest -q -p no:cacheprovider tests/test_build_kernel.py tests/test_kernel_sandbox.py
+kernel_tests=(tests/test_build_kernel.py tests/test_kernel_sandbox.py)
+run "$py" -m pytest -q -p no:cacheprovider -m "not slow" tests "${kernel_tests[@]/#/--ignore=}"
+run "$py" -m pytest -q -p no:cacheprovider "${kernel_tests[@]}" "${no_client[@]}"
 smoke="$(mktemp -d)"
 trap 'rm -rf "$smoke"' EXIT
 run "$py" -m kit.train --variant hot-flow-unet --data "$data" --out "$smoke" --epochs 1 --max-images 4 \

@@ -57,7 +57,7 @@ def test_every_unsupported_library_is_named_in_the_same_line():
     line = str(stop.value)
     assert "\n" not in line
     for part in ("python 3.9.18 is older than the kit supports (python >= 3.10)",
-                 "numba is not installed (the kit needs numba >= 0.58)",
+                 "numba is not installed (the kit needs numba >= 0.58.1)",
                  "scikit-learn 1.1.3 is older than the kit supports (scikit-learn >= 1.2)"):
         assert part in line
     assert "torch" not in line and "numpy" not in line
