@@ -20,7 +20,7 @@ MINIMUM = {
     "torch": (2, 4),
     "numpy": (1, 26),
     "pandas": (2, 1),
-    "numba": (0, 58, 1),  # 0.58.0 refuses numpy 1.26
+    "numba": (0, 58, 1),  # the first release supporting numpy 1.26 (numba 0.58.1 release notes)
     "opencv": (4, 9),
     "scikit-learn": (1, 2),
     "scipy": (1, 11),

@@ -150,7 +150,7 @@ def test_cpu_prediction_opens_no_autocast_that_older_torch_refuses(monkeypatch):
 
     class Constant(nn.Module):
         def forward(self, x):
-            assert not torch.is_autocast_cpu_enabled()
+            assert not torch.is_autocast_enabled("cpu")
             return torch.full_like(x[:, :1], 1.0)
 
     monkeypatch.setattr(torch, "autocast", OldTorchAutocast)
