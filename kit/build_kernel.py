@@ -386,11 +386,19 @@ print(f"kit loaded from {KIT_SRC}; inputs below {INPUT}; outputs to {WORKING}")
 '''
 
 
+_VERSIONS_CELL = """\
+# First, before anything else runs: the library versions of this session, and a one-line stop where one
+# is older than the kit supports (kit/compat.py, run here as it is embedded below).
+"""
+
+
 def _kit_cells(sources: dict[str, str]) -> list[dict]:
-    """The setup cell (with the files' digests), one ``%%writefile`` cell per module, the import cell."""
+    """The version check (``kit.compat``'s source and its call), the setup cell (with the files'
+    digests), one ``%%writefile`` cell per module, the import cell."""
     digests = "".join(f"    {name!r}: {hashlib.sha256(text.encode('utf-8')).hexdigest()!r},\n"
                       for name, text in sources.items())
-    cells = [_code(_SETUP_CELL.replace("__DIGESTS__", digests))]
+    cells = [_code(_VERSIONS_CELL + sources["compat.py"] + "\ncheck_environment()\n")]
+    cells += [_code(_SETUP_CELL.replace("__DIGESTS__", digests))]
     cells += [_code(f"%%writefile {{KIT_SRC}}/kit/{name}\n{text}") for name, text in sources.items()]
     cells += [_code(_IMPORT_CELL)]
     return cells

@@ -19,6 +19,7 @@ the training images of the same data folder at start-up, and a printed line says
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -298,7 +299,9 @@ def _forward(model: torch.nn.Module, variant: Variant, x: torch.Tensor, dims: tu
     if dims:
         x = torch.flip(x, dims)
     amp_dtype = models.gpu_autocast_dtype(device)  # as the trainer ran: bf16 where the GPU has it
-    with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+    # No autocast context at all in fp32: older torch (2.1.2) refuses a CPU autocast of any dtype but
+    # bf16 even with enabled=False ("AutocastCPU only support Bfloat16").
+    with contextlib.nullcontext() if amp_dtype is None else torch.autocast(device.type, dtype=amp_dtype):
         output = model(x)
     prob, flow = models.decode_output(output, variant)
     if not dims:

@@ -137,6 +137,29 @@ def test_predict_averages_the_ensemble():
     np.testing.assert_allclose(prob, (0.5 + 1 / (1 + np.exp(-2.0))) / 2, atol=1e-6)
 
 
+def test_cpu_prediction_opens_no_autocast_that_older_torch_refuses(monkeypatch):
+    """fp32 prediction must not enter ``torch.autocast("cpu", dtype=float32, enabled=False)``: torch
+    2.1.2 raises "AutocastCPU only support Bfloat16" for it, disabled or not. The stand-in raises as
+    that version does, so this holds on any installed torch."""
+
+    class OldTorchAutocast(torch.autocast):
+        def __init__(self, device_type, dtype=None, enabled=True, cache_enabled=None):
+            if device_type == "cpu" and dtype not in (None, torch.bfloat16):
+                raise RuntimeError("Currently, AutocastCPU only support Bfloat16 as the autocast_cpu_dtype")
+            super().__init__(device_type, dtype=dtype, enabled=enabled, cache_enabled=cache_enabled)
+
+    class Constant(nn.Module):
+        def forward(self, x):
+            assert not torch.is_autocast_enabled("cpu")
+            return torch.full_like(x[:, :1], 1.0)
+
+    monkeypatch.setattr(torch, "autocast", OldTorchAutocast)
+    images = np.zeros((2, 4, 5), np.uint8)
+    prob, _ = infer.predict([(Constant(), variants.get_variant("unet"), Path("a.pt"))], images, ["cort"] * 2,
+                            torch.device("cpu"), tta=True)
+    np.testing.assert_allclose(prob, 1 / (1 + np.exp(-1.0)), atol=1e-6)
+
+
 def test_nan_output_names_the_image_and_the_weights(shared_dir, tmp_path):
     weights = _checkpoint(tmp_path / "broken.pt", "unet", nan=True)
     with pytest.raises(SystemExit, match=r"broken\.pt.*NaN.*d48ec7815252"):

@@ -49,6 +49,7 @@ def test_the_training_notebook_leaves_weights_metrics_and_curves(sandbox):
             assert [row["epoch"] for row in csv.DictReader(handle)] == ["1"]
         assert f"  {name}: 1 epochs, best 1: score " in printed
     log = bench_kernels.notebook_text(run.train_notebook)
+    assert 0 <= log.index("running on python ") < log.index("--variant unet ")  # the versions first
     assert 0 <= log.index("--variant unet ") < log.index("--variant hot-unet ")
     assert log.count("--device cpu") == 2
     assert f"training notebook {TRAIN_KERNEL}: " in printed
