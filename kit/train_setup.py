@@ -15,7 +15,8 @@ import torch.distributed as dist
 from torch import nn
 
 from kit import data, models
-from kit.batches import TrainData, load_split, type_scales
+from kit.batches import TrainData, load_split
+from kit.rescale import type_scales
 from kit.losses import build_loss
 from kit.variants import Variant
 
@@ -98,7 +99,7 @@ class TrainingState:
     criterion: nn.Module
     history: list[dict]
     crop: tuple[int, int] | None  # training and validation crop (None: whole images)
-    inference: dict  # settings kit.infer needs beyond the variant (the per-type scales), saved in checkpoints
+    inference: models.InferenceSettings  # what kit.infer needs beyond the variant (the per-type scales)
     step_lr_per_batch: bool  # the cosine schedule moves at every step, the step schedule every epoch
     budget: Budget
 
@@ -134,7 +135,8 @@ def teardown_distributed(world: int) -> None:
         dist.destroy_process_group()
 
 
-def load_splits(config: RunConfig, device: torch.device, rank: int) -> tuple[TrainData, TrainData | None, dict]:
+def load_splits(config: RunConfig, device: torch.device, rank: int
+                ) -> tuple[TrainData, TrainData | None, models.InferenceSettings]:
     """The stratified split (or its ``--max-images`` head), decoded; validation on rank 0 only.
 
     Also returns the checkpoint's inference settings: for a rescaling variant, the training
@@ -146,11 +148,11 @@ def load_splits(config: RunConfig, device: torch.device, rank: int) -> tuple[Tra
     layout = data.find_competition(config.data, need_test=False)
     df = data.read_train_csv(layout.train_csv)
     train_ids, val_ids = data.split_train_val(data.image_table(df), config.val_fraction, config.seed)
-    inference, scales = {}, None
+    inference, scales = models.InferenceSettings(), None
     if variant.cell_diameter > 0:  # measured on the whole training split: --max-images may miss a type
         diameters = data.cell_diameters(df, train_ids)
         scales = type_scales(diameters, variant.cell_diameter)
-        inference = {"cell_diameters": diameters, "scales": scales}
+        inference = models.InferenceSettings(cell_diameters=diameters, scales=scales)
     if config.max_images is not None:
         if config.max_images < 1:
             raise ValueError(f"--max-images must be >= 1, got {config.max_images}")
@@ -168,8 +170,8 @@ def load_splits(config: RunConfig, device: torch.device, rank: int) -> tuple[Tra
     return train_data, val_data, inference
 
 
-def training_state(config: RunConfig, device: torch.device, world: int, inference: dict, budget: Budget,
-                   n_train: int) -> TrainingState:
+def training_state(config: RunConfig, device: torch.device, world: int, inference: models.InferenceSettings,
+                   budget: Budget, n_train: int) -> TrainingState:
     """Fresh model, optimizer, lr schedule and scaler; loaded from ``OUT/NAME-last.pt`` with ``--resume``
     (which also moves ``budget`` on by the saved epochs' training time)."""
     variant, out = config.variant, config.out
