@@ -13,7 +13,6 @@ training images (the training split by default) and reports both classifiers' ac
 from __future__ import annotations
 
 import argparse
-import logging
 import types
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,9 +24,9 @@ from kit import data
 from kit.files import OutputError, check_writable_dir
 from kit.postprocess import (BAND_RADIUS, BoundaryLUT, boundary_band, quantised_features,
                              save_boundary_lut)
-from kit.progress import show_progress
+from kit.progress import module_logger, show_progress
 
-logger = logging.getLogger(__name__)
+logger = module_logger(__name__)
 
 PIXELS_PER_IMAGE = 50  # boundary pixels sampled per training image (the paper's 200 x 50)
 MAX_IMAGES = 200

@@ -22,7 +22,6 @@ The ensemble and its prediction are ``kit.ensemble``'s, the images and their cel
 from __future__ import annotations
 
 import argparse
-import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,9 +35,9 @@ from kit import cell_type_classifier, data, flows, metrics, models, paths, postp
 from kit.ensemble import Member, best_validated, load_ensemble, predict
 from kit.files import OutputError, check_writable_dir, exit_on_sigterm, remove_stale_temporaries
 from kit.image_sets import select_images
-from kit.progress import show_progress
+from kit.progress import module_logger, show_progress
 
-logger = logging.getLogger(__name__)
+logger = module_logger(__name__)
 
 DEFAULT_BATCH_SIZE = 4
 

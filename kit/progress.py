@@ -36,3 +36,13 @@ def show_progress() -> None:
     kit_logger.setLevel(logging.INFO)
     if not any(isinstance(handler, _CurrentStream) for handler in kit_logger.handlers):
         kit_logger.addHandler(_CurrentStream())
+
+
+def module_logger(name: str) -> logging.Logger:
+    """The logger of the kit module named ``name`` (its ``__name__``). A command run as ``python -m
+    kit.NAME`` has ``__name__ == "__main__"``, outside the ``kit`` logger that ``show_progress``
+    shows, so it logs under its import name ``kit.NAME`` instead."""
+    if name == "__main__":
+        spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+        name = spec.name if spec is not None else name
+    return logging.getLogger(name)

@@ -21,7 +21,6 @@ import argparse
 import dataclasses
 import hashlib
 import itertools
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, NamedTuple, Sequence
@@ -32,9 +31,9 @@ import torch
 from kit import data, flows, metrics, models, postprocess
 from kit.ensemble import Member, load_ensemble, predict
 from kit.image_sets import annotated_images
-from kit.progress import show_progress
+from kit.progress import module_logger, show_progress
 
-logger = logging.getLogger(__name__)
+logger = module_logger(__name__)
 
 GRID = {"cell_prob": (0.3, 0.4, 0.5, 0.6), "flow_threshold": (0.4, 0.6, 0.8), "min_size": (0.5, 1.0, 1.5)}
 
