@@ -29,6 +29,7 @@ from nbclient.exceptions import CellExecutionError
 
 from benchmarks import bench_variants, run_cli
 from kit import build_kernel, data, paths, submission
+from kit.competition import COMPETITION_SLUG
 from kit.variants import VARIANTS
 
 CELL_TIMEOUT_S = 3 * 3600
@@ -97,7 +98,7 @@ def kaggle_inputs(session: Path, competition_dir: Path) -> Path:
     """``session/input`` holding the competition data as Kaggle mounts it: ``input/<competition slug>``."""
     input_root = session / "input"
     input_root.mkdir(parents=True)
-    (input_root / paths.COMPETITION_SLUG).symlink_to(Path(competition_dir).resolve(), target_is_directory=True)
+    (input_root / COMPETITION_SLUG).symlink_to(Path(competition_dir).resolve(), target_is_directory=True)
     return input_root
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from kit import data
+from kit import competition, data
 
 SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "sartorius"
 
@@ -36,5 +36,5 @@ def samples(shared_dir) -> list:
     layout = data.find_competition(shared_dir)
     df = data.read_train_csv(layout.train_csv)
     table = data.image_table(df)
-    ids = [i for t in data.CELL_TYPES for i in sorted(table.loc[table.cell_type == t, "id"])[:4]]
+    ids = [i for t in competition.CELL_TYPES for i in sorted(table.loc[table.cell_type == t, "id"])[:4]]
     return data.load_samples(layout, ids, df)
