@@ -11,6 +11,10 @@ import re
 COMPETITION_SLUG = "sartorius-cell-instance-segmentation"
 IMAGE_SHAPE = (520, 704)  # (height, width) of every competition image
 CELL_TYPES = ("cort", "astro", "shsy5y")  # one-hot channel order
+# LIVECell's eight cell lines (its file-name prefixes, lower case), shipped in the competition's input
+# as LIVECell_dataset_2021/. SH-SY5Y is the competition's shsy5y line itself; the seven others have no
+# competition type, and the one-hot variants see all-zero cell-type planes for them (kit.models.model_input).
+LIVECELL_CELL_LINES = ("a172", "bt474", "bv2", "huh7", "mcf7", "shsy5y", "skbr3", "skov3")
 DEFAULT_TIME_LIMIT = "8:30"  # inside Kaggle's 9-hour GPU notebook limit, with time left to save outputs
 
 
