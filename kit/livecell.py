@@ -70,17 +70,6 @@ def find_livecell(competition_root: str | Path) -> Path:
     return folder
 
 
-def parse_cell_lines(text: str | None) -> tuple[str, ...] | None:
-    """``"shsy5y,a172"`` -> ``("shsy5y", "a172")`` (checked, case-insensitive); None or "" -> None (all lines)."""
-    if not text:
-        return None
-    lines = tuple(dict.fromkeys(part.strip().lower() for part in text.split(",") if part.strip()))
-    unknown = [line for line in lines if line not in LIVECELL_CELL_LINES]
-    if unknown or not lines:
-        raise ValueError(f"LIVECell cell line(s) {unknown or text!r} unknown; valid: {', '.join(LIVECELL_CELL_LINES)}")
-    return lines
-
-
 def annotation_files(livecell_root: str | Path, cell_lines: Sequence[str] | None, split: str) -> list[Path]:
     """The annotation files of ``split``: the COCO file of all lines (``cell_lines`` None), else one
     single-cells file per line. A missing file is an error naming it."""

@@ -27,11 +27,10 @@ import numpy as np
 import pandas as pd
 
 from kit import data, infer, models, postprocess, rle
-from kit.competition import IMAGE_SHAPE
+from kit.competition import DEFAULT_MIN_CONFIDENCE, IMAGE_SHAPE
 from kit.files import OutputError, check_writable_dir, exit_on_sigterm, write_text_atomic
 
 SEMI_SUPERVISED_DIR = "train_semi_supervised"
-DEFAULT_MIN_CONFIDENCE = 0.8  # not tuned: the write-ups do not give theirs
 TRAIN_CSV_COLUMNS = ("id", "annotation", "width", "height", "cell_type", "plate_time", "sample_date",
                      "sample_id", "elapsed_timedelta")
 _NAME_TYPES = {"astros": "astro", "astro": "astro", "cort": "cort", "shsy5y": "shsy5y"}

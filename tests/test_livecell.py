@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kit import data, livecell, rle
+from kit import competition, data, livecell, rle
 
 
 @pytest.fixture()
@@ -70,10 +70,12 @@ def test_cell_lines_pick_the_single_cells_files_and_max_images_keeps_every_line(
     assert [s.cell_type for s in livecell.load_samples(root, ("shsy5y",))] == ["shsy5y", "shsy5y"]
     assert [s.cell_type for s in livecell.load_samples(root, ("shsy5y",), splits=("test",))] == ["shsy5y"]
     assert sorted(s.cell_type for s in livecell.load_samples(root, max_images=3)) == ["a172", "bv2", "shsy5y"]
-    assert livecell.parse_cell_lines("SHSY5Y, a172") == ("shsy5y", "a172")
-    assert livecell.parse_cell_lines("") is None
+    assert competition.parse_pretrain("livecell:SHSY5Y, a172") == ("shsy5y", "a172")
+    assert competition.parse_pretrain("LIVECell") is None
     with pytest.raises(ValueError, match="'hela'.*valid: a172, bt474"):
-        livecell.parse_cell_lines("shsy5y,hela")
+        competition.parse_pretrain("livecell:shsy5y,hela")
+    with pytest.raises(ValueError, match="the source is 'livecell' or 'livecell:LINE,LINE'"):
+        competition.parse_pretrain("coco")
 
 
 def test_a_polygon_covers_the_pixels_whose_centres_it_holds_and_the_first_listed_cell_wins():
