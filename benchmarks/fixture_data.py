@@ -3,6 +3,13 @@ and the benchmarks: a LIVECell tree (``LIVECell_dataset_2021/``, both json shape
 ``train_semi_supervised/`` folder. Nothing here is committed as data: every call writes from the
 shared slice (``../shared/sartorius``) into a folder the caller gives.
 
+    python -m benchmarks.fixture_data --data DIR --out DIR [--semi-supervised N]
+
+writes a competition folder (the data's files linked) whose LIVECell tree is a copy of the kit's
+training split (its validation images left out, so that pretraining on it never sees them), for
+``kit.train --pretrain livecell`` plumbing runs (``benchmarks.gpu_check --pretrain``,
+``benchmarks.bench_quality --lever``).
+
 The LIVECell copy stands in for LIVECell's format, not its content: each competition image becomes a
 LIVECell-named .tif of one line (cort -> A172, astro -> BV2, shsy5y -> SHSY5Y by default), each of
 its annotations a polygon, the outer contour of its mask (``cv2.findContours``), moved by half a
@@ -11,6 +18,7 @@ points, crossing themselves) are left out, as LIVECell has none.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -21,6 +29,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
+from benchmarks import run_cli
 from kit import data, livecell, rle
 from kit.competition import IMAGE_SHAPE
 
@@ -107,7 +116,7 @@ def competition_with_extras(shared: Path, dest: Path, livecell_splits: Mapping[s
                             semi_supervised: Sequence[str]) -> Path:
     """``dest``: the shared slice's files (linked, not copied) beside a LIVECell copy and a
     ``train_semi_supervised/`` folder, as the competition's input folder holds all three."""
-    layout = data.find_competition(shared)
+    layout = data.find_competition(shared, need_test=False)
     dest.mkdir(parents=True, exist_ok=True)
     for name in ("train.csv", "train", "test", "sample_submission.csv"):
         if (layout.root / name).exists():
@@ -121,3 +130,31 @@ def competition_with_extras(shared: Path, dest: Path, livecell_splits: Mapping[s
 def _write_json(path: Path, document: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(document), encoding="utf-8")
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.fixture_data", description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, help="folder holding the competition layout (default: kit.paths.input_root())")
+    parser.add_argument("--out", type=Path, required=True, help="the competition folder to write (must not exist)")
+    parser.add_argument("--replace", action="store_true", help="delete --out first if it exists (a copy written here)")
+    parser.add_argument("--semi-supervised", type=int, default=0, metavar="N",
+                        help="also copy the first N training images into train_semi_supervised/ (default 0)")
+    return parser
+
+
+def main(args: argparse.Namespace) -> Path:
+    if args.out.exists() and args.replace:
+        shutil.rmtree(args.out)
+    if args.out.exists():
+        raise ValueError(f"--out {args.out} exists; pass a new folder, or --replace to write it again")
+    layout = data.find_competition(args.data, need_test=False)
+    train_ids, _ = data.split_train_val(data.image_table(data.read_train_csv(layout.train_csv)))
+    folder = competition_with_extras(layout.root, args.out, {"train": train_ids, "val": [], "test": []},
+                                     train_ids[: args.semi_supervised])
+    print(f"wrote {folder}: LIVECell-format copy of the {len(train_ids)} training-split images, "
+          f"{args.semi_supervised} in train_semi_supervised/")
+    return folder
+
+
+if __name__ == "__main__":
+    run_cli("python -m benchmarks.fixture_data", main, get_args_parser().parse_args())
