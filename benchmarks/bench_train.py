@@ -2,7 +2,7 @@
 
 Same network (``--variant``), same images and targets, same optimizer. The naive loop is the
 paper's setup: a DataLoader that decodes every PNG again at every step (``--workers`` processes),
-float32, NCHW, batch 2. The trainer's loop is ``kit.train.train_epoch``: uint8 images held on the
+float32, NCHW, batch 2. The trainer's loop is ``kit.train_loop.train_epoch``: uint8 images held on the
 device, batches gathered and converted there, mixed precision (bf16 where the GPU has it, else
 fp16 + GradScaler) and channels_last on CUDA, at each ``--batch-size``. Reported: images/s after
 ``--warmup`` steps, the ratio to the naive loop, and the peak GPU memory.
@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from benchmarks import run_cli
-from kit import batches, data, models, train
+from kit import batches, data, models, train_loop, train_setup
 from kit.losses import build_loss
 from kit.variants import VARIANTS, Variant
 
@@ -60,7 +60,7 @@ def main(args: argparse.Namespace) -> None:
           f"({args.workers} workers): {naive:8.2f} img/s{_peak_memory(device)}")
     for batch_size in args.batch_size:
         fast = trainer_throughput(split, variant.replace(batch_size=batch_size), device, args)
-        amp = train._precision_name(train._amp_dtype(device, args.precision))
+        amp = train_setup.precision_name(train_setup.autocast_dtype(device, args.precision))
         layout_name = "channels_last" if device.type == "cuda" else "NCHW"
         print(f"trainer   batch {batch_size:>2}  {amp}, {layout_name}{', compiled' if args.compile else ''}, "
               f"images on the device: {fast:8.2f} img/s{_peak_memory(device)}  = {fast / naive:.2f}x naive")
@@ -68,19 +68,19 @@ def main(args: argparse.Namespace) -> None:
 
 def trainer_throughput(split: batches.TrainData, variant: Variant, device: torch.device,
                        args: argparse.Namespace) -> float:
-    """Images/s of ``kit.train.train_epoch`` as the trainer runs it."""
+    """Images/s of ``kit.train_loop.train_epoch`` as the trainer runs it."""
     torch.manual_seed(0)
     raw_model = models.build_model(variant).to(device)
-    optimizer = train._optimizer(raw_model, variant)
-    amp_dtype = train._amp_dtype(device, args.precision)
+    optimizer = train_setup.build_optimizer(raw_model, variant)
+    amp_dtype = train_setup.autocast_dtype(device, args.precision)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    model = train._wrap_model(raw_model, device, 1, args.compile)
+    model = train_setup.wrap_model(raw_model, device, 1, args.compile)
     criterion = build_loss(variant)
     generator = torch.Generator().manual_seed(0)
 
     def run(steps: int) -> float:
         order = _cycled_order(len(split), steps * variant.batch_size, generator)
-        return train.train_epoch(model, split, order, variant, criterion, optimizer, scaler, amp_dtype,
+        return train_loop.train_epoch(model, split, order, variant, criterion, optimizer, scaler, amp_dtype,
                                  generator, args.crop)[1]
 
     run(args.warmup)
@@ -93,7 +93,7 @@ def naive_throughput(layout: data.CompetitionLayout, split: batches.TrainData, v
     """Images/s of a plain loop: PNG decoding in a DataLoader every step, fp32, NCHW."""
     torch.manual_seed(0)
     model = models.build_model(variant).to(device)
-    optimizer = train._optimizer(model, variant)
+    optimizer = train_setup.build_optimizer(model, variant)
     criterion = build_loss(variant)
     dataset = _PngDataset(layout, split, variant, args.crop)
     loader = DataLoader(dataset, batch_size=args.naive_batch_size, shuffle=True, drop_last=True,

@@ -3,7 +3,7 @@ did) beside parsing them once per run (``TrainData.truth``), measured side by si
 
     python -m benchmarks.bench_validation --data DIR [--variant hot-unet] [--crop 256x256] [--repeats 3]
 
-Each pass is ``kit.train.evaluate`` on the validation split with an untrained network (the
+Each pass is ``kit.train_loop.evaluate`` on the validation split with an untrained network (the
 network's time is the same in both columns; the difference is the truth's parsing and cropping).
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ import time
 import torch
 
 from benchmarks import run_cli
-from kit import batches, data, models, train
+from kit import batches, data, models, train_loop
 from kit.losses import build_loss
 from kit.variants import VARIANTS
 
@@ -40,8 +40,8 @@ def main(args: argparse.Namespace) -> dict[str, float]:
     each_epoch, once = [], []
     for _ in range(args.repeats):
         split._truth.clear()  # what every epoch paid before: parse and crop the annotations again
-        each_epoch.append(_seconds(lambda: train.evaluate(model, split, variant, criterion, crop=args.crop)))
-        once.append(_seconds(lambda: train.evaluate(model, split, variant, criterion, crop=args.crop)))
+        each_epoch.append(_seconds(lambda: train_loop.evaluate(model, split, variant, criterion, crop=args.crop)))
+        once.append(_seconds(lambda: train_loop.evaluate(model, split, variant, criterion, crop=args.crop)))
     parse = []
     for _ in range(args.repeats):
         split._truth.clear()

@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 import torch
 
-from kit import build_kernel, data, files, infer, models, rle, train, validate, variants
+from kit import build_kernel, data, files, infer, models, rle, train, train_loop, train_outputs, train_setup, validate, variants
 from kit.submission import write_submission
 
 REPO = Path(__file__).resolve().parent.parent
@@ -95,7 +95,7 @@ def empty_weights(tmp_path_factory) -> Path:
 
 def test_a_second_run_into_the_same_folder_is_refused_and_keeps_the_weights(shared_dir, earlier_run, monkeypatch):
     before = _snapshot(earlier_run)
-    monkeypatch.setattr(train, "train_epoch", _no_training)
+    monkeypatch.setattr(train_loop, "train_epoch", _no_training)
     with pytest.raises(SystemExit) as excinfo:
         _train(*_train_args(shared_dir, earlier_run))
     message = _user_error(excinfo, "kit.train")
@@ -136,7 +136,7 @@ def test_a_missing_gpu_is_named_not_reported_as_a_corrupt_checkpoint(shared_dir,
 
 def test_train_on_a_missing_gpu_and_no_silent_cpu_fallback(shared_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(train, "train_epoch", _no_training)
+    monkeypatch.setattr(train_loop, "train_epoch", _no_training)
     argv = ["--variant", "unet", "--data", str(shared_dir), "--out", str(tmp_path)]
     with pytest.raises(SystemExit) as excinfo:
         _train(*argv, "--device", "cuda")
@@ -195,7 +195,7 @@ def test_train_data_errors_are_one_line_without_traceback(tmp_path):
 
 
 def test_resume_errors_are_one_line_and_found_before_loading_images(shared_dir, tmp_path, monkeypatch):
-    monkeypatch.setattr(train, "load_split", _no_training)
+    monkeypatch.setattr(train_setup, "load_split", _no_training)
     with pytest.raises(SystemExit) as excinfo:
         _train(*_train_args(shared_dir, tmp_path, "--resume"))
     assert f"--resume: no checkpoint {tmp_path / 'unet-last.pt'}; run without --resume" \
@@ -206,7 +206,7 @@ def test_resume_errors_are_one_line_and_found_before_loading_images(shared_dir, 
 
 def test_a_full_disk_is_found_before_training(shared_dir, earlier_run, monkeypatch):
     before = _snapshot(earlier_run)
-    monkeypatch.setattr(train, "train_epoch", _no_training)
+    monkeypatch.setattr(train_loop, "train_epoch", _no_training)
     monkeypatch.setattr(files.shutil, "disk_usage", lambda path: SimpleNamespace(total=10**9, used=10**9, free=10**6))
     with pytest.raises(SystemExit) as excinfo:
         _train(*_train_args(shared_dir, earlier_run, "--resume", "--epochs", "2"))
@@ -266,7 +266,7 @@ def read_only(tmp_path, monkeypatch) -> Path:
 
 
 def test_train_into_an_unwritable_out_fails_before_the_first_epoch(shared_dir, read_only, monkeypatch):
-    monkeypatch.setattr(train, "train_epoch", _no_training)
+    monkeypatch.setattr(train_loop, "train_epoch", _no_training)
     with pytest.raises(SystemExit) as excinfo:
         _train(*_train_args(shared_dir, read_only))
     assert (f"cannot write to {read_only} (Permission denied); pass a folder you can write to with --out"
@@ -473,7 +473,7 @@ def test_the_curves_show_lr_images_per_s_and_the_best_epoch(tmp_path, monkeypatc
     history = [{"epoch": e, "train_loss": 1.0 / e, "val_loss": 1.0, "val_dice": 0.5, "val_iou": 0.4,
                 "val_accuracy": 0.9, "val_score": score, "lr": 0.01 / e, "images_per_s": 3.0}
                for e, score in ((1, 0.1), (2, 0.3), (3, 0.2))]
-    train._plot_curves(tmp_path / "curves.png", history, "unet")
+    train_outputs.plot_curves(tmp_path / "curves.png", history, "unet")
     (figure,) = drawn
     titles = [axes.get_title() for axes in figure.axes]
     assert titles == ["unet: loss", "unet: validation", "unet: learning rate", "unet: throughput"]

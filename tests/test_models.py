@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from kit import models, train
+from kit import models, train_setup
 from kit.models import UNet, build_model, decode_output, load_checkpoint, model_input, save_checkpoint
 from kit.variants import VARIANTS
 
@@ -224,13 +224,13 @@ def test_gpus_with_bf16_get_bf16_and_t4_p100_get_fp16(capability, expected, monk
     gpu = torch.device("cuda", 0)
     assert models.gpu_autocast_dtype(gpu) is expected
     assert models.gpu_autocast_dtype(torch.device("cpu")) is None
-    assert train._amp_dtype(gpu, "auto") is expected and train._amp_dtype(gpu, "fp32") is None
-    assert train._amp_dtype(gpu, "fp16") is torch.float16
+    assert train_setup.autocast_dtype(gpu, "auto") is expected and train_setup.autocast_dtype(gpu, "fp32") is None
+    assert train_setup.autocast_dtype(gpu, "fp16") is torch.float16
     if expected is torch.float16:
         with pytest.raises(ValueError, match="Tesla T4 has no bf16; use --precision fp16"):
-            train._amp_dtype(gpu, "bf16")
+            train_setup.autocast_dtype(gpu, "bf16")
     else:
-        assert train._amp_dtype(gpu, "bf16") is torch.bfloat16
+        assert train_setup.autocast_dtype(gpu, "bf16") is torch.bfloat16
 
 
 def test_v1_checkpoints_of_the_old_input_scaling_are_refused(saved, tmp_path):

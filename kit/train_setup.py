@@ -1,0 +1,283 @@
+"""What a training run holds before its first step: the run's settings (``RunConfig``), the devices
+and process group, the precision, the data split, the optimiser, the lr schedule with its time
+``Budget``, and a ``--resume``'s saved state (``TrainingState``)."""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from kit import data, models
+from kit.batches import TrainData, load_split, type_scales
+from kit.losses import build_loss
+from kit.variants import Variant
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One training run as the command line asks for it, built once by ``kit.train.run_config``;
+    everything below ``kit.train.main`` takes this, never the argparse Namespace."""
+
+    variant: Variant  # the registered variant with the command line's overrides
+    data: Path | None
+    out: Path
+    crop: tuple[int, int] | None  # training and validation crop (None: whole images)
+    time_limit: float  # seconds
+    device: str | None
+    precision: str
+    compile: bool
+    resume: bool
+    restart: bool
+    seed: int
+    max_images: int | None
+    val_fraction: float
+
+
+@dataclass
+class Budget:
+    """The time limit and the run's clock, which the cosine schedule, the stops and the ETA read.
+
+    ``started``: when this process started (``time.monotonic``); ``resumed``: the training seconds
+    of the epochs a ``--resume`` continues from; ``reserve``: the last validation's and save's
+    seconds, kept back from the limit; ``out_of_time``: set once a single process has spent it.
+    """
+
+    limit: float  # seconds; 0 or less: no limit for the schedule and the stop within an epoch
+    started: float = field(default_factory=time.monotonic)
+    resumed: float = 0.0
+    reserve: float = 0.0
+    out_of_time: bool = False
+
+    @property
+    def limited(self) -> bool:
+        return self.limit > 0
+
+    def process_seconds(self) -> float:
+        """Seconds since this process started."""
+        return time.monotonic() - self.started
+
+    def run_seconds(self) -> float:
+        """The run's training seconds, a resumed run's earlier epochs included."""
+        return self.process_seconds() + self.resumed
+
+    def left(self) -> float:
+        """Seconds left of the limit (infinite without one)."""
+        return self.limit - self.run_seconds() if self.limited else math.inf
+
+    def progress(self) -> float:
+        """The share of the limit, less the reserve, spent so far (the cosine schedule's time axis)."""
+        return self.run_seconds() / max(self.limit - self.reserve, 1.0)
+
+    def spent(self) -> bool:
+        """Whether the limit less the reserve is spent; remembered in ``out_of_time``."""
+        self.out_of_time = self.run_seconds() >= self.limit - self.reserve
+        return self.out_of_time
+
+
+@dataclass
+class TrainingState:
+    """What one training process updates and checkpoints; ``model`` may wrap ``raw_model`` (compile, DDP)."""
+
+    variant: Variant
+    out: Path
+    rank: int
+    world: int
+    raw_model: nn.Module
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    amp_dtype: torch.dtype | None
+    criterion: nn.Module
+    history: list[dict]
+    crop: tuple[int, int] | None  # training and validation crop (None: whole images)
+    inference: dict  # settings kit.infer needs beyond the variant (the per-type scales), saved in checkpoints
+    step_lr_per_batch: bool  # the cosine schedule moves at every step, the step schedule every epoch
+    budget: Budget
+
+
+def setup_distributed(device_name: str | None) -> tuple[int, int, torch.device]:
+    """(rank, world size, device); under torchrun (RANK set) joins the process group as nanoGPT does."""
+    if device_name is None and not torch.cuda.is_available():
+        # Not a silent fallback: the default schedule is 50 full-image epochs, days on a CPU.
+        raise ValueError("no CUDA GPU is visible, and a full training run on the CPU takes days: pass "
+                         "--device cpu to train there anyway (a smoke run: --device cpu --epochs 1 "
+                         "--max-images 8 --crop 256x256)")
+    wanted = device_name or "cuda"
+    if wanted == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda but no CUDA GPU is visible (torch.cuda.is_available() is False); "
+                         "use --device cpu")
+    torch.backends.cudnn.benchmark = wanted == "cuda"  # fixed image sizes: let cuDNN pick its fastest kernels
+    if int(os.environ.get("RANK", -1)) < 0:
+        return 0, 1, torch.device(wanted)
+    rank, world, local_rank = (int(os.environ[k]) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
+    device = torch.device(f"cuda:{local_rank}") if wanted == "cuda" else torch.device("cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return rank, world, device
+
+
+def teardown_distributed(world: int) -> None:
+    """Leave the process group together (no-op for a single process)."""
+    if world > 1:
+        # A rank that leaves while rank 0 still validates and saves can abort in the backend's
+        # teardown ("terminate called without an active exception", seen with gloo).
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def load_splits(config: RunConfig, device: torch.device, rank: int) -> tuple[TrainData, TrainData | None, dict]:
+    """The stratified split (or its ``--max-images`` head), decoded; validation on rank 0 only.
+
+    Also returns the checkpoint's inference settings: for a rescaling variant, the training
+    images' median cell diameter per type and the resulting scales.
+    """
+    variant, cache_dir = config.variant, config.out / "cache"
+    if not 0.0 < config.val_fraction < 1.0:
+        raise ValueError(f"--val-fraction must be in (0, 1), got {config.val_fraction}")
+    layout = data.find_competition(config.data, need_test=False)
+    df = data.read_train_csv(layout.train_csv)
+    train_ids, val_ids = data.split_train_val(data.image_table(df), config.val_fraction, config.seed)
+    inference, scales = {}, None
+    if variant.cell_diameter > 0:  # measured on the whole training split: --max-images may miss a type
+        diameters = data.cell_diameters(df, train_ids)
+        scales = type_scales(diameters, variant.cell_diameter)
+        inference = {"cell_diameters": diameters, "scales": scales}
+    if config.max_images is not None:
+        if config.max_images < 1:
+            raise ValueError(f"--max-images must be >= 1, got {config.max_images}")
+        n_val = max(1, round(config.max_images * config.val_fraction / (1.0 - config.val_fraction)))
+        train_ids, val_ids = train_ids[: config.max_images], val_ids[:n_val]
+    if not val_ids:
+        raise ValueError(f"{layout.train_csv}: the split leaves no validation image; raise --val-fraction")
+    if rank != 0:
+        dist.barrier()  # rank 0 fills the flow cache first; the others then read it
+    train_data = load_split(layout, train_ids, variant, device, cache_dir, df, scales)
+    val_data = load_split(layout, val_ids, variant, device, cache_dir, df, scales,
+                          keep_labels=scales is not None) if rank == 0 else None
+    if rank == 0 and dist.is_initialized():
+        dist.barrier()
+    return train_data, val_data, inference
+
+
+def training_state(config: RunConfig, device: torch.device, world: int, inference: dict, budget: Budget,
+                   n_train: int) -> TrainingState:
+    """Fresh model, optimizer, lr schedule and scaler; loaded from ``OUT/NAME-last.pt`` with ``--resume``
+    (which also moves ``budget`` on by the saved epochs' training time)."""
+    variant, out = config.variant, config.out
+    torch.manual_seed(config.seed)  # same initial weights on every rank
+    raw_model = models.build_model(variant).to(device)
+    optimizer = build_optimizer(raw_model, variant)
+    scheduler = build_scheduler(optimizer, variant, n_train // world, budget)
+    amp_dtype = autocast_dtype(device, config.precision)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    history: list[dict] = []
+    if config.resume:
+        history = resume(out / f"{variant.name}-last.pt", variant, raw_model, optimizer, scheduler, scaler)
+        budget.resumed = history[-1]["elapsed_s"] if history else 0.0
+    return TrainingState(variant=variant, out=out, rank=dist.get_rank() if dist.is_initialized() else 0,
+                         world=world, raw_model=raw_model, model=wrap_model(raw_model, device, world, config.compile),
+                         optimizer=optimizer, scheduler=scheduler, scaler=scaler, amp_dtype=amp_dtype,
+                         criterion=build_loss(variant), history=history, crop=config.crop, inference=inference,
+                         step_lr_per_batch=variant.schedule == "cosine", budget=budget)
+
+
+def build_optimizer(model: nn.Module, variant: Variant) -> torch.optim.Optimizer:
+    """The variant's optimiser (``variant.optimizer``: one of ``kit.variants.OPTIMIZERS``)."""
+    if variant.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=variant.lr, weight_decay=variant.weight_decay)
+    if variant.optimizer == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=variant.lr, weight_decay=variant.weight_decay)
+    return torch.optim.SGD(model.parameters(), lr=variant.lr, momentum=variant.momentum,
+                           weight_decay=variant.weight_decay)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, variant: Variant, images_per_epoch: int,
+                    budget: Budget) -> torch.optim.lr_scheduler.LRScheduler:
+    """The variant's lr schedule: warm-up + cosine over the epochs or ``budget``, else x gamma every step."""
+    if variant.schedule == "cosine":
+        steps = variant.epochs * math.ceil(images_per_epoch / variant.batch_size)
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_factor(variant.warmup, steps, budget))
+    return torch.optim.lr_scheduler.StepLR(optimizer, variant.lr_step, variant.lr_gamma)
+
+
+def cosine_factor(warmup: float, total_steps: int, budget: Budget):
+    """The lr factor of step k for ``LambdaLR``: linear warm-up over the first ``warmup`` of the
+    run, then a half cosine to 0. The run's progress is the larger of k / ``total_steps`` and, with
+    a time limit, ``budget.progress()``, so a time budget gets the whole schedule (a plain function,
+    not an object, so that the scheduler's state holds no settings to pickle)."""
+    def factor(step: int) -> float:
+        progress = step / max(total_steps, 1)
+        if budget.limited:
+            progress = max(progress, budget.progress())
+        progress = min(progress, 1.0)
+        if progress < warmup:
+            return max(progress / warmup, 1e-3)
+        return 0.5 * (1.0 + math.cos(math.pi * (progress - warmup) / (1.0 - warmup)))
+    return factor
+
+
+def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
+    """Autocast dtype of ``--precision`` on ``device`` (None: fp32); auto is ``models.gpu_autocast_dtype``."""
+    if precision == "auto":
+        return models.gpu_autocast_dtype(device)
+    if precision == "fp32":
+        return None
+    has_bf16 = device.type != "cuda" or models.gpu_autocast_dtype(device) == torch.bfloat16
+    if precision == "bf16" and not has_bf16:
+        raise ValueError(f"{torch.cuda.get_device_name(device)} has no bf16; use --precision fp16")
+    if precision == "fp16" and device.type != "cuda":
+        raise ValueError("--precision fp16 needs CUDA; use fp32 or bf16 on CPU")
+    return torch.bfloat16 if precision == "bf16" else torch.float16
+
+
+def precision_name(amp_dtype: torch.dtype | None) -> str:
+    """How the run's log names its precision."""
+    return {None: "fp32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast + GradScaler"}[amp_dtype]
+
+
+def autocast(device: torch.device, amp_dtype: torch.dtype | None):
+    """``torch.autocast`` to ``amp_dtype`` on ``device``'s type; a no-op context for fp32 (None)."""
+    return contextlib.nullcontext() if amp_dtype is None else torch.autocast(device.type, dtype=amp_dtype)
+
+
+def resume(path: Path, variant: Variant, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler,
+           scaler: torch.amp.GradScaler) -> list[dict]:
+    """Load the resumable checkpoint into the fresh training state; returns its per-epoch history."""
+    if not path.is_file():
+        raise FileNotFoundError(f"--resume: no checkpoint {path}; run without --resume to start training")
+    saved_model, saved, checkpoint = models.load_checkpoint(path, expected_variant=variant)
+    if "optimizer" not in checkpoint or "scheduler" not in checkpoint:
+        raise ValueError(f"--resume: {path} holds weights only (no optimizer state); it cannot be resumed")
+    if saved.optimizer != variant.optimizer:
+        raise ValueError(f"--resume: {path} was trained with {saved.optimizer}, not {variant.optimizer}")
+    model.load_state_dict(saved_model.state_dict())
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    scheduler.load_state_dict(checkpoint["scheduler"])
+    if scaler.is_enabled() and checkpoint.get("scaler"):
+        scaler.load_state_dict(checkpoint["scaler"])
+    history = [dict(row) for row in checkpoint["history"]]
+    if len(history) != checkpoint["epoch"]:
+        raise ValueError(f"--resume: {path} is inconsistent: epoch {checkpoint['epoch']}, {len(history)} history rows")
+    return history
+
+
+def wrap_model(model: nn.Module, device: torch.device, world: int, compile_model: bool) -> nn.Module:
+    """channels_last on CUDA, then torch.compile and DDP as asked; ``model`` keeps the plain weights."""
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+        if world > 1:  # batch 2 per GPU: statistics over both GPUs' images (parameters are shared, not copied)
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    wrapped = torch.compile(model) if compile_model else model
+    if world > 1:
+        wrapped = nn.parallel.DistributedDataParallel(
+            wrapped, device_ids=[device.index] if device.type == "cuda" else None)
+    return wrapped
