@@ -20,9 +20,10 @@ the seven others have no competition type and get all-zero planes (``kit.models.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -86,9 +87,10 @@ def next_stage(request: StageRequest, checkpoint: dict | None) -> Stage | None:
     done = sum(1 for row in history if row.get("stage", FINETUNE) == current["name"])
     following = len(history) + 1
     if current["name"] == PRETRAIN:
-        if done < current["epochs"]:
-            return _pretrain(request, current["first_epoch"], fresh=False, lines=_lines(current))
-        return Stage(FINETUNE, following, request.epochs, request.time_limit, extra_data=request.extra_data)
+        if done < current["epochs"]:  # as it began, in the time the command line gives it now
+            return Stage(PRETRAIN, current["first_epoch"], current["epochs"], request.pretrain_time_limit,
+                         _lines(current), current.get("max_images"), fresh=False)
+        return fine_tuning_after(request, checkpoint)
     trained = set(current.get("extra_data", []))
     if request.extra_data and {Path(p).name for p in request.extra_data} != trained:
         rounds = sum(1 for r in records if r["name"].startswith(PSEUDO))
@@ -101,10 +103,17 @@ def next_stage(request: StageRequest, checkpoint: dict | None) -> Stage | None:
     return None
 
 
+def fine_tuning_after(request: StageRequest, checkpoint: dict) -> Stage:
+    """Fine-tuning, starting at the epoch after the last of ``checkpoint`` (the pretraining's)."""
+    return Stage(FINETUNE, len(checkpoint["history"]) + 1, request.epochs, request.time_limit,
+                 extra_data=request.extra_data)
+
+
 def stage_records(checkpoint: dict | None, stage: Stage) -> list[dict]:
-    """The ``stages`` list a checkpoint of ``stage`` keeps: the earlier stages', then its own."""
-    earlier = [] if checkpoint is None else [r for r in checkpoint.get("stages", []) if r["first_epoch"] < stage.first_epoch]
-    return [*earlier, stage.record()]
+    """The ``stages`` list the checkpoints of ``stage`` keep: the earlier stages' (from the run's
+    resumable checkpoint, None for a new run), then its own."""
+    earlier = checkpoint.get("stages", []) if checkpoint is not None else []
+    return [*(r for r in earlier if r["first_epoch"] < stage.first_epoch), stage.record()]
 
 
 def stage_elapsed(history: Sequence[dict], stage: Stage) -> float:
@@ -112,21 +121,22 @@ def stage_elapsed(history: Sequence[dict], stage: Stage) -> float:
     return float(sum(row["epoch_s"] for row in history if row.get("stage", FINETUNE) == stage.name))
 
 
-def start_from_previous(path: Path, variant, model: torch.nn.Module) -> tuple[list[dict], dict]:
+def start_from_previous(path: Path, variant, model: torch.nn.Module) -> list[dict]:
     """A fresh stage: ``model`` gets the weights of the checkpoint ``path`` (the previous stage's
-    last), and the run's history and checkpoint come back; the optimizer and schedule stay fresh."""
+    last); returns the run's history. The optimizer and lr schedule stay fresh."""
     saved_model, _, checkpoint = models.load_checkpoint(path, expected_variant=variant)
     model.load_state_dict(saved_model.state_dict())
-    return [dict(row) for row in checkpoint["history"]], checkpoint
+    return [dict(row) for row in checkpoint["history"]]
 
 
-def training_samples(stage: Stage | None, layout: data.CompetitionLayout, train_ids: Sequence[str],
-                     df) -> list[data.Sample]:
-    """The training images of ``stage``: LIVECell's (pretrain), else the split's with the stage's
+def training_samples(stage: Stage | None, layout: data.CompetitionLayout, train_ids: Sequence[str], df,
+                     max_images: int | None = None) -> list[data.Sample]:
+    """The training images of ``stage``: LIVECell's (pretraining; at most ``stage.pretrain_max_images``,
+    else ``max_images``, a smoke run's ``--max-images``), else the split's with the stage's
     pseudo-labelled images after them."""
     if stage is not None and stage.name == PRETRAIN:
         samples = livecell.load_samples(livecell.find_livecell(layout.root), stage.pretrain_lines,
-                                        max_images=stage.pretrain_max_images)
+                                        max_images=stage.pretrain_max_images or max_images)
         if not samples:
             raise ValueError(f"{layout.root / livecell.LIVECELL_DIR} holds no annotated LIVECell image of "
                              f"{stage.record()['data']}")
@@ -157,17 +167,32 @@ def describe(stage: Stage, n_images: int) -> str:
             f"{stage.last_epoch}")
 
 
+def train_in_stages(config, train: Callable) -> Path:
+    """``kit.train``'s run: the stage the run is at (``next_stage``), then, after pretraining,
+    fine-tuning in the same process. ``config``: a ``kit.train_setup.RunConfig``; ``train`` trains
+    one stage of it and returns the best weights' path."""
+    last = config.out / f"{config.variant.name}-last.pt"
+    checkpoint = models.read_checkpoint(last) if config.resume and last.is_file() else None
+    stage = next_stage(config.stages, checkpoint)
+    if stage is None:  # the run's checks as ever (variant, options), then "already holds N epochs"
+        return train(config)
+    weights = train(dataclasses.replace(config, stage=stage, time_limit=stage.time_limit))
+    if stage.name == PRETRAIN:  # what the pretraining left (all its epochs, or its time) goes to fine-tuning
+        following = fine_tuning_after(config.stages, models.read_checkpoint(last))
+        weights = train(dataclasses.replace(config, stage=following, time_limit=following.time_limit,
+                                            resume=True, restart=False))
+    return weights
+
+
 def _first_stage(request: StageRequest) -> Stage:
-    if request.pretrain is not False:
-        return _pretrain(request, 1, fresh=True, lines=request.pretrain)
-    return Stage(FINETUNE, 1, request.epochs, request.time_limit, extra_data=request.extra_data)
-
-
-def _pretrain(request: StageRequest, first_epoch: int, fresh: bool, lines) -> Stage:
+    if request.pretrain is False:
+        return Stage(FINETUNE, 1, request.epochs, request.time_limit, extra_data=request.extra_data)
     if request.pretrain_epochs < 1:
         raise ValueError(f"--pretrain-epochs must be >= 1, got {request.pretrain_epochs}")
-    return Stage(PRETRAIN, first_epoch, request.pretrain_epochs, request.pretrain_time_limit, lines,
-                 request.pretrain_max_images, fresh=fresh)
+    if request.pretrain_max_images is not None and request.pretrain_max_images < 1:
+        raise ValueError(f"--pretrain-max-images must be >= 1, got {request.pretrain_max_images}")
+    return Stage(PRETRAIN, 1, request.pretrain_epochs, request.pretrain_time_limit, request.pretrain,
+                 request.pretrain_max_images)
 
 
 def _lines(record: dict) -> tuple[str, ...] | None:
