@@ -16,8 +16,9 @@ Steps, each a child process whose command, wall time, exit status and output tai
    LIVECell-format copy of the training split (``benchmarks.fixture_data``), ``--pretrain-epochs``
    then ``--epochs`` of ``hot-flow-unet``, and its full-image validation score beside step 3's. A
    plumbing and throughput check (the copy holds the competition's own images), not LIVECell's gain.
-   About a minute more on one H200 at 10 + 10 epochs; with ``--skip speed`` the whole script keeps
-   well inside one call of 9 minutes.
+   Sized at 10 + 10 epochs of the 96 training images: about 2,000 image passes, under a minute on
+   one H200 at the README's projected ~270 images/s (not measured), plus a copy of ~20 s; where the
+   other steps leave too little of one 9-minute call, ``--skip speed`` frees the most.
 
 The data is a copy of ``../shared/sartorius`` inside the checkout (``--data``, default
 ``.device-data``, git-ignored), because only the checkout travels to the device. A step that fails
