@@ -15,7 +15,7 @@ CELL_TYPES = ("cort", "astro", "shsy5y")  # one-hot channel order
 # as LIVECell_dataset_2021/. SH-SY5Y is the competition's shsy5y line itself; the seven others have no
 # competition type, and the one-hot variants see all-zero cell-type planes for them (kit.models.model_input).
 LIVECELL_CELL_LINES = ("a172", "bt474", "bv2", "huh7", "mcf7", "shsy5y", "skbr3", "skov3")
-DEFAULT_PRETRAIN_EPOCHS = 20  # kit.train --pretrain-epochs: LIVECell's ~4,300 train + val images, 20 passes
+DEFAULT_PRETRAIN_EPOCHS = 20  # kit.train --pretrain-epochs: passes over LIVECell's train + val images (not tuned)
 DEFAULT_MIN_CONFIDENCE = 0.8  # kit.pseudo --min-confidence; not tuned: the write-ups do not give theirs
 DEFAULT_TIME_LIMIT = "8:30"  # inside Kaggle's 9-hour GPU notebook limit, with time left to save outputs
 
