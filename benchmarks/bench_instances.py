@@ -27,7 +27,7 @@ import numpy as np  # noqa: E402
 
 from benchmarks import run_cli  # noqa: E402
 from benchmarks.numpy_twins import numpy_masks_to_flows  # noqa: E402
-from kit import boundary_table, data, flows, metrics, paths, postprocess, rle  # noqa: E402
+from kit import boundary_table, competition, data, flows, metrics, paths, postprocess, rle  # noqa: E402
 
 cv2.setNumThreads(1)
 BLUR_SIGMA = 1.5
@@ -66,14 +66,14 @@ def bench_postprocess(samples, lut) -> None:
     types = np.array([s.cell_type for s in samples])
     for name, fn in rows:
         t = time_per_image(fn, list(range(len(samples))))[0] * 1e3
-        per_type = "  ".join(f"{c} {t[types == c].mean():5.1f}/{t[types == c].max():5.1f}" for c in data.CELL_TYPES)
+        per_type = "  ".join(f"{c} {t[types == c].mean():5.1f}/{t[types == c].max():5.1f}" for c in competition.CELL_TYPES)
         print(f"   {name:28s} {t.mean():6.1f} / {np.median(t):6.1f} / {t.max():6.1f}   {per_type}")
     print("   targets: mask variants <= 30 ms, flow following <= 100 ms per image")
     oracle = metrics.score_labels([s.annotations for s in samples], recovered)
     as_is = metrics.score_labels([s.annotations for s in samples], [s.labels for s in samples])
     print(f"   oracle: true flows followed back score {oracle.mean():.4f} (the label images themselves, "
           f"overlaps resolved: {as_is.mean():.4f}); per type " +
-          "  ".join(f"{c} {oracle[types == c].mean():.4f}" for c in data.CELL_TYPES))
+          "  ".join(f"{c} {oracle[types == c].mean():.4f}" for c in competition.CELL_TYPES))
 
 
 def bench_table(fit_samples, eval_samples, repeat: int = 20) -> postprocess.BoundaryLUT:

@@ -29,7 +29,8 @@ from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
 from benchmarks import bench_variants, run_cli
-from kit import build_kernel, competition, data, paths, submission
+from kit import build_kernel, data, paths, submission
+from kit.competition import COMPETITION_SLUG, DEFAULT_PRETRAIN_EPOCHS
 from kit.variants import VARIANTS
 
 CELL_TIMEOUT_S = 3 * 3600
@@ -48,7 +49,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tta", action="store_true", help="build the inference kernel with flip TTA")
     parser.add_argument("--pretrain", metavar="livecell[:LINES]",
                         help="the training kernel pretrains on LIVECell first (needs LIVECell_dataset_2021/ in --data)")
-    parser.add_argument("--pretrain-epochs", type=int, default=competition.DEFAULT_PRETRAIN_EPOCHS)
+    parser.add_argument("--pretrain-epochs", type=int, default=DEFAULT_PRETRAIN_EPOCHS)
     parser.add_argument("--pseudo-round", action="store_true",
                         help="the training kernel ends with a pseudo-label round (needs train_semi_supervised/ in --data)")
     parser.add_argument("--cell-timeout", type=int, default=CELL_TIMEOUT_S, metavar="S",
@@ -113,7 +114,7 @@ def kaggle_inputs(session: Path, competition_dir: Path) -> Path:
     """``session/input`` holding the competition data as Kaggle mounts it: ``input/<competition slug>``."""
     input_root = session / "input"
     input_root.mkdir(parents=True)
-    (input_root / paths.COMPETITION_SLUG).symlink_to(Path(competition_dir).resolve(), target_is_directory=True)
+    (input_root / COMPETITION_SLUG).symlink_to(Path(competition_dir).resolve(), target_is_directory=True)
     return input_root
 
 

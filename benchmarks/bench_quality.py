@@ -38,6 +38,7 @@ import shlex
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, NamedTuple, Sequence
 
@@ -45,7 +46,9 @@ import numpy as np
 import pandas as pd
 
 from benchmarks import run_cli
-from kit import data, infer, metrics, models, postprocess, rle, tune
+from kit import data, metrics, models, postprocess, rle, tune
+from kit.ensemble import load_ensemble
+from kit.image_sets import annotated_images
 from kit.files import write_text_atomic
 from kit.variants import RECIPE, VARIANTS
 
@@ -60,6 +63,29 @@ class Entry(NamedTuple):
     name: str  # also its folder below --out
     variant: str | None  # None: a peer
     train_args: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class QualityConfig:
+    """One benchmark run as the command line asks for it (``quality_config``); the helpers take this."""
+
+    data: Path
+    out: Path
+    budget: int  # training minutes per entry
+    variants: tuple[str, ...]
+    peer: tuple[str, ...]
+    lever: tuple[tuple[str, tuple[str, ...]], ...]  # (entry name, extra kit.train arguments)
+    lever_base: str
+    parallel: bool
+    cores: tuple[int, ...] | None
+    crop: str | None
+    tune: tuple[str, ...] | None  # None: no tuned rows; empty: every flow entry
+    tta: tuple[str, ...] | None  # None: no TTA rows; empty: every kit entry
+    boundary_lut: Path | None
+    device: str
+    table_only: bool
+    max_val_images: int | None
+    train_args: tuple[str, ...]
 
 
 class Validation(NamedTuple):
@@ -106,26 +132,38 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> str:
     """Train what is missing, score every entry, print and write the table; returns it."""
-    entries = plan_entries(args)
-    if args.boundary_lut is not None:
-        postprocess.load_boundary_lut(args.boundary_lut)  # a missing or bad table fails before any training
-    if not args.table_only:
-        train_entries(entries, args)
-    validation = validation_set(args.data, args.max_val_images)
+    config = quality_config(args)
+    entries = plan_entries(config)
+    if config.boundary_lut is not None:
+        postprocess.load_boundary_lut(config.boundary_lut)  # a missing or bad table fails before any training
+    if not config.table_only:
+        train_entries(entries, config)
+    validation = validation_set(config.data, config.max_val_images)
     rows = []
     for entry in entries:
-        rows += scored_rows(entry, args, validation)
-    table = format_table(rows, args.budget)
-    write_text_atomic(args.out / "quality.md", table + "\n")
+        rows += scored_rows(entry, config, validation)
+    table = format_table(rows, config.budget)
+    write_text_atomic(config.out / "quality.md", table + "\n")
     print(table)
     return table
 
 
-def plan_entries(args: argparse.Namespace) -> list[Entry]:
+def quality_config(args: argparse.Namespace) -> QualityConfig:
+    """The frozen settings of a run from the parsed command line."""
+    return QualityConfig(data=args.data, out=args.out, budget=args.budget, variants=tuple(args.variants),
+                         peer=tuple(args.peer), lever=tuple(args.lever), lever_base=args.lever_base,
+                         parallel=args.parallel, cores=None if args.cores is None else tuple(args.cores),
+                         crop=args.crop, tune=None if args.tune is None else tuple(args.tune),
+                         tta=None if args.tta is None else tuple(args.tta), boundary_lut=args.boundary_lut,
+                         device=args.device, table_only=args.table_only, max_val_images=args.max_val_images,
+                         train_args=tuple(args.train_args))
+
+
+def plan_entries(config: QualityConfig) -> list[Entry]:
     """The variants, then the levers, then the peers; a clear error for a clash or an empty plan."""
-    entries = [Entry(name, name) for name in args.variants]
-    entries += [Entry(name, args.lever_base, extra) for name, extra in args.lever]
-    entries += [Entry(name, None) for name in args.peer]
+    entries = [Entry(name, name) for name in config.variants]
+    entries += [Entry(name, config.lever_base, extra) for name, extra in config.lever]
+    entries += [Entry(name, None) for name in config.peer]
     if not entries:
         raise ValueError("nothing to measure: name --variants, --lever and/or --peer")
     names = [entry.name for entry in entries]
@@ -134,19 +172,19 @@ def plan_entries(args: argparse.Namespace) -> list[Entry]:
         raise ValueError(f"entry name(s) {', '.join(clashes)} given twice: each entry needs its own folder; "
                          "rename the lever")
     for option in ("tune", "tta"):
-        unknown = sorted(set(getattr(args, option) or ()) - set(names))
+        unknown = sorted(set(getattr(config, option) or ()) - set(names))
         if unknown:
             raise ValueError(f"--{option} {' '.join(unknown)}: not an entry of this run ({', '.join(names)})")
     return entries
 
 
-def train_entries(entries: Sequence[Entry], args: argparse.Namespace) -> None:
+def train_entries(entries: Sequence[Entry], config: QualityConfig) -> None:
     """Start every entry whose outputs are missing and wait for all. With ``--parallel`` one per
     core, pinned, one thread each, and a freed core takes the next entry; else one after another."""
-    cores = (args.cores or list(range(os.cpu_count()))) if args.parallel else [None]
+    cores = (config.cores or list(range(os.cpu_count()))) if config.parallel else [None]
     waiting = []
     for entry in entries:
-        folder = args.out / entry.name
+        folder = config.out / entry.name
         if _finished(entry, folder):
             print(f"{entry.name}: already trained in {folder}")
         else:
@@ -154,7 +192,7 @@ def train_entries(entries: Sequence[Entry], args: argparse.Namespace) -> None:
     running: dict[int, tuple] = {}  # slot (an index into cores) -> its entry's process
     while waiting or running:
         for slot in [k for k in range(len(cores)) if k not in running][: len(waiting)]:
-            running[slot] = _start(waiting.pop(0), args, cores[slot])
+            running[slot] = _start(waiting.pop(0), config, cores[slot])
         finished = [slot for slot, item in running.items() if item[1].poll() is not None]
         for slot in finished:
             _wait(*running.pop(slot))
@@ -164,29 +202,29 @@ def train_entries(entries: Sequence[Entry], args: argparse.Namespace) -> None:
 
 def validation_set(data_dir: Path, max_images: int | None) -> Validation:
     """The kit's validation split (its first ``max_images``), read once for every entry."""
-    return Validation(*tune.annotated_images(data_dir, "val", max_images))
+    return Validation(*annotated_images(data_dir, "val", max_images))
 
 
-def scored_rows(entry: Entry, args: argparse.Namespace, validation: Validation) -> list[dict]:
+def scored_rows(entry: Entry, config: QualityConfig, validation: Validation) -> list[dict]:
     """``score_entry``'s rows, kept in ``OUT/NAME/rows.json`` with what they were scored from (the
     weights or masks file's size and time, the rows asked for), so that printing the table again,
     or with entries scored by other processes, costs no prediction; anything changed scores anew."""
-    path = args.out / entry.name / "rows.json"
-    key = _score_key(entry, args)
+    path = config.out / entry.name / "rows.json"
+    key = _score_key(entry, config)
     if path.is_file():
         saved = json.loads(path.read_text())
         if saved.get("key") == key:
             print(f"{entry.name}: scored before, rows read from {path}")
             return saved["rows"]
-    rows = score_entry(entry, args, validation)
+    rows = score_entry(entry, config, validation)
     write_text_atomic(path, json.dumps({"key": key, "rows": rows}, indent=1) + "\n")
     return rows
 
 
-def score_entry(entry: Entry, args: argparse.Namespace, validation: Validation) -> list[dict]:
+def score_entry(entry: Entry, config: QualityConfig, validation: Validation) -> list[dict]:
     """The table rows of one entry: plain, then ``--tune``, ``--boundary-lut`` and ``--tta`` where
     they apply."""
-    folder = args.out / entry.name
+    folder = config.out / entry.name
     paths, truth, types = validation
     if entry.variant is None:
         run = json.loads((folder / "run.json").read_text())
@@ -197,32 +235,32 @@ def score_entry(entry: Entry, args: argparse.Namespace, validation: Validation) 
     weights = folder / f"{entry.variant}.pt"
     history = pd.read_csv(folder / f"{entry.variant}-metrics.csv")
     speed, wall = float(history["images_per_s"].median()), _wall_seconds(folder)
-    device = models.resolve_device(args.device)
-    ensemble = infer.load_ensemble([weights], device)
+    device = models.resolve_device(config.device)
+    ensemble = load_ensemble([weights], device)
 
-    def row(name: str, outputs, config: postprocess.PostprocessConfig, scored_weights: Path) -> dict:
-        labels = _extract(outputs, paths, types, config)
+    def row(name: str, outputs, extraction: postprocess.PostprocessConfig, scored_weights: Path) -> dict:
+        labels = _extract(outputs, paths, types, extraction)
         return _row(name, score_instances(labels, truth, types), speed, wall, scored_weights)
 
     # kit.infer's path, its network run once: the rows below differ only in the extraction.
     outputs = tune.predict_outputs(ensemble, paths, types, device)
-    config = postprocess.PostprocessConfig().with_tuned(ensemble[0].settings.get("postprocess"))
-    name, rows = entry.name, [row(entry.name, outputs, config, weights)]
-    if _tuned_row(entry, args):
+    extraction = postprocess.PostprocessConfig().with_tuned(ensemble[0].settings.postprocess)
+    name, rows = entry.name, [row(entry.name, outputs, extraction, weights)]
+    if _tuned_row(entry, config):
         fit = tune.fit_settings(outputs, truth, types)
         print(fit.report)
         weights, name = folder / f"{entry.variant}-tuned.pt", f"{entry.name} + tuned per-type settings"
         tune.save_tuned(folder / f"{entry.variant}.pt", weights, fit.settings,
                         tune.validation_record(fit, list(paths), "val", tta=False))
-        config = postprocess.PostprocessConfig().with_tuned(fit.settings)
-        rows.append(row(name, outputs, config, weights))
-    if _boundary_row(entry, args):
-        lut = postprocess.load_boundary_lut(args.boundary_lut)
+        extraction = postprocess.PostprocessConfig().with_tuned(fit.settings)
+        rows.append(row(name, outputs, extraction, weights))
+    if _boundary_row(entry, config):
+        lut = postprocess.load_boundary_lut(config.boundary_lut)
         rows.append(row(f"{entry.name} + boundary tuning", outputs,
-                        dataclasses.replace(config, boundary=lut), weights))
-    if _asked(args.tta, entry):
+                        dataclasses.replace(extraction, boundary=lut), weights))
+    if _asked(config.tta, entry):
         flipped = tune.predict_outputs(ensemble, paths, types, device, tta=True)
-        rows.append(row(f"{name} + flip TTA", flipped, config, weights))
+        rows.append(row(f"{name} + flip TTA", flipped, extraction, weights))
     return rows
 
 
@@ -263,25 +301,25 @@ def _lever(text: str) -> tuple[str, tuple[str, ...]]:
     return name.strip(), tuple(shlex.split(extra))
 
 
-def _score_key(entry: Entry, args: argparse.Namespace) -> dict:
+def _score_key(entry: Entry, config: QualityConfig) -> dict:
     """What an entry's rows depend on besides the data: the scored file and the rows asked for that
     apply to it (a boundary table changes only mask variants' rows, --tune only flow variants')."""
-    folder = args.out / entry.name
+    folder = config.out / entry.name
     scored = folder / ("val-labels.npz" if entry.variant is None else f"{entry.variant}.pt")
-    files = [scored] + ([args.boundary_lut] if _boundary_row(entry, args) else [])
+    files = [scored] + ([config.boundary_lut] if _boundary_row(entry, config) else [])
     return {"files": [[os.path.abspath(f), f.stat().st_size, f.stat().st_mtime_ns] for f in files],
-            "tune": _tuned_row(entry, args), "tta": entry.variant is not None and _asked(args.tta, entry),
-            "max_val_images": args.max_val_images, "device": args.device}
+            "tune": _tuned_row(entry, config), "tta": entry.variant is not None and _asked(config.tta, entry),
+            "max_val_images": config.max_val_images, "device": config.device}
 
 
-def _tuned_row(entry: Entry, args: argparse.Namespace) -> bool:
+def _tuned_row(entry: Entry, config: QualityConfig) -> bool:
     """Whether the entry gets a ``kit.tune`` row: flow variants asked for by ``--tune``."""
-    return entry.variant is not None and VARIANTS[entry.variant].target == "flow" and _asked(args.tune, entry)
+    return entry.variant is not None and VARIANTS[entry.variant].target == "flow" and _asked(config.tune, entry)
 
 
-def _boundary_row(entry: Entry, args: argparse.Namespace) -> bool:
+def _boundary_row(entry: Entry, config: QualityConfig) -> bool:
     """Whether the entry gets a boundary-tuning row: mask variants, when ``--boundary-lut`` is given."""
-    return entry.variant is not None and VARIANTS[entry.variant].target == "mask" and args.boundary_lut is not None
+    return entry.variant is not None and VARIANTS[entry.variant].target == "mask" and config.boundary_lut is not None
 
 
 def _asked(names: Sequence[str] | None, entry: Entry) -> bool:
@@ -289,10 +327,10 @@ def _asked(names: Sequence[str] | None, entry: Entry) -> bool:
     return names is not None and (not names or entry.name in names)
 
 
-def _start(entry: Entry, args: argparse.Namespace, core: int | None) -> tuple:
-    folder = args.out / entry.name
+def _start(entry: Entry, config: QualityConfig, core: int | None) -> tuple:
+    folder = config.out / entry.name
     folder.mkdir(parents=True, exist_ok=True)
-    command, env = _command(entry, args, folder), dict(os.environ)
+    command, env = _command(entry, config, folder), dict(os.environ)
     if core is not None:
         command = ["taskset", "-c", str(core), *command]
         env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
@@ -302,14 +340,14 @@ def _start(entry: Entry, args: argparse.Namespace, core: int | None) -> tuple:
     return entry, process, log, time.monotonic()
 
 
-def _command(entry: Entry, args: argparse.Namespace, folder: Path) -> list[str]:
+def _command(entry: Entry, config: QualityConfig, folder: Path) -> list[str]:
     if entry.variant is None:
-        return [sys.executable, "-m", "benchmarks.peer_cellpose", "--data", str(args.data), "--out", str(folder),
-                "--budget", str(args.budget), *(["--threads", "1"] if args.parallel else [])]
-    crop = ["--crop", args.crop] if args.crop and not VARIANTS[entry.variant].crop_size else []
-    return [sys.executable, "-m", "kit.train", "--variant", entry.variant, "--data", str(args.data),
-            "--out", str(folder), "--time-limit", f"{args.budget // 60}:{args.budget % 60:02d}",
-            "--device", args.device, *crop, *args.train_args, *entry.train_args]
+        return [sys.executable, "-m", "benchmarks.peer_cellpose", "--data", str(config.data), "--out", str(folder),
+                "--budget", str(config.budget), *(["--threads", "1"] if config.parallel else [])]
+    crop = ["--crop", config.crop] if config.crop and not VARIANTS[entry.variant].crop_size else []
+    return [sys.executable, "-m", "kit.train", "--variant", entry.variant, "--data", str(config.data),
+            "--out", str(folder), "--time-limit", f"{config.budget // 60}:{config.budget % 60:02d}",
+            "--device", config.device, *crop, *config.train_args, *entry.train_args]
 
 
 def _finished(entry: Entry, folder: Path) -> bool:
@@ -335,10 +373,10 @@ def _wall_seconds(folder: Path) -> float:
 
 
 def _extract(outputs: Mapping[str, tuple], paths: Mapping[str, Path], types: Mapping[str, str],
-             config: postprocess.PostprocessConfig) -> dict[str, np.ndarray]:
+             extraction: postprocess.PostprocessConfig) -> dict[str, np.ndarray]:
     """Instances from saved network outputs by ``kit.infer``'s extraction (``output_to_labels``)."""
     return {image_id: postprocess.output_to_labels(prob, flow, data.load_image(paths[image_id]), types[image_id],
-                                                   config) for image_id, (prob, flow) in outputs.items()}
+                                                   extraction) for image_id, (prob, flow) in outputs.items()}
 
 
 def _union(annotations: Sequence[str], shape) -> np.ndarray:

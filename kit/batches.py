@@ -24,7 +24,9 @@ import torch
 import torch.nn.functional as F
 
 from kit import data, flows, models, rle
+from kit.competition import IMAGE_SHAPE
 from kit.files import atomic_output
+from kit.rescale import CENTRED, resample
 from kit.variants import Variant
 
 # Augmentation ranges (hot-drop-unet); the paper names "random affine" without its ranges.
@@ -32,7 +34,6 @@ MAX_ROTATION_DEG = 20.0
 SCALE_RANGE = (0.9, 1.1)
 MAX_TRANSLATE = 0.05  # fraction of the image side
 FLOW_SCALE_JITTER = (0.75, 1.25)  # flow augmentation: Cellpose's random zoom around the common diameter
-_CENTRED = torch.full((1, 2), 0.5)  # crop corners of validation: the centre
 
 
 @dataclass
@@ -42,7 +43,7 @@ class TrainData:
     ``images``: uint8[N, H, W]; ``targets``: uint8[N, 1, H, W] union masks, or float16[N, 3, H, W]
     (dy, dx, cell mask) for the flow target; ``annotations``: each image's original RLEs;
     ``scales``: float32[N] resampling factor of each image (1 at native scale, see
-    ``type_scales``); ``labels``: int32[N, H, W] instances, kept only where validation crops
+    ``kit.rescale.type_scales``); ``labels``: int32[N, H, W] instances, kept only where validation crops
     rescaled images (their truth is cut from them).
     """
 
@@ -88,16 +89,10 @@ class TrainData:
         truth = []
         for i in range(len(self)):
             labels = resample(self.labels[i:i + 1, None].float(), self.scales[i:i + 1], crop,
-                              _CENTRED, "nearest")
+                              CENTRED, "nearest")
             labels = labels[0, 0].round().to(torch.int32).cpu().numpy()
             truth.append([run for run in rle.encode_labels(labels) if run])
         return truth
-
-
-def type_scales(diameters: Mapping[str, float], cell_diameter: float) -> dict[str, float]:
-    """``{cell type: resampling factor}`` that brings each type's median diameter to ``cell_diameter``
-    (1.0 everywhere when ``cell_diameter`` is 0)."""
-    return {t: (cell_diameter / d if cell_diameter > 0 else 1.0) for t, d in sorted(diameters.items())}
 
 
 def load_split(layout: data.CompetitionLayout, ids: Sequence[str], variant: Variant, device: torch.device,
@@ -106,7 +101,7 @@ def load_split(layout: data.CompetitionLayout, ids: Sequence[str], variant: Vari
     """Decode the images and build the targets of ``ids`` once; tensors end up on ``device``.
 
     ``df``: the already read ``train.csv`` (read again when None); ``cache_dir``: see ``flow_target``;
-    ``scales``: ``type_scales`` of the run (native scale when None); ``keep_labels``: keep the
+    ``scales``: ``kit.rescale.type_scales`` of the run (native scale when None); ``keep_labels``: keep the
     label images (a validation split whose crops are rescaled).
     """
     return split_from_samples(data.load_samples(layout, ids, df), variant, device, cache_dir, scales, keep_labels)
@@ -192,7 +187,7 @@ def resample_batch(split: TrainData, index: torch.Tensor, crop: tuple[int, int] 
     on_device = index.to(device)
     scales = split.scales[on_device] if split.scales is not None else torch.ones(len(index), device=device)
     flips = torch.zeros(len(index), 2, dtype=torch.bool)
-    corners = torch.rand(len(index), 2, generator=generator) if generator is not None else _CENTRED
+    corners = torch.rand(len(index), 2, generator=generator) if generator is not None else CENTRED
     if augment:
         u = torch.rand(len(index), 3, generator=generator)
         low, high = FLOW_SCALE_JITTER
@@ -206,37 +201,6 @@ def resample_batch(split: TrainData, index: torch.Tensor, crop: tuple[int, int] 
         targets[:, 1] *= sign[:, 1, None, None]
     targets[:, -1] = (targets[:, -1] > 0.5).float()
     return images[:, 0].round().clamp(0, 255).to(torch.uint8), targets
-
-
-def resample(batch: torch.Tensor, scales: torch.Tensor, crop: tuple[int, int] | None,
-             corners: torch.Tensor | None = None, mode: str = "bilinear",
-             flips: torch.Tensor | None = None) -> torch.Tensor:
-    """float[B, C, h, w]: each item of float[B, C, H, W] magnified ``scales[b]`` times, then cut to
-    ``crop`` (the whole rescaled image when None, which needs one scale for the batch), flipped
-    along (y, x) where ``flips`` (bool[B, 2]).
-
-    ``corners``: float[B or 1, 2] in [0, 1], where along the free room of each axis the crop
-    starts (None or 0.5: centred). A crop that reaches past the image is centred and filled by reflection.
-    ``mode``: "bilinear" or "nearest".
-    """
-    n, _, height, width = batch.shape
-    if crop is None:
-        if bool((scales != scales[0]).any()):
-            raise ValueError("whole rescaled images of different scales cannot form one batch; pass a crop")
-        crop = (round(height * float(scales[0])), round(width * float(scales[0])))
-    u = (_CENTRED if corners is None else corners).expand(n, 2)
-    flips = torch.zeros(n, 2, dtype=torch.bool) if flips is None else flips
-    scales = scales.float().cpu()
-    theta = torch.zeros(n, 2, 3)
-    for axis, (out_size, in_size) in enumerate(zip(crop, (height, width))):
-        span = out_size / scales  # input pixels the crop covers along this axis
-        start = u[:, axis] * (in_size - span).clamp(min=0) + (in_size - span).clamp(max=0) / 2
-        sign = torch.where(flips[:, axis], -1.0, 1.0)
-        row = 1 - axis  # affine_grid's theta rows are (x, y)
-        theta[:, row, row] = sign * span / in_size
-        theta[:, row, 2] = (2 * start + span) / in_size - 1
-    grid = F.affine_grid(theta.to(batch.device), [n, 1, *crop], align_corners=False)
-    return F.grid_sample(batch, grid, mode=mode, padding_mode="reflection", align_corners=False)
 
 
 def augment_batch(x: torch.Tensor, target: torch.Tensor,
@@ -316,7 +280,7 @@ def _crop(batch: torch.Tensor, tops: Sequence[int], lefts: Sequence[int], crop: 
 
 
 def _crop_annotations(annotations: Sequence[str], crop: tuple[int, int],
-                      shape: tuple[int, int] = rle.IMAGE_SHAPE) -> list[str]:
+                      shape: tuple[int, int] = IMAGE_SHAPE) -> list[str]:
     """The centre crop of the RLEs of ``shape`` images, re-encoded at the crop's size (empty ones dropped)."""
     (top,), (left,) = _crop_offsets(shape, crop, 1, None)
     cropped = (rle.decode(a, shape)[top: top + crop[0], left: left + crop[1]] for a in annotations)

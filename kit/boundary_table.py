@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import types
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -23,10 +24,25 @@ from kit import data
 from kit.files import OutputError, check_writable_dir
 from kit.postprocess import (BAND_RADIUS, BoundaryLUT, boundary_band, quantised_features,
                              save_boundary_lut)
+from kit.progress import module_logger, show_progress
+
+logger = module_logger(__name__)
 
 PIXELS_PER_IMAGE = 50  # boundary pixels sampled per training image (the paper's 200 x 50)
 MAX_IMAGES = 200
 CLASSIFIERS = ("svm", "naive-bayes")
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """One ``fit`` as the command line asks for it, built once by ``fit_config``."""
+
+    out: Path
+    data: Path | None = None
+    split: str = "train"  # "train" (the training split) or "all"
+    max_images: int = MAX_IMAGES
+    pixels_per_image: int = PIXELS_PER_IMAGE
+    seed: int = 0
 
 
 def sample_boundary_pixels(samples: Sequence[data.Sample], pixels_per_image: int = PIXELS_PER_IMAGE,
@@ -119,30 +135,39 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> BoundaryLUT:
     """Fit and save the table; bad input ends the run with ``kit.boundary_table: error: ...``."""
+    show_progress()
     try:
-        check_writable_dir(Path(args.out).parent, "--out")  # before the fit, not after it
-        return fit_from_folder(args)
+        config = fit_config(args)
+        check_writable_dir(config.out.parent, "--out")  # before the fit, not after it
+        return fit_from_folder(config)
     except (FileNotFoundError, ValueError, OutputError) as err:
         raise SystemExit(f"kit.boundary_table: error: {err}") from None
 
 
-def fit_from_folder(args: argparse.Namespace) -> BoundaryLUT:
+def fit_config(args: argparse.Namespace) -> FitConfig:
+    """The frozen settings of a ``fit`` from the parsed command line."""
+    return FitConfig(out=Path(args.out), data=None if args.data is None else Path(args.data), split=args.split,
+                     max_images=args.max_images, pixels_per_image=args.pixels_per_image, seed=args.seed)
+
+
+def fit_from_folder(config: FitConfig) -> BoundaryLUT:
     """Sample boundary pixels of the chosen annotated images, fit, report, save."""
-    layout = data.find_competition(args.data, need_test=False)
+    layout = data.find_competition(config.data, need_test=False)
     df = data.read_train_csv(layout.train_csv)
     images = data.image_table(df)
-    ids = data.split_train_val(images)[0] if args.split == "train" else sorted(images["id"])
-    if len(ids) > args.max_images:
-        ids = sorted(np.random.default_rng(args.seed).choice(ids, size=args.max_images, replace=False))
-    features, inside = sample_boundary_pixels(data.load_samples(layout, ids, df), args.pixels_per_image,
-                                              seed=args.seed)
-    print(f"boundary pixels: {len(inside)} from {len(ids)} images ({args.split} split), "
-          f"{inside.mean():.1%} inside cells")
-    lut = fit_boundary_lut(features, inside, seed=args.seed)
+    ids = data.split_train_val(images)[0] if config.split == "train" else sorted(images["id"])
+    if len(ids) > config.max_images:
+        ids = sorted(np.random.default_rng(config.seed).choice(ids, size=config.max_images, replace=False))
+    features, inside = sample_boundary_pixels(data.load_samples(layout, ids, df), config.pixels_per_image,
+                                              seed=config.seed)
+    logger.info(f"boundary pixels: {len(inside)} from {len(ids)} images ({config.split} split), "
+                f"{inside.mean():.1%} inside cells")
+    lut = fit_boundary_lut(features, inside, seed=config.seed)
     for name, acc in lut.accuracies.items():
-        print(f"  {name:12s} accuracy over {len(acc)} random 80/20 splits: {acc.mean():.4f} +- {acc.std():.4f}")
-    save_boundary_lut(args.out, lut)
-    print(f"chose {lut.classifier}; wrote {args.out}")
+        logger.info(f"  {name:12s} accuracy over {len(acc)} random 80/20 splits: {acc.mean():.4f} "
+                    f"+- {acc.std():.4f}")
+    save_boundary_lut(config.out, lut)
+    logger.info(f"chose {lut.classifier}; wrote {config.out}")
     return lut
 
 

@@ -23,6 +23,9 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from kit import competition, files, variants
+from kit.progress import module_logger, show_progress
+
+logger = module_logger(__name__)
 
 SLUG_PREFIX = "sartorius-kit"
 INFERENCE_SLUG = f"{SLUG_PREFIX}-infer"
@@ -145,9 +148,9 @@ def _remove_stale_kernels(out: Path, built: Sequence[Path]) -> None:
             for path in ours:
                 path.unlink(missing_ok=True)
             folder.rmdir()
-            print(f"removed {folder}: a kernel of an earlier build, not part of this one")
+            logger.info(f"removed {folder}: a kernel of an earlier build, not part of this one")
         else:
-            print(f"left {folder}: a kernel of an earlier build, but it holds other files too; delete it by hand")
+            logger.info(f"left {folder}: a kernel of an earlier build, but it holds other files too; delete it by hand")
 
 
 def resolve_username(user: str | None = None) -> str:
@@ -205,7 +208,7 @@ def parse_variant_groups(tokens: Iterable[str]) -> list[tuple[str, ...]]:
     return groups
 
 
-def parse_time_limit(text: str) -> int:
+def parse_kernel_time_limit(text: str) -> int:
     """``"H:MM"`` -> seconds; at most 12:00, a Kaggle session's maximum."""
     return _check_session_seconds(competition.parse_time_limit(text), text)
 
@@ -384,10 +387,11 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> list[Path]:
+    show_progress()
     try:
         groups = parse_variant_groups(args.variants)
         folders = build_kernels(resolve_username(args.user), groups, args.out,
-                                machine_shape=args.machine_shape, time_limit_s=parse_time_limit(args.time_limit),
+                                machine_shape=args.machine_shape, time_limit_s=parse_kernel_time_limit(args.time_limit),
                                 use_all_gpus=not args.one_gpu, infer=args.infer, tta=args.tta,
                                 stages=KernelStages(args.pretrain, args.pretrain_epochs, args.pretrain_max_images,
                                                     args.pseudo_round, args.min_confidence))

@@ -22,7 +22,11 @@ import numpy as np
 import pandas as pd
 
 from kit import data
+from kit.competition import CELL_TYPES
 from kit.files import atomic_output
+from kit.progress import module_logger, show_progress
+
+logger = module_logger(__name__)
 
 FILE_NAME = "cell-types.npz"  # beside the weights, where kit.infer looks for it by default
 FORMAT = "kit-cell-types-v1"
@@ -158,8 +162,8 @@ def _classifier_problem(fields: dict[str, np.ndarray]) -> str | None:
     n_features = len(_SPECTRUM_BANDS) - 1 + 3
     if not np.array_equal(fields["spectrum_bands"], _SPECTRUM_BANDS):
         return "it was fitted on other image features than this kit computes"
-    if classes.ndim != 1 or classes.dtype.kind != "U" or not set(classes.tolist()) <= set(data.CELL_TYPES):
-        return f"classes {classes.tolist()} are not cell types of {', '.join(data.CELL_TYPES)}"
+    if classes.ndim != 1 or classes.dtype.kind != "U" or not set(classes.tolist()) <= set(CELL_TYPES):
+        return f"classes {classes.tolist()} are not cell types of {', '.join(CELL_TYPES)}"
     shapes = [mean.shape, scale.shape, coef.shape, intercept.shape]
     if shapes != [(n_features,), (n_features,), (len(classes), n_features), (len(classes),)]:
         return f"array shapes {shapes} do not fit {len(classes)} classes of {n_features} features"
@@ -183,6 +187,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> Path:
     """Fit and save the classifier; bad input ends the run with ``kit.cell_type_classifier: error: ...``."""
+    show_progress()
     try:
         return fit_and_save(args.data, args.out, args.seed)
     except (FileNotFoundError, ValueError) as err:
@@ -194,8 +199,8 @@ def fit_and_save(data_root: str | Path | None, out: str | Path, seed: int = 0) -
     layout = data.find_competition(data_root, need_test=False)
     classifier = fit_classifier(layout, data.read_train_csv(layout.train_csv), seed)
     save_classifier(out, classifier)
-    print(f"cell-type classifier ({', '.join(classifier.classes)}) fitted on the training images of "
-          f"{layout.root}; wrote {out}")
+    logger.info(f"cell-type classifier ({', '.join(classifier.classes)}) fitted on the training images of "
+                f"{layout.root}; wrote {out}")
     return Path(out)
 
 

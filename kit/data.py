@@ -14,11 +14,11 @@ import numpy as np
 import pandas as pd
 
 from kit import paths, rle
-from kit.competition import CELL_TYPES, IMAGE_SHAPE  # CELL_TYPES re-exported: callers use kit.data.CELL_TYPES
+from kit.competition import CELL_TYPES, COMPETITION_SLUG, IMAGE_SHAPE
 
 REQUIRED_COLUMNS = ("id", "annotation", "width", "height", "cell_type")
 _SEARCH_DEPTH = 4  # Kaggle has mounted competition data at /kaggle/input/<slug>[/<...>]
-_DOWNLOAD_HINT = f"download it with `kaggle competitions download -c {paths.COMPETITION_SLUG}` and unzip it"
+_DOWNLOAD_HINT = f"download it with `kaggle competitions download -c {COMPETITION_SLUG}` and unzip it"
 
 
 @dataclass(frozen=True)

@@ -15,26 +15,52 @@ annotated type is used; test images get the type predicted by the classifier of
 ``kit.cell_type_classifier``, loaded from ``--cell-type-model`` (default: ``cell-types.npz`` beside
 the first weights file, where the training kernel leaves it). Without such a file it is refitted on
 the training images of the same data folder at start-up, and a printed line says so.
+
+The ensemble and its prediction are ``kit.ensemble``'s, the images and their cell types
+``kit.image_sets``'', both shared with ``kit.tune``.
 """
 from __future__ import annotations
 
 import argparse
-import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from types import MappingProxyType
-from typing import Mapping, NamedTuple, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 
-from kit import batches, cell_type_classifier, data, flows, metrics, models, paths, postprocess, rle, submission
+from kit import cell_type_classifier, data, flows, metrics, models, paths, postprocess, rle, submission
+from kit.ensemble import Member, best_validated, load_ensemble, predict
 from kit.files import OutputError, check_writable_dir, exit_on_sigterm, remove_stale_temporaries
-from kit.variants import Variant
+from kit.image_sets import select_images
+from kit.progress import module_logger, show_progress
+
+logger = module_logger(__name__)
 
 DEFAULT_BATCH_SIZE = 4
+
+
+@dataclass(frozen=True)
+class InferConfig:
+    """One inference run as the command line asks for it, built once by ``infer_config``; ``run``
+    and everything below it take this, never the argparse Namespace."""
+
+    weights: tuple[Path, ...]
+    out: Path
+    data: Path | None = None
+    split: str = "test"  # "test", "train" or "val"
+    ids: tuple[str, ...] | None = None
+    tta: bool = False
+    select_best: bool = False
+    batch_size: int = DEFAULT_BATCH_SIZE
+    device: str | None = None
+    evaluate: bool = False
+    boundary_lut: Path | None = None
+    cell_type_model: Path | None = None
+    flow_threshold: float | None = None
+    allow_empty: bool = False
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -70,77 +96,58 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> Path:
     """Write the submission; bad input ends the run with ``kit.infer: error: ...`` naming the culprit."""
+    show_progress()
     try:
-        return run(args)
+        return run(infer_config(args))
     except (FileNotFoundError, ValueError, OutputError) as err:  # SubmissionError is a ValueError
         raise SystemExit(f"kit.infer: error: {err}") from None
 
 
-def run(args: argparse.Namespace) -> Path:
-    """Predict the selected images, write and validate the submission, optionally score it."""
-    started = time.perf_counter()
+def infer_config(args: argparse.Namespace) -> InferConfig:
+    """The frozen settings of a run from the parsed command line; contradictory ones are an error."""
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.evaluate and args.split == "test":
         raise ValueError("--evaluate needs annotated images: add --split train or --split val")
-    device = models.resolve_device(args.device)
-    out = Path(args.out) if args.out else paths.working_dir() / "submission.csv"
+    return InferConfig(weights=tuple(Path(w) for w in args.weights), out=_path_or_none(args.out),
+                       data=_path_or_none(args.data), split=args.split,
+                       ids=None if args.ids is None else tuple(args.ids), tta=args.tta, select_best=args.select_best,
+                       batch_size=args.batch_size, device=args.device, evaluate=args.evaluate,
+                       boundary_lut=_path_or_none(args.boundary_lut),
+                       cell_type_model=_path_or_none(args.cell_type_model),
+                       flow_threshold=args.flow_threshold, allow_empty=args.allow_empty)
+
+
+def run(config: InferConfig) -> Path:
+    """Predict the selected images, write and validate the submission, optionally score it."""
+    started = time.perf_counter()
+    device = models.resolve_device(config.device)
+    out = config.out or paths.working_dir() / "submission.csv"
     check_writable_dir(out.parent)  # before the predictions, not after them
     for path in remove_stale_temporaries(out.parent, [out.name]):
-        print(f"removed {path}: a partial file left by a write that was killed")
-    ensemble = load_ensemble(args.weights, device)  # first: a bad weights file fails fast
-    if args.select_best:
+        logger.info(f"removed {path}: a partial file left by a write that was killed")
+    ensemble = load_ensemble(config.weights, device)  # first: a bad weights file fails fast
+    if config.select_best:
         ensemble = [best_validated(ensemble)]
-    classifier = load_cell_type_model(args.cell_type_model, ensemble[0].path)
-    layout = data.find_competition(args.data, need_train=True, need_test=args.split == "test")
+    classifier = load_cell_type_model(config.cell_type_model, ensemble[0].path)
+    layout = data.find_competition(config.data, need_train=True, need_test=config.split == "test")
     train_df = data.read_train_csv(layout.train_csv)
-    image_paths, cell_types = select_images(layout, train_df, args.split, args.ids, classifier)
-    config = postprocess.PostprocessConfig(
-        boundary=postprocess.load_boundary_lut(args.boundary_lut) if args.boundary_lut else None,
-    ).with_tuned(ensemble[0].settings.get("postprocess"))
-    print(f"{len(image_paths)} images ({args.split}), {len(ensemble)} weights file(s) of target "
-          f"{ensemble[0][1].target!r}, device {device}, tta {'on' if args.tta else 'off'}")
-    predictions = predict_labels(ensemble, image_paths, cell_types, device, args.batch_size, args.tta,
-                                 config, args.flow_threshold)
+    image_paths, cell_types = select_images(layout, train_df, config.split, config.ids, classifier)
+    postprocess_config = postprocess.PostprocessConfig(
+        boundary=postprocess.load_boundary_lut(config.boundary_lut) if config.boundary_lut else None,
+    ).with_tuned(ensemble[0].settings.postprocess)
+    logger.info(f"{len(image_paths)} images ({config.split}), {len(ensemble)} weights file(s) of target "
+                f"{ensemble[0].variant.target!r}, device {device}, tta {'on' if config.tta else 'off'}")
+    predictions = predict_labels(ensemble, image_paths, cell_types, device, config.batch_size, config.tta,
+                                 postprocess_config, config.flow_threshold)
     n_cells = sum(int(labels.max()) for labels in predictions.values())
     if n_cells == 0:
-        _check_empty(out, len(predictions), args.allow_empty)
+        _check_empty(out, len(predictions), config.allow_empty)
     submission.write_submission(predictions, out, expected_ids=list(image_paths))
-    print(f"wrote {out}: {n_cells} cells in {len(predictions)} images ({time.perf_counter() - started:.1f} s)")
-    if args.evaluate:
+    logger.info(f"wrote {out}: {n_cells} cells in {len(predictions)} images ({time.perf_counter() - started:.1f} s)")
+    if config.evaluate:
         report_score(train_df, out, cell_types)
     return out
-
-
-def select_images(layout: data.CompetitionLayout, train_df: pd.DataFrame, split: str,
-                  ids: Sequence[str] | None, classifier: cell_type_classifier.CellTypeClassifier | None = None
-                  ) -> tuple[dict[str, Path], dict[str, str]]:
-    """``({id: image path}, {id: cell type})`` of the images to predict, sorted by id.
-
-    Annotated images keep their annotated type; test images get the one ``classifier`` predicts
-    (None: a classifier refitted on the training images of ``layout``).
-    """
-    table = data.image_table(train_df)
-    known = dict(zip(table["id"], table["cell_type"]))
-    if split == "test":
-        found = data.test_image_paths(layout)
-    else:
-        chosen = sorted(table["id"]) if split == "train" else data.split_train_val(table)[1]
-        found = {image_id: layout.train_dir / f"{image_id}.png" for image_id in chosen}
-    if ids is not None:
-        unknown = sorted(set(ids) - set(found))
-        if unknown:
-            raise ValueError(f"--ids {unknown[:5]} are not {split} images of {layout.root}")
-        found = {image_id: found[image_id] for image_id in sorted(set(ids))}
-    unlabelled = [image_id for image_id in found if image_id not in known]
-    if unlabelled and classifier is None:
-        print(f"no cell-type classifier file: fitting one on the training images of {layout.root}")
-        classifier = cell_type_classifier.fit_classifier(layout, train_df)
-    predicted = classifier.predict_images([found[i] for i in unlabelled]) if unlabelled else []
-    cell_types = {**{i: known[i] for i in found if i in known}, **dict(zip(unlabelled, predicted))}
-    for image_id, cell_type in zip(unlabelled, predicted):
-        print(f"  {image_id}: predicted cell type {cell_type}")
-    return found, {image_id: cell_types[image_id] for image_id in found}
 
 
 def load_cell_type_model(path: str | Path | None, first_weights: str | Path
@@ -152,55 +159,11 @@ def load_cell_type_model(path: str | Path | None, first_weights: str | Path
             return None
         path = beside
     classifier = cell_type_classifier.load_classifier(path)
-    print(f"cell types from the classifier in {path}")
+    logger.info(f"cell types from the classifier in {path}")
     return classifier
 
 
-class Member(NamedTuple):
-    """One weights file of an ensemble: the model in eval mode on the device, its variant, its path,
-    and the checkpoint's inference settings (per-type ``scales``, tuned ``postprocess`` settings)."""
-
-    model: torch.nn.Module
-    variant: Variant
-    path: Path
-    settings: Mapping = MappingProxyType({})
-
-
-def load_ensemble(weights: Sequence[str | Path], device: torch.device) -> list[Member]:
-    """One ``Member`` per file; every file must hold the same target type."""
-    ensemble = []
-    for path in weights:
-        model, variant, checkpoint = models.load_checkpoint(path, map_location=device)
-        ensemble.append(Member(model, variant, Path(path), checkpoint.get("inference", {})))
-    targets = {member.variant.target for member in ensemble}
-    if len(targets) > 1:
-        listed = ", ".join(f"{m.path.name} ({m.variant.name}: {m.variant.target})" for m in ensemble)
-        raise ValueError(f"weights of different target types cannot be averaged: {listed}; "
-                         "pass only mask variants or only flow variants")
-    return ensemble
-
-
-def best_validated(ensemble: Sequence[Member]) -> Member:
-    """The member whose ``kit.tune`` validation score (``settings["validation"]["type_mean"]``) is
-    highest; every member must carry one, fitted on the same images, or scores cannot be compared."""
-    unscored = [str(m.path) for m in ensemble if "validation" not in m.settings]
-    if unscored:
-        raise ValueError(f"--select-best: {unscored[0]} carries no validation score; run "
-                         f"`python -m kit.tune --data DIR --weights {unscored[0]}` on it first")
-    records = [m.settings["validation"] for m in ensemble]
-    if len({r["image_ids_sha256"] for r in records}) > 1:
-        listed = ", ".join(f"{m.path} ({r['images']} {r['split']} images)" for m, r in zip(ensemble, records))
-        raise ValueError(f"--select-best: {listed} were tuned on different images, so their scores cannot be "
-                         "compared; run kit.tune on each with the same --data and --split")
-    best = max(ensemble, key=lambda m: m.settings["validation"]["type_mean"])
-    for member, record in zip(ensemble, records):
-        chosen = "  <- used" if member is best else ""
-        print(f"  {member.path}: validation type mean {record['type_mean']:.4f} over {record['images']} "
-              f"{record['split']} images{' (flip TTA)' if record['tta'] else ''}{chosen}")
-    return best
-
-
-def predict_labels(ensemble, image_paths: Mapping[str, Path], cell_types: Mapping[str, str],
+def predict_labels(ensemble: Sequence[Member], image_paths: Mapping[str, Path], cell_types: Mapping[str, str],
                    device: torch.device, batch_size: int = DEFAULT_BATCH_SIZE, tta: bool = False,
                    config: postprocess.PostprocessConfig = postprocess.PostprocessConfig(),
                    flow_threshold: float | None = None) -> dict[str, np.ndarray]:
@@ -219,37 +182,18 @@ def predict_labels(ensemble, image_paths: Mapping[str, Path], cell_types: Mappin
     return results
 
 
-@torch.inference_mode()
-def predict(ensemble, images: np.ndarray, cell_types: Sequence[str], device: torch.device,
-            tta: bool = False, ids: Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray | None]:
-    """Ensemble (and flip) average: (prob float32[B, H, W], flows float32[B, 2, H, W] (dy, dx) or None).
-
-    ``images``: uint8[B, H, W]. A non-finite model output raises an error naming the image and the
-    weights file.
-    """
-    ids = list(ids) if ids is not None else [f"#{k}" for k in range(len(images))]
-    batch = torch.from_numpy(np.ascontiguousarray(images)).to(device)
-    flips = [(), (-1,), (-2,), (-2, -1)] if tta else [()]
-    prob_sum, flow_sum = 0.0, None
-    for member in (Member(*m) for m in ensemble):  # plain (model, variant, path) tuples too
-        for dims in flips:
-            prob, flow = _member_output(member, batch, cell_types, dims, device)
-            _check_finite(prob, flow, ids, member.path)
-            prob_sum = prob_sum + prob
-            if flow is not None:
-                flow_sum = flow if flow_sum is None else flow_sum + flow
-    n = len(ensemble) * len(flips)
-    prob = (prob_sum / n).cpu().numpy()  # float32: decode_output returns float
-    return prob, None if flow_sum is None else (flow_sum / n).cpu().numpy()
-
-
 def report_score(train_df: pd.DataFrame, submission_path: Path, cell_types: Mapping[str, str]) -> metrics.ScoreReport:
-    """Print the leaderboard-style score of ``submission_path`` on its (annotated) images."""
+    """Log the leaderboard-style score of ``submission_path`` on its (annotated) images."""
     solution = train_df.loc[train_df["id"].isin(list(cell_types)), ["id", "annotation"]]
     report = metrics.score_report(solution, submission.read_submission(submission_path), cell_types)
-    print(f"leaderboard score over {len(cell_types)} images: {report.score:.4f}")
-    print(report.per_cell_type.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    logger.info(f"leaderboard score over {len(cell_types)} images: {report.score:.4f}")
+    logger.info(report.per_cell_type.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     return report
+
+
+def _path_or_none(value: str | Path | None) -> Path | None:
+    """A command-line path, None where it is not given (or given empty)."""
+    return Path(value) if value else None
 
 
 def _check_empty(out: Path, n_images: int, allow_empty: bool) -> None:
@@ -262,63 +206,8 @@ def _check_empty(out: Path, n_images: int, allow_empty: bool) -> None:
     if not allow_empty and earlier is not None and earlier["predicted"].map(rle.holds_mask).any():
         raise ValueError(f"no cell predicted in any of the {n_images} images (untrained or broken weights?), "
                          f"and {out} holds cells: it was kept. Pass --allow-empty to replace it anyway")
-    print(f"kit.infer: warning: no cell predicted in any of the {n_images} images (untrained or broken "
-          "weights?); the submission scores 0", file=sys.stderr)
-
-
-def _member_output(member: Member, images: torch.Tensor, cell_types: Sequence[str], dims: tuple[int, ...],
-                   device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """One member's decoded output for uint8[B, H, W] ``images`` at their native size.
-
-    A member trained on rescaled images (``settings["scales"]``) sees each image resampled to its
-    cell type's scale exactly as training cut its crops (``kit.batches.resample``, rounded to
-    uint8); its outputs are resized back bilinearly. Flows are unit vectors, so only their grid
-    changes, not their length.
-    """
-    scales = member.settings.get("scales")
-    if not scales:
-        return _forward(member.model, member.variant, models.model_input(images, cell_types, member.variant),
-                        dims, device)
-    probs, flows_out = [], []
-    for k, cell_type in enumerate(cell_types):
-        scale = torch.tensor([float(scales[cell_type])])
-        image = batches.resample(images[k:k + 1, None].float(), scale, None, mode="bilinear")
-        x = models.model_input(image[:, 0].round().clamp(0, 255).to(torch.uint8), [cell_type], member.variant)
-        prob, flow = _forward(member.model, member.variant, x, dims, device)
-        probs.append(F.interpolate(prob[:, None], size=images.shape[-2:], mode="bilinear", align_corners=False)[:, 0])
-        if flow is not None:
-            flows_out.append(F.interpolate(flow, size=images.shape[-2:], mode="bilinear", align_corners=False))
-    return torch.cat(probs), torch.cat(flows_out) if flows_out else None
-
-
-def _forward(model: torch.nn.Module, variant: Variant, x: torch.Tensor, dims: tuple[int, ...],
-             device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Decoded output for input flipped along ``dims``, flipped back. Un-flipping a flow field
-    also negates the component along each flipped axis (dy for H, dx for W)."""
-    if dims:
-        x = torch.flip(x, dims)
-    amp_dtype = models.gpu_autocast_dtype(device)  # as the trainer ran: bf16 where the GPU has it
-    with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-        output = model(x)
-    prob, flow = models.decode_output(output, variant)
-    if not dims:
-        return prob, flow
-    prob = torch.flip(prob, dims)
-    if flow is not None:
-        flow = torch.flip(flow, dims)  # a new tensor: negating in place is safe
-        for dim in dims:
-            flow[:, 0 if dim == -2 else 1] *= -1
-    return prob, flow
-
-
-def _check_finite(prob: torch.Tensor, flow: torch.Tensor | None, ids: Sequence[str], path: Path) -> None:
-    bad = ~torch.isfinite(prob).flatten(1).all(dim=1)
-    if flow is not None:
-        bad |= ~torch.isfinite(flow).flatten(1).all(dim=1)
-    if bad.any():
-        names = [ids[k] for k in torch.nonzero(bad).flatten().tolist()]
-        raise ValueError(f"weights {path}: the model output holds NaN or infinite values for image(s) "
-                         f"{', '.join(names)}; the weights are broken (retrain, or drop this file)")
+    logger.warning(f"kit.infer: warning: no cell predicted in any of the {n_images} images (untrained or broken "
+                   "weights?); the submission scores 0")
 
 
 if __name__ == "__main__":

@@ -34,7 +34,8 @@ import pandas as pd
 from scipy.optimize import linear_sum_assignment
 
 from kit import rle
-from kit.rle import IMAGE_SHAPE, RunTable
+from kit.competition import IMAGE_SHAPE
+from kit.rle import RunTable
 
 THRESHOLDS = np.round(np.arange(0.5, 1.0, 0.05), 2)  # 0.50, 0.55, ..., 0.95: exact decimals
 _PERCENT = np.round(THRESHOLDS * 100).astype(np.int64)  # integer thresholds for the exact comparison

@@ -3,17 +3,20 @@
 A checkpoint is a plain dict (tensors, numbers, strings, lists, dicts) so that
 ``torch.load(path, weights_only=True)`` reads it: ``format``, ``variant`` (``Variant.to_dict()``),
 ``model`` (state dict), ``epoch``, ``best_score``, ``history`` (the per-epoch metrics rows), ``inference``
-(per-type scales and tuned post-processing settings, possibly empty), ``stages`` (a staged run's
-pretraining / fine-tuning / pseudo-label stages, ``kit.stages``; empty before); a
+(``InferenceSettings.to_dict()``: per-type scales, tuned post-processing settings, possibly empty),
+``stages`` (a staged run's pretraining / fine-tuning / pseudo-label stages, ``kit.stages``; empty
+before); a
 resumable checkpoint adds ``optimizer``, ``scheduler`` and ``scaler`` states. No random state is
 saved: the trainer seeds batch order, crops and augmentation per epoch (only dropout masks differ
 after a resume).
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import pickle
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -21,8 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kit.competition import LIVECELL_CELL_LINES
-from kit.data import CELL_TYPES
+from kit.competition import CELL_TYPES, LIVECELL_CELL_LINES
 from kit.files import atomic_output, no_space_error
 from kit.variants import IMAGE_CHANNELS, Variant
 
@@ -32,9 +34,68 @@ MIN_IMAGE_STD = 1.0  # grey levels: a flat image is centred, not blown up
 ENCODER_WIDTHS = (32, 64, 128, 256)
 BOTTLENECK_WIDTH = 512
 SIZE_MULTIPLE = 2 ** len(ENCODER_WIDTHS)  # four 2x poolings: H and W are padded to a multiple of 16
+INFERENCE_SETTINGS_VERSION = 1
+OPTIMIZER_STATE_COPIES = {"sgd": 1, "adam": 2, "adamw": 2}  # weight-sized buffers: momentum; first and second moments
 # Settings that change the network or what it computes; schedule settings may differ on resume.
 ARCHITECTURE_SETTINGS = ("in_channels", "out_channels", "target", "dropout", "flow_scale", "cell_diameter",
                          "residual")
+
+
+@dataclass(frozen=True)
+class InferenceSettings:
+    """What inference needs from a checkpoint beyond its variant: the one reader and writer of the
+    checkpoint's ``inference`` entry (``to_dict`` / ``from_dict``, versioned).
+
+    ``cell_diameters`` and ``scales``: a rescaling variant's median cell diameter per type on its
+    training images and the factor each type's images are resampled by (empty: native scale).
+    ``postprocess``: ``kit.tune``'s per-type extraction settings, ``{"cell_prob": {type: value},
+    "flow_threshold": {...}, "min_size": {...}}`` (empty: untuned). ``validation``: ``kit.tune``'s
+    record of the tuned score (``kit.tune.validation_record``; None: not tuned).
+    """
+
+    cell_diameters: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    scales: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    postprocess: Mapping[str, Mapping[str, float]] = dataclasses.field(default_factory=dict)
+    validation: Mapping[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dicts and numbers (safe inside a ``weights_only`` checkpoint); empty entries left out."""
+        settings: dict[str, Any] = {"version": INFERENCE_SETTINGS_VERSION}
+        if self.cell_diameters:
+            settings["cell_diameters"] = dict(self.cell_diameters)
+        if self.scales:
+            settings["scales"] = dict(self.scales)
+        if self.postprocess:
+            settings["postprocess"] = {name: dict(per_type) for name, per_type in self.postprocess.items()}
+        if self.validation is not None:
+            settings["validation"] = dict(self.validation)
+        return settings
+
+    @classmethod
+    def from_dict(cls, settings: Mapping[str, Any]) -> "InferenceSettings":
+        """Rebuild from ``to_dict`` output, or from the unversioned dict of a checkpoint written before
+        the version (the same entries); a newer version or an unknown entry is an error."""
+        settings = dict(settings)
+        version = settings.pop("version", 0)
+        if not isinstance(version, int) or version > INFERENCE_SETTINGS_VERSION:
+            raise ValueError(f"inference settings of version {version!r}, newer than this kit's "
+                             f"{INFERENCE_SETTINGS_VERSION}: update the kit (git pull) to read them")
+        known = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(settings) - set(known))
+        if unknown:
+            raise ValueError(f"unknown inference setting(s) {unknown}; known: {known}")
+        return cls(cell_diameters=dict(settings.get("cell_diameters") or {}),
+                   scales=dict(settings.get("scales") or {}),
+                   postprocess={k: dict(v) for k, v in (settings.get("postprocess") or {}).items()},
+                   validation=None if settings.get("validation") is None else dict(settings["validation"]))
+
+    @classmethod
+    def of(cls, checkpoint: Mapping[str, Any], path: str | os.PathLike) -> "InferenceSettings":
+        """The settings a checkpoint dict of ``path`` holds (none: the defaults)."""
+        try:
+            return cls.from_dict(checkpoint.get("inference") or {})
+        except (TypeError, ValueError, AttributeError) as err:
+            raise ValueError(f"{os.fspath(path)}: unreadable inference settings: {err}") from None
 
 
 class UNet(nn.Module):
@@ -105,10 +166,10 @@ def model_input(images: torch.Tensor, cell_types: Sequence[str], variant: Varian
     where it is one (shsy5y), else none (``kit.stages``).
 
     Why standardise: the competition's images have a standard deviation of only 9 to 16 grey
-    levels, so image / 255 varies by about 0.05 while the one-hot planes jump by 1 between cell
-    types. Batch norm statistics of the first layer were then ruled by which cell types a batch
-    of 2 happened to mix (75x the variance of a one-type batch at initialisation; 1.9x once
-    standardised), and a network trained on batch statistics failed with its running ones.
+    levels, so image / 255 would vary by about 0.05 while the one-hot planes jump by 1 between cell
+    types. The first layer's batch-norm statistics would then depend on which cell types a batch of
+    2 happens to mix, and a network trained on those batch statistics would not hold with its
+    running ones.
     """
     if images.dtype != torch.uint8:
         raise TypeError(f"model_input expects uint8 images, got {images.dtype}")
@@ -156,13 +217,15 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, variant: Variant,
                     optimizer: torch.optim.Optimizer | None = None, scheduler: Any = None,
                     scaler: torch.amp.GradScaler | None = None, epoch: int = 0,
                     best_score: float = float("nan"), history: Sequence[Mapping[str, Any]] = (),
-                    inference: Mapping[str, Any] | None = None, stages: Sequence[Mapping[str, Any]] = ()) -> None:
-    """Write a checkpoint atomically (a reader never sees half a file).
+                    inference: InferenceSettings | None = None, stages: Sequence[Mapping[str, Any]] = ()) -> None:
+    """Write a checkpoint atomically (a reader never sees half a file); a full disk is an error
+    naming the file. Every checkpoint the kit writes goes through here.
 
     With only ``model`` and ``variant`` it is a weights file (what ``kit.infer`` needs); pass the
-    optimizer, scheduler and scaler to make it resumable. ``inference``: what inference needs
-    beyond the variant (per-type scales, tuned flow-following settings; see ``inference_settings``).
-    ``stages``: the run's training stages (``kit.stages``), whose rows ``history`` holds.
+    optimizer, scheduler and scaler to make it resumable: each an object with ``state_dict()`` or
+    the state dict a checkpoint already holds (``kit.tune`` rewriting one). ``inference``: what
+    inference needs beyond the variant (``InferenceSettings``). ``stages``: the run's training
+    stages (``kit.stages``), whose rows ``history`` holds.
     """
     checkpoint: dict[str, Any] = {
         "format": CHECKPOINT_FORMAT,
@@ -171,11 +234,12 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, variant: Variant,
         "epoch": int(epoch),
         "best_score": float(best_score),
         "history": [dict(row) for row in history],
-        "inference": dict(inference or {}),
+        "inference": (inference or InferenceSettings()).to_dict(),
         "stages": [dict(stage) for stage in stages],
     }
     optional = {"optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}
-    checkpoint.update({key: part.state_dict() for key, part in optional.items() if part is not None})
+    checkpoint.update({key: part.state_dict() if hasattr(part, "state_dict") else dict(part)
+                       for key, part in optional.items() if part is not None})
     with atomic_output(path) as tmp:
         try:
             torch.save(checkpoint, tmp)
@@ -265,9 +329,12 @@ def resolve_device(name: str | None) -> torch.device:
 
 def checkpoint_bytes(variant: Variant) -> int:
     """About the size of ``variant``'s resumable checkpoint: float32 weights plus the optimizer's
-    state (SGD momentum: one copy, Adam: two), and 1 MB for the rest."""
+    weight-sized buffers (``OPTIMIZER_STATE_COPIES``), and 1 MB for the rest."""
+    if variant.optimizer not in OPTIMIZER_STATE_COPIES:
+        raise ValueError(f"checkpoint_bytes knows no optimizer {variant.optimizer!r}; add it to "
+                         "kit.models.OPTIMIZER_STATE_COPIES")
     weights = 4 * sum(p.numel() for p in build_model(variant).parameters())
-    return weights * (3 if variant.optimizer == "adam" else 2) + 1_000_000
+    return weights * (1 + OPTIMIZER_STATE_COPIES[variant.optimizer]) + 1_000_000
 
 
 def _format_version(name: Any) -> int:

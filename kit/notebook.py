@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Sequence
 
 from kit import cell_type_classifier, competition, data, submission, variants
+from kit.progress import show_progress
 
 
 def run_kit(*args, timeout=None):
@@ -89,6 +90,7 @@ def train_variants(names: Sequence[str], deadline: float, *, data_root: Path, wo
                    stages: TrainingStages = TrainingStages()) -> None:
     """The training notebook: the cell-type classifier, then ``kit.train`` for each variant until
     ``deadline`` (a ``time.monotonic()`` time), in ``stages``; outputs in ``working``, the flow cache dropped."""
+    show_progress()  # the kit's lines in the notebook's output, as its commands print them
     layout = data.find_competition(data_root)
     # Saved first and beside the weights: the inference kernel finds it there even if training runs out of time.
     cell_type_classifier.fit_and_save(layout.root, working / cell_type_classifier.FILE_NAME)

@@ -9,8 +9,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from kit.competition import COMPETITION_SLUG  # noqa: F401  (re-exported: callers use kit.paths.COMPETITION_SLUG)
-
 INPUT_ROOT_ENV = "KIT_INPUT_ROOT"
 WORKING_DIR_ENV = "KIT_WORKING_DIR"
 KAGGLE_INPUT = Path("/kaggle/input")

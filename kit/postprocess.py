@@ -25,7 +25,8 @@ import cv2
 import numba
 import numpy as np
 
-from kit import data, flows
+from kit import flows
+from kit.competition import CELL_TYPES
 from kit.files import atomic_output
 
 SOBEL_STEP = 2.0  # Sobel magnitude units per code: 255 codes reach 510, above the 99.8th percentile here
@@ -34,16 +35,16 @@ LUT_FORMAT = "kit-boundary-lut-v1"
 # Smallest instance kept, per cell type: about the 1st percentile of the annotated cell areas of the
 # shared training images (astro 106, cort 75, shsy5y 48 pixels; medians 707, 219, 193), so that
 # at most about 1 % of true cells could fall below it while fragments and specks go.
-MIN_SIZE = types.MappingProxyType({"cort": 75, "astro": 100, "shsy5y": 50})
+MIN_SIZE_BY_TYPE = types.MappingProxyType({"cort": 75, "astro": 100, "shsy5y": 50})
 CELL_MASK_THRESHOLD = 0.5  # flow variant: cell probability above which a pixel is followed
-CELL_PROB = types.MappingProxyType(dict.fromkeys(data.CELL_TYPES, CELL_MASK_THRESHOLD))
-FLOW_THRESHOLD = types.MappingProxyType(dict.fromkeys(data.CELL_TYPES, flows.FLOW_THRESHOLD))
+CELL_PROB = types.MappingProxyType(dict.fromkeys(CELL_TYPES, CELL_MASK_THRESHOLD))
+FLOW_THRESHOLD_BY_TYPE = types.MappingProxyType(dict.fromkeys(CELL_TYPES, flows.FLOW_THRESHOLD))
 TUNABLE = ("cell_prob", "flow_threshold", "min_size")  # the flow extraction's per-type settings
-# Instance extraction: a distance-transform watershed for every type; its seed settings per type
-# were chosen on the union of the true masks of the 120 shared images (mask -> closing -> watershed
-# -> minimum size, leaderboard score): cort 0.683 (connected components: 0.637), astro 0.188
-# (0.110), shsy5y 0.253 (0.137). Even a perfect union mask leaves touching cells hard to split,
-# which is why the flow variant exists.
+# Instance extraction: a distance-transform watershed for every type, because touching cells form
+# one connected component of the mask and the watershed splits them at their narrow necks; the seed
+# window and depth per type follow each type's cell size (large astrocytes need a wide window so one
+# cell gets one seed). Even a perfect union mask leaves touching cells hard to split, which is why
+# the flow variant exists.
 INSTANCES = types.MappingProxyType({"cort": "watershed", "astro": "watershed", "shsy5y": "watershed"})
 PEAK_DISTANCE = types.MappingProxyType({"cort": 4, "astro": 16, "shsy5y": 6})  # seed window half width
 MIN_PEAK = types.MappingProxyType({"cort": 4.0, "astro": 6.0, "shsy5y": 4.0})  # seed depth (pixels)
@@ -76,11 +77,11 @@ class PostprocessConfig:
     closing_shape: str = "ellipse"  # ellipse | rect | cross
     boundary: BoundaryLUT | None = dataclasses.field(default=None, compare=False)
     instances: Mapping[str, str] = dataclasses.field(default_factory=lambda: INSTANCES)  # "watershed" | "components"
-    min_size: Mapping[str, int] = dataclasses.field(default_factory=lambda: MIN_SIZE)  # smallest instance (pixels)
+    min_size: Mapping[str, int] = dataclasses.field(default_factory=lambda: MIN_SIZE_BY_TYPE)  # smallest instance (pixels)
     peak_distance: Mapping[str, int] = dataclasses.field(default_factory=lambda: PEAK_DISTANCE)
     min_peak: Mapping[str, float] = dataclasses.field(default_factory=lambda: MIN_PEAK)
     cell_prob: Mapping[str, float] = dataclasses.field(default_factory=lambda: CELL_PROB)  # flow: pixels followed
-    flow_threshold: Mapping[str, float] = dataclasses.field(default_factory=lambda: FLOW_THRESHOLD)
+    flow_threshold: Mapping[str, float] = dataclasses.field(default_factory=lambda: FLOW_THRESHOLD_BY_TYPE)
 
     def with_tuned(self, tuned: Mapping[str, Mapping[str, float]] | None) -> "PostprocessConfig":
         """A copy with per-type settings from a checkpoint (``{"cell_prob": {type: value}, ...}``);
@@ -98,11 +99,11 @@ def mask_to_labels(prob: np.ndarray, image: np.ndarray, cell_type: str,
     """int32[H, W] instances (1..n, consecutive, never overlapping) from a cell probability.
 
     ``prob``: float[H, W] in [0, 1]; ``image``: the uint8[H, W] input image (boundary features);
-    ``cell_type``: one of ``kit.data.CELL_TYPES`` (instance method and minimum size).
+    ``cell_type``: one of ``kit.competition.CELL_TYPES`` (instance method and minimum size).
     """
     prob, image = _checked_inputs(prob, image)
-    if cell_type not in data.CELL_TYPES:
-        raise ValueError(f"unknown cell type {cell_type!r}; valid: {', '.join(data.CELL_TYPES)}")
+    if cell_type not in CELL_TYPES:
+        raise ValueError(f"unknown cell type {cell_type!r}; valid: {', '.join(CELL_TYPES)}")
     mask = prob > config.threshold
     mask = closing(mask, config.closing_radius, config.closing_shape)
     if config.boundary is not None:

@@ -4,8 +4,8 @@
 ``train_semi_supervised/`` (in the competition folder, beside ``train/``) holds 1,972 flat 520x704
 PNGs without annotations; each name's prefix before ``[`` is its cell type (``astros`` for astro,
 ``cort``, ``shsy5y``). This command predicts their instances with trained weights, exactly as
-``kit.infer`` does (same ensemble, flips, tuned per-type settings, extraction), keeps the cells whose
-confidence is at least ``--min-confidence`` and writes them in ``train.csv``'s form (its nine
+``kit.infer`` does (``kit.ensemble``'s prediction, flips, tuned per-type settings, extraction),
+keeps the cells whose confidence is at least ``--min-confidence`` and writes them in ``train.csv``'s form (its nine
 columns, then ``confidence``), which ``kit.train --extra-data FILE.csv`` trains on beside the real
 annotations.
 
@@ -26,9 +26,10 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from kit import data, infer, models, postprocess, rle
+from kit import data, ensemble, infer, models, postprocess, rle
 from kit.competition import DEFAULT_MIN_CONFIDENCE, IMAGE_SHAPE
 from kit.files import OutputError, check_writable_dir, exit_on_sigterm, write_text_atomic
+from kit.progress import show_progress
 
 SEMI_SUPERVISED_DIR = "train_semi_supervised"
 TRAIN_CSV_COLUMNS = ("id", "annotation", "width", "height", "cell_type", "plate_time", "sample_date",
@@ -52,6 +53,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> Path:
+    show_progress()
     try:
         return run(args)
     except (FileNotFoundError, ValueError, OutputError) as err:
@@ -67,13 +69,13 @@ def run(args: argparse.Namespace) -> Path:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     device = models.resolve_device(args.device)
     check_writable_dir(args.out.parent)
-    ensemble = infer.load_ensemble(args.weights, device)
+    members = ensemble.load_ensemble(args.weights, device)
     layout = data.find_competition(args.data, need_test=False)
     images = semi_supervised_images(layout.root)
     if args.max_images is not None:
         images = dict(list(images.items())[: max(args.max_images, 0)])
-    config = postprocess.PostprocessConfig().with_tuned(ensemble[0].settings.get("postprocess"))
-    print(f"{len(images)} unannotated images of {layout.root / SEMI_SUPERVISED_DIR}, {len(ensemble)} weights "
+    config = postprocess.PostprocessConfig().with_tuned(members[0].settings.postprocess)
+    print(f"{len(images)} unannotated images of {layout.root / SEMI_SUPERVISED_DIR}, {len(members)} weights "
           f"file(s), device {device}, cells kept from mean probability {args.min_confidence:g}")
     rows, kept, found = [], 0, 0
     ids = list(images)
@@ -81,7 +83,7 @@ def run(args: argparse.Namespace) -> Path:
         batch = ids[start:start + args.batch_size]
         pixels = np.stack([data.load_image(images[i][0]) for i in batch])
         types = [images[i][1] for i in batch]
-        prob, flow = infer.predict(ensemble, pixels, types, device, args.tta, batch)
+        prob, flow = ensemble.predict(members, pixels, types, device, args.tta, batch)
         for k, image_id in enumerate(batch):
             labels = postprocess.output_to_labels(prob[k], None if flow is None else flow[k], pixels[k], types[k], config)
             confidence = cell_confidence(labels, prob[k])

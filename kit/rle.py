@@ -12,7 +12,7 @@ from typing import Sequence
 import numba
 import numpy as np
 
-from kit.competition import IMAGE_SHAPE  # also kit.rle.IMAGE_SHAPE, as callers import it
+from kit.competition import IMAGE_SHAPE
 
 _ERRORS = {
     1: "a value is not a non-negative integer",

@@ -16,7 +16,7 @@ import pandas as pd
 
 from kit import rle
 from kit.files import atomic_output
-from kit.rle import IMAGE_SHAPE
+from kit.competition import IMAGE_SHAPE
 
 HEADER = "id,predicted"
 _FIX_OVERLAP = "assign every pixel to one cell (build one label image per image and write it with write_submission)"

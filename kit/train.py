@@ -28,8 +28,8 @@ from kit.stages import StageRequest, train_in_stages
 from kit.train_loop import train_epochs
 from kit.train_outputs import prepare_out
 from kit.train_setup import Budget, RunConfig, load_splits, setup_distributed, teardown_distributed, training_state
-from kit.variants import (DEFAULT_TIME_LIMIT, OPTIMIZERS, SCHEDULES, VARIANTS, Variant, describe_variants,
-                          get_variant, parse_time_limit)
+from kit.competition import DEFAULT_TIME_LIMIT, parse_time_limit
+from kit.variants import OPTIMIZERS, SCHEDULES, VARIANTS, Variant, describe_variants, get_variant
 
 
 def get_args_parser() -> argparse.ArgumentParser:

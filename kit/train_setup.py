@@ -15,7 +15,8 @@ import torch.distributed as dist
 from torch import nn
 
 from kit import data, models
-from kit.batches import TrainData, load_split, split_from_samples, type_scales
+from kit.batches import TrainData, load_split, split_from_samples
+from kit.rescale import type_scales
 from kit.losses import build_loss
 from kit.stages import (PRETRAIN, Stage, StageRequest, line_diameters, stage_elapsed, stage_records,
                         start_from_previous, training_samples)
@@ -102,7 +103,7 @@ class TrainingState:
     criterion: nn.Module
     history: list[dict]
     crop: tuple[int, int] | None  # training and validation crop (None: whole images)
-    inference: dict  # settings kit.infer needs beyond the variant (the per-type scales), saved in checkpoints
+    inference: models.InferenceSettings  # what kit.infer needs beyond the variant (the per-type scales)
     step_lr_per_batch: bool  # the cosine schedule moves at every step, the step schedule every epoch
     budget: Budget
     stage: Stage | None = None
@@ -140,7 +141,8 @@ def teardown_distributed(world: int) -> None:
         dist.destroy_process_group()
 
 
-def load_splits(config: RunConfig, device: torch.device, rank: int) -> tuple[TrainData, TrainData | None, dict]:
+def load_splits(config: RunConfig, device: torch.device, rank: int
+                ) -> tuple[TrainData, TrainData | None, models.InferenceSettings]:
     """The stratified split (or its ``--max-images`` head), decoded; validation on rank 0 only.
 
     Also returns the checkpoint's inference settings: for a rescaling variant, the training
@@ -152,11 +154,11 @@ def load_splits(config: RunConfig, device: torch.device, rank: int) -> tuple[Tra
     layout = data.find_competition(config.data, need_test=False)
     df = data.read_train_csv(layout.train_csv)
     train_ids, val_ids = data.split_train_val(data.image_table(df), config.val_fraction, config.seed)
-    inference, scales = {}, None
+    inference, scales = models.InferenceSettings(), None
     if variant.cell_diameter > 0:  # measured on the whole training split: --max-images may miss a type
         diameters = data.cell_diameters(df, train_ids)
         scales = type_scales(diameters, variant.cell_diameter)
-        inference = {"cell_diameters": diameters, "scales": scales}
+        inference = models.InferenceSettings(cell_diameters=diameters, scales=scales)
     if config.max_images is not None:
         if config.max_images < 1:
             raise ValueError(f"--max-images must be >= 1, got {config.max_images}")
@@ -182,8 +184,8 @@ def _training_scales(config: RunConfig, scales: dict | None, samples) -> dict | 
     return {**scales, **type_scales(line_diameters(samples), config.variant.cell_diameter)}
 
 
-def training_state(config: RunConfig, device: torch.device, world: int, inference: dict, budget: Budget,
-                   n_train: int) -> TrainingState:
+def training_state(config: RunConfig, device: torch.device, world: int, inference: models.InferenceSettings,
+                   budget: Budget, n_train: int) -> TrainingState:
     """Fresh model, optimizer, lr schedule and scaler; loaded from ``OUT/NAME-last.pt`` with ``--resume``
     (which also moves ``budget`` on by the saved epochs' training time)."""
     variant, out = config.variant, config.out

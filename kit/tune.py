@@ -3,9 +3,9 @@
 ``python -m kit.tune --data DIR --weights FILE [--split val] [--tta] [--out FILE]``
 
 The network's outputs on the chosen annotated images (the validation split by default) are
-predicted once, through ``kit.infer``'s own path. Then, for each cell type on its own images, every
+predicted once, through ``kit.infer``'s own path (``kit.ensemble``, ``kit.image_sets``). Then, for each cell type on its own images, every
 combination of ``GRID`` (cell-probability threshold, flow-error threshold, minimum size as a
-factor of ``kit.postprocess.MIN_SIZE``) is scored with the leaderboard metric, and the best one is
+factor of ``kit.postprocess.MIN_SIZE_BY_TYPE``) is scored with the leaderboard metric, and the best one is
 written into the checkpoint's ``inference["postprocess"]``, where ``kit.infer`` and the inference
 kernel take it from. The file is rewritten atomically with nothing but that entry changed
 (``--out`` writes a copy instead).
@@ -18,16 +18,22 @@ can pick, among flow models tuned on the same images, the one that scores best.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import itertools
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, NamedTuple, Sequence
 
 import numpy as np
 import torch
 
-from kit import data, flows, infer, metrics, models, postprocess
-from kit.files import atomic_output
+from kit import data, flows, metrics, models, postprocess
+from kit.ensemble import Member, load_ensemble, predict
+from kit.image_sets import annotated_images
+from kit.progress import module_logger, show_progress
+
+logger = module_logger(__name__)
 
 GRID = {"cell_prob": (0.3, 0.4, 0.5, 0.6), "flow_threshold": (0.4, 0.6, 0.8), "min_size": (0.5, 1.0, 1.5)}
 
@@ -37,6 +43,18 @@ class Fit(NamedTuple):
     settings: dict  # {"cell_prob": {type: v}, "flow_threshold": {...}, "min_size": {...}}
     report: str
     scores: dict  # {type: mean leaderboard score of its images at its tuned settings}
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    """One tuning run as the command line asks for it, built once by ``tune_config``."""
+
+    weights: Path
+    out: Path  # where the tuned checkpoint goes (the weights file itself by default)
+    data: Path | None = None
+    split: str = "val"  # "val" or "train"
+    tta: bool = False
+    device: str | None = None
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -51,51 +69,47 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> dict:
+    show_progress()
     try:
-        return run(args)
+        return run(tune_config(args))
     except (FileNotFoundError, ValueError) as err:
         raise SystemExit(f"kit.tune: error: {err}") from None
 
 
-def run(args: argparse.Namespace) -> dict:
+def tune_config(args: argparse.Namespace) -> TuneConfig:
+    """The frozen settings of a run from the parsed command line."""
+    return TuneConfig(weights=Path(args.weights), out=Path(args.out or args.weights),
+                      data=None if args.data is None else Path(args.data), split=args.split, tta=args.tta,
+                      device=args.device)
+
+
+def run(config: TuneConfig) -> dict:
     """Predict, fit per type, report, save; returns the tuned settings."""
-    device = models.resolve_device(args.device)
-    ensemble = infer.load_ensemble([args.weights], device)
+    device = models.resolve_device(config.device)
+    ensemble = load_ensemble([config.weights], device)
     if ensemble[0].variant.target != "flow":
-        raise ValueError(f"{args.weights} holds mask variant {ensemble[0].variant.name!r}; kit.tune fits the "
+        raise ValueError(f"{config.weights} holds mask variant {ensemble[0].variant.name!r}; kit.tune fits the "
                          "flow variants' extraction")
-    image_paths, truth, cell_types = annotated_images(args.data, args.split)
-    outputs = predict_outputs(ensemble, image_paths, cell_types, device, args.tta)
+    image_paths, truth, cell_types = annotated_images(config.data, config.split)
+    outputs = predict_outputs(ensemble, image_paths, cell_types, device, config.tta)
     fit = fit_settings(outputs, truth, cell_types)
-    validation = validation_record(fit, list(image_paths), args.split, args.tta)
-    print(fit.report)
-    print(f"type mean at the tuned settings: {validation['type_mean']:.4f} ({len(image_paths)} {args.split} images)")
-    out = Path(args.out or args.weights)
-    save_tuned(args.weights, out, fit.settings, validation)
-    print(f"wrote the tuned settings into {out}; kit.infer uses them from there")
+    validation = validation_record(fit, list(image_paths), config.split, config.tta)
+    logger.info(fit.report)
+    logger.info(f"type mean at the tuned settings: {validation['type_mean']:.4f} "
+                f"({len(image_paths)} {config.split} images)")
+    save_tuned(config.weights, config.out, fit.settings, validation)
+    logger.info(f"wrote the tuned settings into {config.out}; kit.infer uses them from there")
     return fit.settings
 
 
-def annotated_images(data_dir: str | Path | None, split: str, max_images: int | None = None
-                     ) -> tuple[dict[str, Path], dict[str, list[str]], dict[str, str]]:
-    """``({id: PNG path}, {id: annotation RLEs}, {id: cell type})`` of the kit's ``split`` ("val" or
-    "train"), its first ``max_images``, in ``kit.infer --split``'s order."""
-    layout = data.find_competition(data_dir, need_test=False)
-    train_df = data.read_train_csv(layout.train_csv)
-    image_paths, cell_types = infer.select_images(layout, train_df, split, None, None)
-    ids = list(image_paths)[:max_images]
-    annotations = train_df.groupby("id")["annotation"].apply(list)
-    return ({i: image_paths[i] for i in ids}, {i: annotations[i] for i in ids}, {i: cell_types[i] for i in ids})
-
-
-def predict_outputs(ensemble, image_paths: Mapping[str, Path], cell_types: Mapping[str, str],
+def predict_outputs(ensemble: Sequence[Member], image_paths: Mapping[str, Path], cell_types: Mapping[str, str],
                     device: torch.device, tta: bool = False) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
     """``{id: (prob float32[H, W], flow float32[2, H, W] or None for a mask variant)}``, one image at
     a time (rescaled members resample each image anyway)."""
     outputs = {}
     for image_id, path in image_paths.items():
         image = data.load_image(path)[None]
-        prob, flow = infer.predict(ensemble, image, [cell_types[image_id]], device, tta, [image_id])
+        prob, flow = predict(ensemble, image, [cell_types[image_id]], device, tta, [image_id])
         outputs[image_id] = (prob[0], None if flow is None else flow[0])
     return outputs
 
@@ -134,15 +148,18 @@ def validation_record(fit: Fit, image_ids: Sequence[str], split: str, tta: bool)
 
 def save_tuned(weights: str | Path, out: str | Path, tuned: Mapping[str, Mapping[str, float]],
                validation: Mapping | None = None) -> None:
-    """Write ``weights``' checkpoint with ``inference["postprocess"] = tuned`` (and
-    ``inference["validation"]``, from ``validation_record``, when given) to ``out``, atomically."""
-    checkpoint = models.read_checkpoint(weights)
-    inference = {**checkpoint.get("inference", {}), "postprocess": {k: dict(v) for k, v in tuned.items()}}
-    if validation is not None:
-        inference["validation"] = dict(validation)
-    checkpoint["inference"] = inference
-    with atomic_output(out) as tmp:
-        torch.save(checkpoint, tmp)
+    """Write ``weights``' checkpoint with its ``InferenceSettings.postprocess = tuned`` (and
+    ``.validation``, from ``validation_record``, when given) to ``out``, atomically through
+    ``models.save_checkpoint``; everything else, a resumable file's optimiser state included, as it was."""
+    model, variant, checkpoint = models.load_checkpoint(weights)
+    settings = models.InferenceSettings.of(checkpoint, weights)
+    settings = dataclasses.replace(settings, postprocess={k: dict(v) for k, v in tuned.items()},
+                                   validation=settings.validation if validation is None else dict(validation))
+    models.save_checkpoint(out, model, variant, optimizer=checkpoint.get("optimizer"),
+                           scheduler=checkpoint.get("scheduler"), scaler=checkpoint.get("scaler"),
+                           epoch=checkpoint.get("epoch", 0), best_score=checkpoint.get("best_score", float("nan")),
+                           history=checkpoint.get("history", ()), inference=settings,
+                           stages=checkpoint.get("stages", ()))
 
 
 def _grid_scores(outputs: Sequence[tuple[np.ndarray, np.ndarray]], truth: Sequence[Sequence[str]],

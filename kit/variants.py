@@ -15,8 +15,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-# The time limit's default and parser live with the competition's facts; importable from here as before.
-from kit.competition import CELL_TYPES, DEFAULT_TIME_LIMIT, TimeLimitError, parse_time_limit  # noqa: F401
+from kit.competition import CELL_TYPES
 
 TARGETS = ("mask", "flow")
 OPTIMIZERS = ("sgd", "adam", "adamw")

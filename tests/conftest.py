@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from kit import data
+from kit import competition, data
 
 SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "sartorius"
 
@@ -36,7 +36,7 @@ def samples(shared_dir) -> list:
     layout = data.find_competition(shared_dir)
     df = data.read_train_csv(layout.train_csv)
     table = data.image_table(df)
-    ids = [i for t in data.CELL_TYPES for i in sorted(table.loc[table.cell_type == t, "id"])[:4]]
+    ids = [i for t in competition.CELL_TYPES for i in sorted(table.loc[table.cell_type == t, "id"])[:4]]
     return data.load_samples(layout, ids, df)
 
 
@@ -51,9 +51,9 @@ def extras_dir(shared_dir, tmp_path_factory) -> Path:
     layout = data.find_competition(shared_dir)
     table = data.image_table(data.read_train_csv(layout.train_csv))
     train_ids, _ = data.split_train_val(table)
-    by_type = {t: sorted(table.loc[table.cell_type == t, "id"]) for t in data.CELL_TYPES}
+    by_type = {t: sorted(table.loc[table.cell_type == t, "id"]) for t in competition.CELL_TYPES}
     livecell_splits = {"train": [*by_type["shsy5y"][:2], by_type["cort"][0]], "val": [by_type["astro"][0]],
                        "test": [by_type["shsy5y"][2]]}
-    semi = [i for t in data.CELL_TYPES for i in [i for i in train_ids if i in set(by_type[t])][:2]]
+    semi = [i for t in competition.CELL_TYPES for i in [i for i in train_ids if i in set(by_type[t])][:2]]
     return fixture_data.competition_with_extras(shared_dir, tmp_path_factory.mktemp("extras") / "competition",
                                                 livecell_splits, semi)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from kit import batches, data, flows, rle
+from kit import batches, data, flows, rescale, rle
 from kit.variants import VARIANTS
 
 
@@ -27,15 +27,15 @@ def _discs(height=64, width=96) -> np.ndarray:
 
 def test_resample_at_scale_one_is_the_plain_crop():
     batch = torch.arange(2 * 64 * 96, dtype=torch.float32).reshape(2, 1, 64, 96)
-    out = batches.resample(batch, torch.ones(2), (32, 40), torch.tensor([[0.0, 1.0]]), "bilinear")
+    out = rescale.resample(batch, torch.ones(2), (32, 40), torch.tensor([[0.0, 1.0]]), "bilinear")
     torch.testing.assert_close(out, batch[:, :, :32, 56:96])
-    centred = batches.resample(batch, torch.ones(2), (32, 40), None, "nearest")
+    centred = rescale.resample(batch, torch.ones(2), (32, 40), None, "nearest")
     torch.testing.assert_close(centred, batch[:, :, 16:48, 28:68])
 
 
 def test_a_doubled_image_is_upsampled_around_the_crop_centre():
     batch = torch.arange(64 * 96, dtype=torch.float32).reshape(1, 1, 64, 96)
-    out = batches.resample(batch, torch.tensor([2.0]), None, None, "nearest")
+    out = rescale.resample(batch, torch.tensor([2.0]), None, None, "nearest")
     assert out.shape == (1, 1, 128, 192)
     torch.testing.assert_close(out[0, 0, ::2, ::2], batch[0, 0])
 
@@ -78,6 +78,6 @@ def test_type_scales_bring_each_type_to_the_common_diameter(shared_dir):
     df = data.read_train_csv(data.find_competition(shared_dir).train_csv)
     diameters = data.cell_diameters(df)
     assert 25 < diameters["astro"] < 35 and 13 < diameters["cort"] < 20 and 12 < diameters["shsy5y"] < 20
-    scales = batches.type_scales(diameters, 30.0)
+    scales = rescale.type_scales(diameters, 30.0)
     assert all(scales[t] * diameters[t] == pytest.approx(30.0) for t in scales)
-    assert batches.type_scales(diameters, 0.0) == dict.fromkeys(sorted(diameters), 1.0)
+    assert rescale.type_scales(diameters, 0.0) == dict.fromkeys(sorted(diameters), 1.0)

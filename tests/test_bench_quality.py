@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from benchmarks import bench_quality
-from kit import data, rle
+from kit import competition, data, rle
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +27,7 @@ def test_score_instances_reports_overall_per_type_and_the_types_mean(val_truth):
     truth, types = val_truth
     labels = {i: rle.decode_labels(truth[i]) for i in truth}  # the annotations as a valid submission
     scores = bench_quality.score_instances(labels, truth, types)
-    per_type = [scores[t] for t in data.CELL_TYPES]
+    per_type = [scores[t] for t in competition.CELL_TYPES]
     assert scores["type mean"] == pytest.approx(np.mean(per_type))
     assert 0.9 < scores["val score"] < 1.0  # overlaps resolved: the ceiling of any valid submission
     assert scores["Dice"] == scores["IoU"] == scores["accuracy"] == 1.0  # same union of pixels
@@ -68,13 +68,17 @@ def _parse(*argv):
     return bench_quality.get_args_parser().parse_args(["--data", "unused", *argv])
 
 
+def _config(*argv):
+    return bench_quality.quality_config(_parse(*argv))
+
+
 def test_levers_are_the_base_variant_with_extra_train_args_after_the_shared_ones(tmp_path):
-    args = _parse("--out", str(tmp_path), "--variants", "unet", "--lever", "native-scale=--cell-diameter 0",
-                  "sgd=--optimizer sgd --lr 0.2", "--peer", "cellpose", "--", "--max-images", "4")
-    entries = bench_quality.plan_entries(args)
+    config = _config("--out", str(tmp_path), "--variants", "unet", "--lever", "native-scale=--cell-diameter 0",
+                     "sgd=--optimizer sgd --lr 0.2", "--peer", "cellpose", "--", "--max-images", "4")
+    entries = bench_quality.plan_entries(config)
     assert [(e.name, e.variant) for e in entries] == [
         ("unet", "unet"), ("native-scale", bench_quality.RECIPE), ("sgd", bench_quality.RECIPE), ("cellpose", None)]
-    command = bench_quality._command(entries[2], args, tmp_path / "sgd")
+    command = bench_quality._command(entries[2], config, tmp_path / "sgd")
     assert command[command.index("--variant") + 1] == bench_quality.RECIPE
     assert command[-6:] == ["--max-images", "4", "--optimizer", "sgd", "--lr", "0.2"]  # the lever's win
     assert "--crop" not in command  # the recipe has its own crop size
@@ -84,26 +88,26 @@ def test_bad_plans_fail_before_any_training_and_say_what_to_change(tmp_path):
     with pytest.raises(SystemExit):
         _parse("--lever", "no-equals-sign")
     with pytest.raises(ValueError, match="entry name.* unet given twice"):
-        bench_quality.plan_entries(_parse("--variants", "unet", "--lever", "unet=--lr 0.1"))
+        bench_quality.plan_entries(_config("--variants", "unet", "--lever", "unet=--lr 0.1"))
     with pytest.raises(ValueError, match="--tta hot-unet: not an entry of this run"):
-        bench_quality.plan_entries(_parse("--variants", "unet", "--tta", "hot-unet"))
+        bench_quality.plan_entries(_config("--variants", "unet", "--tta", "hot-unet"))
     with pytest.raises(ValueError, match="nothing to measure"):
-        bench_quality.plan_entries(_parse("--variants"))
+        bench_quality.plan_entries(_config("--variants"))
     with pytest.raises(FileNotFoundError, match="boundary table .*missing.npz does not exist"):
         bench_quality.main(_parse("--variants", "unet", "--boundary-lut", str(tmp_path / "missing.npz")))
 
 
 @pytest.mark.parametrize("cores", [["0"], ["0", "0"]])
 def test_parallel_runs_never_more_entries_at_once_than_cores(tmp_path, monkeypatch, cores):
-    def sleeper(entry, args, folder):  # each entry notes when it ran
+    def sleeper(entry, config, folder):  # each entry notes when it ran
         script = (f"import time, pathlib; a = time.time(); time.sleep(0.4); "
                   f"pathlib.Path({str(folder / 'span')!r}).write_text(f'{{a}} {{time.time()}}')")
         return [bench_quality.sys.executable, "-c", script]
 
     monkeypatch.setattr(bench_quality, "_command", sleeper)
-    args = _parse("--out", str(tmp_path), "--variants", "unet", "hot-unet", "hot-unet-weighted", "--parallel",
-                  "--cores", *cores)
-    bench_quality.train_entries(bench_quality.plan_entries(args), args)
+    config = _config("--out", str(tmp_path), "--variants", "unet", "hot-unet", "hot-unet-weighted", "--parallel",
+                     "--cores", *cores)
+    bench_quality.train_entries(bench_quality.plan_entries(config), config)
     spans = sorted(tuple(map(float, (tmp_path / name / "span").read_text().split()))
                    for name in ("unet", "hot-unet", "hot-unet-weighted"))
     at_once = max(sum(start <= begin < end for start, end in spans) for begin, _ in spans)
@@ -121,8 +125,8 @@ def test_options_that_add_no_row_to_an_entry_leave_its_kept_rows_valid(tmp_path)
         (tmp_path / entry.name / ("val-labels.npz" if entry.variant is None else f"{entry.variant}.pt")).write_bytes(b"w")
 
     def keys(*argv):
-        args = _parse("--out", str(tmp_path), *argv)
-        return {kind: bench_quality._score_key(entry, args) for kind, entry in entries.items()}
+        config = _config("--out", str(tmp_path), *argv)
+        return {kind: bench_quality._score_key(entry, config) for kind, entry in entries.items()}
 
     plain, more = keys(), keys("--boundary-lut", str(lut), "--tune")
     assert more["flow"] != plain["flow"]  # a tuned row more

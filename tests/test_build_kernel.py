@@ -13,7 +13,7 @@ import nbformat
 import pytest
 
 from kit import build_kernel, variants
-from kit.paths import COMPETITION_SLUG
+from kit.competition import COMPETITION_SLUG
 
 USER = "kit-tester"
 REPO = Path(__file__).resolve().parent.parent
@@ -327,12 +327,12 @@ def test_bad_variant_lists_are_errors(tokens, message):
 
 
 def test_time_limits():
-    assert build_kernel.parse_time_limit("11:00") == 39600
-    assert build_kernel.parse_time_limit("0:30") == 1800
-    assert build_kernel.parse_time_limit("12:00") == 43200
+    assert build_kernel.parse_kernel_time_limit("11:00") == 39600
+    assert build_kernel.parse_kernel_time_limit("0:30") == 1800
+    assert build_kernel.parse_kernel_time_limit("12:00") == 43200
     for bad in ("12:01", "13:00", "0:00", "1:5", "90", "1:60", "x:10"):
         with pytest.raises(ValueError):
-            build_kernel.parse_time_limit(bad)
+            build_kernel.parse_kernel_time_limit(bad)
 
 
 def test_unknown_machine_shape_is_an_error(tmp_path):

@@ -5,7 +5,7 @@ import cv2
 import numpy as np
 import pytest
 
-from kit import data, rle
+from kit import competition, data, rle
 
 
 def test_finds_the_layout_below_a_deeper_root(shared_dir, tmp_path):
@@ -111,7 +111,7 @@ def test_samples_hold_image_labels_and_original_annotations(shared_dir):
     (sample,) = data.load_samples(layout, ["0030fd0e6378"])
     assert sample.cell_type == "shsy5y"
     assert sample.labels.dtype == np.int32 and sample.labels.max() == len(sample.annotations) == 395
-    union = np.zeros(rle.IMAGE_SHAPE, bool)
+    union = np.zeros(competition.IMAGE_SHAPE, bool)
     for a in sample.annotations:
         union |= rle.decode(a)
     np.testing.assert_array_equal(sample.labels > 0, union)

@@ -20,7 +20,8 @@ import pandas as pd
 import pytest
 import torch
 
-from kit import build_kernel, data, files, infer, models, rle, train, train_loop, train_outputs, train_setup, validate, variants
+from kit import (build_kernel, data, files, infer, models, progress, rle, train, train_loop, train_outputs, train_setup,
+                 validate, variants)
 from kit.submission import write_submission
 
 REPO = Path(__file__).resolve().parent.parent
@@ -453,6 +454,7 @@ def test_overlays_of_an_earlier_validation_are_removed(shared_dir, tmp_path):
 
 
 def test_kernel_folders_of_an_earlier_build_are_removed(tmp_path, capsys):
+    progress.show_progress()  # as python -m kit.build_kernel shows its lines
     build_kernel.build_kernels("someone", [("unet",), ("hot-unet",), ("hot-unet-weighted",)], tmp_path)
     kept_by_user = tmp_path / "sartorius-kit-train-hot-unet" / "my-notes.txt"
     kept_by_user.write_text("mine")

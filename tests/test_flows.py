@@ -6,7 +6,7 @@ import pytest
 from scipy import ndimage
 
 from benchmarks.numpy_twins import numpy_masks_to_flows
-from kit import data, flows, metrics
+from kit import competition, flows, metrics
 
 
 # ---------------------------------------------------------------- plain-numpy twins of the kernels
@@ -76,7 +76,7 @@ def numpy_grow(counts: np.ndarray, seeds: np.ndarray) -> np.ndarray:
 @pytest.fixture(scope="module")
 def crops(samples):
     """One 130 x 170 crop of each cell type's first image (cells cut by the crop stay, cut)."""
-    picked = [next(s for s in samples if s.cell_type == t) for t in data.CELL_TYPES]
+    picked = [next(s for s in samples if s.cell_type == t) for t in competition.CELL_TYPES]
     return [s.labels[150:280, 200:370].copy() for s in picked]
 
 

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kit import cell_type_classifier, data, infer, models, submission, tune, variants
+from kit import cell_type_classifier, data, ensemble as kit_ensemble, infer, models, submission, tune, variants
 
 TEST_IDS = ["7ae19de7bc2a", "d48ec7815252", "d8bfd1dafdc4"]
 
@@ -107,10 +107,10 @@ def test_predict_tta_undoes_flips_including_flow_signs():
             return torch.cat([dy, dx, image * 3 - 1], dim=1)
 
     variant = variants.get_variant("hot-flow-unet")
-    ensemble = [(GradientNet(), variant, Path("gradient.pt"))]
+    ensemble = [kit_ensemble.Member(GradientNet(), variant, Path("gradient.pt"))]
     images = np.random.default_rng(0).integers(0, 256, size=(2, 12, 16)).astype(np.uint8)
-    plain_prob, plain_flow = infer.predict(ensemble, images, ["cort", "astro"], torch.device("cpu"))
-    tta_prob, tta_flow = infer.predict(ensemble, images, ["cort", "astro"], torch.device("cpu"), tta=True)
+    plain_prob, plain_flow = kit_ensemble.predict(ensemble, images, ["cort", "astro"], torch.device("cpu"))
+    tta_prob, tta_flow = kit_ensemble.predict(ensemble, images, ["cort", "astro"], torch.device("cpu"), tta=True)
     np.testing.assert_allclose(tta_flow, plain_flow, atol=1e-6)
     assert np.abs(plain_flow).max() > 0.1
     flat = images.reshape(len(images), -1).astype(np.float64)
@@ -130,9 +130,10 @@ def test_predict_averages_the_ensemble():
             return torch.full_like(x[:, :1], self.logit)
 
     variant = variants.get_variant("unet")
-    ensemble = [(Constant(0.0), variant, Path("a.pt")), (Constant(2.0), variant, Path("b.pt"))]
+    ensemble = [kit_ensemble.Member(Constant(0.0), variant, Path("a.pt")),
+                kit_ensemble.Member(Constant(2.0), variant, Path("b.pt"))]
     images = np.zeros((3, 4, 5), np.uint8)
-    prob, flow = infer.predict(ensemble, images, ["cort"] * 3, torch.device("cpu"), tta=True)
+    prob, flow = kit_ensemble.predict(ensemble, images, ["cort"] * 3, torch.device("cpu"), tta=True)
     assert flow is None and prob.shape == (3, 4, 5)
     np.testing.assert_allclose(prob, (0.5 + 1 / (1 + np.exp(-2.0))) / 2, atol=1e-6)
 

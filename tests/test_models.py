@@ -6,9 +6,10 @@ import pytest
 import torch
 from torch import nn
 
-from kit import models, train_setup
+from kit import models, train_loop, train_setup
+from kit.losses import build_loss
 from kit.models import UNet, build_model, decode_output, load_checkpoint, model_input, save_checkpoint
-from kit.variants import VARIANTS
+from kit.variants import OPTIMIZERS, VARIANTS
 
 
 def _expected_parameters(in_channels: int, out_channels: int) -> int:
@@ -260,3 +261,34 @@ def test_first_layer_statistics_barely_depend_on_which_cell_types_a_batch_mixes(
     for first, second in (("cort", "astro"), ("astro", "shsy5y"), ("cort", "shsy5y")):
         mixed = conv_variance([by_type[first][0], by_type[second][0]])
         assert (mixed / one_type).mean() < 3, (first, second)
+
+
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+def test_checkpoint_bytes_is_room_for_the_resumable_checkpoint_of_every_optimizer(tmp_path, optimizer):
+    """The free-space check before a run: the estimate holds the real resumable checkpoint after a
+    step (when the optimiser's buffers exist), and overshoots it by less than one weights copy."""
+    variant = VARIANTS["unet"].replace(optimizer=optimizer)
+    model = build_model(variant)
+    optimizer_state = train_setup.build_optimizer(model, variant)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer_state, variant.lr_step, variant.lr_gamma)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    x, target = torch.rand(1, 1, 32, 32), (torch.rand(1, 1, 32, 32) > 0.5).float()
+    train_loop.train_step(model, x, target, build_loss(variant), optimizer_state, scaler, None)
+    path = tmp_path / "unet-last.pt"
+    save_checkpoint(path, model, variant, optimizer=optimizer_state, scheduler=scheduler, scaler=scaler, epoch=1)
+    weights = 4 * sum(p.numel() for p in model.parameters())
+    size, estimate = path.stat().st_size, models.checkpoint_bytes(variant)
+    assert size <= estimate < size + weights // 10
+
+
+def test_inference_settings_read_older_checkpoints_and_refuse_newer_ones():
+    legacy = {"cell_diameters": {"cort": 20.0}, "scales": {"cort": 1.5}}  # written before the version
+    settings = models.InferenceSettings.from_dict(legacy)
+    assert settings.scales == {"cort": 1.5} and settings.validation is None and not settings.postprocess
+    assert models.InferenceSettings.from_dict(settings.to_dict()) == settings
+    assert settings.to_dict() == {"version": models.INFERENCE_SETTINGS_VERSION, **legacy}
+    assert models.InferenceSettings.from_dict({}) == models.InferenceSettings()
+    with pytest.raises(ValueError, match="newer than this kit's .*update the kit"):
+        models.InferenceSettings.from_dict({"version": models.INFERENCE_SETTINGS_VERSION + 1})
+    with pytest.raises(ValueError, match=r"unknown inference setting\(s\) \['scale'\]"):
+        models.InferenceSettings.from_dict({"scale": {"cort": 1.5}})

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from kit import boundary_table as bt, data, metrics, postprocess as pp
+from kit import boundary_table as bt, competition, metrics, postprocess as pp
 
 
 def python_flood(levels: np.ndarray, seeds: np.ndarray) -> np.ndarray:
@@ -189,14 +189,14 @@ def test_mask_to_labels_no_overlap_min_size_and_subset(samples):
         assert labels.dtype == np.int32 and labels.shape == s.image.shape
         ids, sizes = np.unique(labels, return_counts=True)
         assert ids.tolist() == list(range(len(ids)))  # consecutive 0..n: one label per pixel
-        assert sizes[1:].min() >= pp.MIN_SIZE[s.cell_type]
+        assert sizes[1:].min() >= pp.MIN_SIZE_BY_TYPE[s.cell_type]
         closed = pp.closing(prob > 0.5)
         assert not (labels > 0)[~closed].any()
 
 
 def test_watershed_beats_connected_components_on_true_shsy5y_masks(samples):
     shsy5y = [s for s in samples if s.cell_type == "shsy5y"]
-    components = pp.PostprocessConfig(instances={t: "components" for t in data.CELL_TYPES})
+    components = pp.PostprocessConfig(instances={t: "components" for t in competition.CELL_TYPES})
     scores = {}
     for name, config in (("watershed", pp.PostprocessConfig()), ("components", components)):
         predictions = [pp.mask_to_labels((s.labels > 0).astype(np.float32), s.image, s.cell_type, config)

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kit import data, flows, infer, metrics, models, pseudo, rle
+from kit import data, ensemble, flows, metrics, models, pseudo, rle
 from kit.variants import get_variant
 
 LOW = 0.6  # the oracle's probability inside every third cell: below the test's --min-confidence
@@ -26,7 +26,7 @@ def _truth(shared_dir) -> dict[str, np.ndarray]:
 
 @pytest.fixture()
 def oracle(monkeypatch, shared_dir):
-    """kit.infer.predict replaced by the true cells: probability 1 inside a cell (LOW inside every
+    """kit.ensemble.predict replaced by the true cells: probability 1 inside a cell (LOW inside every
     third one), flows from the true instances, so that the extraction finds the annotations."""
     truth = _truth(shared_dir)
 
@@ -36,7 +36,7 @@ def oracle(monkeypatch, shared_dir):
         prob[(labels % 3 == 0) & (labels > 0)] = LOW
         return prob, np.stack([flows.masks_to_flows(item) for item in labels])
 
-    monkeypatch.setattr(infer, "predict", predict)
+    monkeypatch.setattr(ensemble, "predict", predict)
     return truth
 
 

@@ -3,7 +3,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kit import rle
+from kit import competition, rle
 
 
 def numpy_encode(mask: np.ndarray) -> str:
@@ -100,13 +100,13 @@ def test_round_trip_every_annotation_of_the_shared_slice(shared_dir):
     df = pd.read_csv(shared_dir / "train.csv", dtype=str, na_filter=False)
     annotations = df["annotation"].tolist()
     table = rle.decode_many(annotations)
-    flat = np.zeros(rle.IMAGE_SHAPE[0] * rle.IMAGE_SHAPE[1], bool)
+    flat = np.zeros(competition.IMAGE_SHAPE[0] * competition.IMAGE_SHAPE[1], bool)
     for i, original in enumerate(annotations):
         starts, lengths = table.row(i)
         flat[:] = False
         for s, n in zip(starts, lengths):
             flat[s : s + n] = True
-        assert rle.encode(flat.reshape(rle.IMAGE_SHAPE)) == original, f"row {i}"
+        assert rle.encode(flat.reshape(competition.IMAGE_SHAPE)) == original, f"row {i}"
 
 
 def test_encode_labels_agrees_with_per_mask_encode_on_shared_images(shared_dir):

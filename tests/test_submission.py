@@ -5,8 +5,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kit import rle
-from kit.submission import HEADER, SubmissionError, validate, write_submission
+from kit import competition, rle
+from kit.submission import HEADER, SubmissionError, read_submission, validate, write_submission
 
 SHAPE = (4, 5)  # 20 pixels, numbered 1..20 row-major
 
@@ -36,7 +36,7 @@ def test_write_submission_text(tmp_path):
 
 def test_write_submission_real_size_round_trip(tmp_path):
     rng = np.random.default_rng(0)
-    labels = np.zeros(rle.IMAGE_SHAPE, np.int32)
+    labels = np.zeros(competition.IMAGE_SHAPE, np.int32)
     for k in range(1, 30):
         r, c = rng.integers(0, 500), rng.integers(0, 680)
         labels[r:r + 20, c:c + 24] = k  # later cells cover earlier ones: no overlap in the output
@@ -80,8 +80,13 @@ def test_write_submission_keeps_old_file_on_error(tmp_path):
 
 def test_validate_accepts_good_file_and_frame(tmp_path):
     path = write_csv(tmp_path, "id,predicted\na,1 2\na,3 2 8 1\nb,\n")
-    validate(path, ["a", "b"], SHAPE)
-    validate(pd.DataFrame({"id": ["a", "b"], "predicted": ["1 2", np.nan]}), ["a", "b"], SHAPE)
+    assert validate(path, ["a", "b"], SHAPE) is None  # accepted: no SubmissionError
+    masks = [rle.decode(text, SHAPE) for text in read_submission(path)["predicted"] if rle.holds_mask(text)]
+    assert [int(m.sum()) for m in masks] == [2, 3] and not (masks[0] & masks[1]).any()  # a's two cells, apart
+    frame = pd.DataFrame({"id": ["a", "b"], "predicted": ["1 2", np.nan]})  # NaN: image b without cells
+    assert validate(frame, ["a", "b"], SHAPE) is None
+    with pytest.raises(SubmissionError, match="missing"):  # what makes it good: b has its row
+        validate(frame.iloc[:1], ["a", "b"], SHAPE)
 
 
 @pytest.mark.parametrize("text, message", [
@@ -109,7 +114,10 @@ def test_validate_rejects_with_id_and_line(tmp_path, text, message):
 
 
 def test_masks_of_different_images_may_share_pixels(tmp_path):
-    validate(write_csv(tmp_path, "id,predicted\na,1 5\nb,1 5\n"), ["a", "b"], SHAPE)
+    path = write_csv(tmp_path, "id,predicted\na,1 5\nb,1 5\n")
+    assert validate(path, ["a", "b"], SHAPE) is None  # the same pixels in two images: accepted
+    with pytest.raises(SubmissionError, match="overlaps"):  # the same two masks in one image: refused
+        validate(write_csv(tmp_path, "id,predicted\na,1 5\na,1 5\nb,\n"), ["a", "b"], SHAPE)
 
 
 def test_validate_frame_errors_name_the_row():

@@ -18,7 +18,7 @@ import pytest
 import torch
 from torch import nn
 
-from kit import batches, data, flows, rle, train, train_loop, train_outputs, train_setup
+from kit import batches, competition, data, flows, rle, train, train_loop, train_outputs, train_setup
 from kit.losses import FlowLoss, MaskLoss, build_loss, flow_loss, mask_loss
 from kit.models import build_model, load_checkpoint, model_input, save_checkpoint
 from kit.variants import VARIANTS
@@ -67,11 +67,11 @@ def test_build_loss_follows_the_variant_and_checks_shapes():
 # ---------------------------------------------------------------- batches and augmentation
 
 def test_parse_time_limit_and_crop():
-    assert train.parse_time_limit("8:30") == 8.5 * 3600
-    assert train.parse_time_limit("0:05") == 300
+    assert competition.parse_time_limit("8:30") == 8.5 * 3600
+    assert competition.parse_time_limit("0:05") == 300
     for bad in ("830", "1:75", "1:5", "-1:00"):
         with pytest.raises(Exception, match="is not H:MM"):
-            train.parse_time_limit(bad)
+            competition.parse_time_limit(bad)
     parser = train.get_args_parser()
     assert parser.parse_args(["--crop", "64x96"]).crop == (64, 96)
     assert parser.parse_args(["--crop", "128"]).crop == (128, 128)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from kit import data, models, pseudo, rle, stages, train
+from kit import data, models, pseudo, rle, stages, train, tune
 from kit.variants import get_variant
 
 pytestmark = pytest.mark.slow
@@ -41,6 +41,8 @@ def test_pretraining_then_fine_tuning_fill_one_checkpoint(extras_dir, tmp_path, 
     assert [(row["epoch"], row["stage"]) for row in _history(out)] == [(1, "pretrain"), (2, "pretrain"), (3, "finetune")]
     header, *rows = (out / "hot-flow-unet-metrics.csv").read_text().splitlines()
     assert header.endswith(",stage") and [row.rsplit(",", 1)[1] for row in rows] == ["pretrain", "pretrain", "finetune"]
+    tune.save_tuned(out / "hot-flow-unet.pt", out / "tuned.pt", {})  # kit.tune rewrites the weights: stages stay
+    assert torch.load(out / "tuned.pt", weights_only=True)["stages"] == checkpoint["stages"]
 
 
 def test_resume_continues_pretraining_as_an_unbroken_run_then_fine_tunes(extras_dir, tmp_path, capsys):

@@ -52,14 +52,15 @@ def test_tuned_settings_are_written_into_a_copy_of_the_checkpoint(tmp_path):
     torch.manual_seed(0)
     model = models.build_model(variant)
     weights = tmp_path / "w.pt"
-    models.save_checkpoint(weights, model, variant, inference={"scales": {"cort": 1.5}})
+    models.save_checkpoint(weights, model, variant, inference=models.InferenceSettings(scales={"cort": 1.5}))
     tuned = {"cell_prob": {"cort": 0.3}, "flow_threshold": {"cort": 0.6}, "min_size": {"cort": 38}}
     validation = {"type_mean": 0.3, "images": 2}
     tune.save_tuned(weights, tmp_path / "tuned.pt", tuned, validation)
     _, _, checkpoint = models.load_checkpoint(tmp_path / "tuned.pt")
-    assert checkpoint["inference"] == {"scales": {"cort": 1.5}, "postprocess": tuned, "validation": validation}
+    assert models.InferenceSettings.of(checkpoint, "tuned.pt") == models.InferenceSettings(
+        scales={"cort": 1.5}, postprocess=tuned, validation=validation)
     original = models.read_checkpoint(weights)
-    assert "postprocess" not in original["inference"]
+    assert not models.InferenceSettings.of(original, weights).postprocess
     assert all(torch.equal(checkpoint["model"][k], original["model"][k]) for k in original["model"])
 
 

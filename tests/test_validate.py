@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kit import metrics, rle
+from kit import competition, metrics, rle
 from kit.submission import write_submission
 from kit.validate import PRED_COLOUR, TRUTH_COLOUR, get_args_parser, main
 
@@ -93,7 +93,7 @@ def test_perturbed_submission(shared_dir, train, truth_labels, tmp_path, capsys)
 
 def test_unscored_ids_are_listed(shared_dir, train, truth_labels, tmp_path, capsys):
     image_id = train["id"].iloc[0]
-    empty = np.zeros(rle.IMAGE_SHAPE, np.int32)
+    empty = np.zeros(competition.IMAGE_SHAPE, np.int32)
     path = write_submission({image_id: truth_labels[image_id], "notatrainid": empty}, tmp_path / "s.csv")
     report = run(shared_dir, path, overlays=0, overlay_dir=tmp_path / "ov", ids=[image_id])
     assert report.per_image["id"].tolist() == [image_id]
