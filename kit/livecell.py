@@ -21,7 +21,7 @@ Kaggle's image and in the kit's requirements, pycocotools is neither (a kernel i
 and it draws the cells pycocotools draws (mean IoU 0.98, the same area), where ``cv2.fillPoly``
 also fills every pixel the outline touches (cells 14 % larger, mean IoU 0.86 against pycocotools),
 which on LIVECell's small cells would teach the network fat outlines (``benchmarks.bench_livecell``
-measures both and the time per 1,000 annotations).
+measures the three side by side, and the time per 1,000 annotations).
 
 Bad input raises ``LivecellError`` naming the file and the annotation id: a json of another shape,
 a missing image, a polygon with fewer than 3 distinct points or no area, a self-crossing polygon.
