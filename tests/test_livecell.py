@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -173,3 +174,12 @@ def test_a_missing_image_or_file_or_tree_is_named(tree, tmp_path):
         livecell.load_samples(tree, ("a172",))
     with pytest.raises(FileNotFoundError, match=f"no LIVECell in {tmp_path / 'nowhere'}"):
         livecell.find_livecell(tmp_path / "nowhere")
+
+
+def test_the_benchmark_says_when_its_baseline_is_missing(monkeypatch, tmp_path):
+    from benchmarks import bench_livecell
+
+    monkeypatch.setitem(sys.modules, "pycocotools", None)  # import fails, as where it is not installed
+    args = bench_livecell.get_args_parser().parse_args(["--livecell", str(tmp_path / "x.json")])
+    with pytest.raises(SystemExit, match="pycocotools is not installed.*pip install -r benchmarks/requirements-livecell.txt"):
+        bench_livecell.main(args)
