@@ -24,12 +24,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import nbformat
+import pandas as pd
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
 from benchmarks import bench_variants, run_cli
 from kit import build_kernel, data, paths, submission
-from kit.competition import COMPETITION_SLUG
+from kit.competition import COMPETITION_SLUG, DEFAULT_PRETRAIN_EPOCHS
 from kit.variants import VARIANTS
 
 CELL_TIMEOUT_S = 3 * 3600
@@ -46,6 +47,11 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="variants one training kernel trains in turn (default hot-flow-unet)")
     parser.add_argument("--train-args", default="", help="extra kit.train arguments, as the kernel's KIT_TRAIN_ARGS")
     parser.add_argument("--tta", action="store_true", help="build the inference kernel with flip TTA")
+    parser.add_argument("--pretrain", metavar="livecell[:LINES]",
+                        help="the training kernel pretrains on LIVECell first (needs LIVECell_dataset_2021/ in --data)")
+    parser.add_argument("--pretrain-epochs", type=int, default=DEFAULT_PRETRAIN_EPOCHS)
+    parser.add_argument("--pseudo-round", action="store_true",
+                        help="the training kernel ends with a pseudo-label round (needs train_semi_supervised/ in --data)")
     parser.add_argument("--cell-timeout", type=int, default=CELL_TIMEOUT_S, metavar="S",
                         help=f"seconds a notebook cell may run (default {CELL_TIMEOUT_S})")
     parser.add_argument("--work", type=Path, help="sandbox folder, emptied first (default: a temporary one)")
@@ -67,8 +73,9 @@ def main(args: argparse.Namespace) -> SandboxRun:
     layout = data.find_competition(args.data)
     work = Path(args.work or tempfile.mkdtemp(prefix="kit-kernels-"))
     shutil.rmtree(work, ignore_errors=True)
+    stages = build_kernel.KernelStages(args.pretrain, args.pretrain_epochs, pseudo_round=args.pseudo_round)
     trainer, *_, inference = build_kernel.build_kernels("sandbox-user", [args.variants], work / "kernels",
-                                                        tta=args.tta)
+                                                        tta=args.tta, stages=stages)
     train_working = work / "train-session" / "working"
     train_env = kernel_env(kaggle_inputs(work / "train-session", layout.root), train_working,
                            **{build_kernel.TRAIN_ARGS_ENV: args.train_args})
@@ -79,6 +86,8 @@ def main(args: argparse.Namespace) -> SandboxRun:
         row = bench_variants.variant_summary(train_working, name)
         print(f"  {name}: {row['epochs']} epochs, best {row['best epoch']}: score {row['val score']:.4f}, "
               f"Dice {row['Dice']:.3f}, {row['images/s']:.1f} images/s")
+        if args.pretrain or args.pseudo_round:
+            print(f"  {name} stages: {stage_epochs(train_working / f'{name}-metrics.csv')}")
 
     input_root = kaggle_inputs(work / "infer-session", layout.root)
     (input_root / trainer.name).symlink_to(train_working, target_is_directory=True)
@@ -92,6 +101,13 @@ def main(args: argparse.Namespace) -> SandboxRun:
     print(f"inference notebook {inference.name}: {time.perf_counter() - started:.0f} s for {len(test_ids)} "
           f"test images; valid submission.csv, {(predicted != '').sum()} cells")
     return SandboxRun(train_working, train_notebook, infer_working, infer_notebook)
+
+
+def stage_epochs(metrics_csv: Path) -> str:
+    """``"pretrain 1-2, finetune 3-4"``: the epochs of each stage of a run, from its metrics CSV."""
+    frame = pd.read_csv(metrics_csv, dtype={"stage": str})
+    spans = frame.groupby("stage", sort=False)["epoch"].agg(["min", "max"])
+    return ", ".join(f"{stage} {low}-{high}" if low != high else f"{stage} {low}" for stage, (low, high) in spans.iterrows())
 
 
 def kaggle_inputs(session: Path, competition_dir: Path) -> Path:

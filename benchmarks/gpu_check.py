@@ -11,7 +11,14 @@ Steps, each a child process whose command, wall time, exit status and output tai
    kit's recipe at its own settings, each with its best epoch's metrics;
 3. ``kit.infer --split val --evaluate``: each one's full-image validation score;
 4. ``benchmarks.bench_kernels``: the built training notebook, then the inference notebook on its
-   weights, in the Kaggle-like sandbox, for a few epochs.
+   weights, in the Kaggle-like sandbox, for a few epochs;
+5. with ``--pretrain`` only: the pretrain -> fine-tune path (``kit.train --pretrain livecell``) on a
+   LIVECell-format copy of the training split (``benchmarks.fixture_data``), ``--pretrain-epochs``
+   then ``--epochs`` of ``hot-flow-unet``, and its full-image validation score beside step 3's. A
+   plumbing and throughput check (the copy holds the competition's own images), not LIVECell's gain.
+   Sized at 10 + 10 epochs of the 96 training images: about 2,000 image passes, under a minute on
+   one H200 at the README's projected ~270 images/s (not measured), plus a copy of ~20 s; where the
+   other steps leave too little of one 9-minute call, ``--skip speed`` frees the most.
 
 The data is a copy of ``../shared/sartorius`` inside the checkout (``--data``, default
 ``.device-data``, git-ignored), because only the checkout travels to the device. A step that fails
@@ -31,7 +38,8 @@ from kit.variants import PAPER_VARIANTS, RECIPE
 
 REPO = Path(__file__).resolve().parent.parent
 TAIL_LINES = 40
-STEP_KEYS = ("speed", "variants", "scores", "kernels")
+STEP_KEYS = ("speed", "variants", "scores", "kernels", "pretrain")
+PRETRAINED = "hot-flow-unet"
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -43,6 +51,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--skip", nargs="*", choices=STEP_KEYS, default=[], help="steps to leave out")
     parser.add_argument("--variants", nargs="+", choices=(*PAPER_VARIANTS, RECIPE), default=[*PAPER_VARIANTS, RECIPE],
                         help="variants to train and score (default: the paper's five and the kit's recipe)")
+    parser.add_argument("--pretrain", action="store_true",
+                        help=f"also the pretrain -> fine-tune path: {PRETRAINED} pretrained on a LIVECell-format copy "
+                             "of the training split, then fine-tuned, and scored")
+    parser.add_argument("--pretrain-epochs", type=int, default=10, help="epochs of each stage with --pretrain (GPU mode)")
     return parser
 
 
@@ -51,7 +63,9 @@ def main(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     sections = [f"# GPU acceptance run ({'CPU mode' if args.cpu else 'GPU'})", ""]
     failed = 0
-    for key, title, command in steps(args.data, args.out, args.cpu, args.epochs, args.variants):
+    listing = steps(args.data, args.out, args.cpu, args.epochs, args.variants)
+    listing += pretrain_steps(args.data, args.out, args.cpu, args.pretrain_epochs) if args.pretrain else []
+    for key, title, command in listing:
         if key in args.skip:
             continue
         status, seconds, tail = run_step(command)
@@ -97,6 +111,27 @@ def steps(data: Path, out: Path, cpu: bool, epochs: int,
                                                "--variants", "unet", "--train-args", kernel_args,
                                                "--work", str(out / "sandbox")]))
     return listing
+
+
+def pretrain_steps(data: Path, out: Path, cpu: bool, epochs: int) -> list[tuple[str, str, list[str]]]:
+    """(key, title, command) of the pretrain -> fine-tune path: the LIVECell-format copy, the two
+    stages in one ``kit.train`` run, and the full-image validation score."""
+    python = [sys.executable, "-m"]
+    device = ["--device", "cpu" if cpu else "cuda"]
+    copy, runs = out / "pretrain-data", out / "pretrain"
+    stages = ["--pretrain-epochs", "1", "--epochs", "1", "--max-images", "4", "--crop", "96x128"] if cpu else \
+        ["--pretrain-epochs", str(epochs), "--epochs", str(epochs)]
+    ids = ["--ids", *_val_ids(data)[:2]] if cpu else []
+    return [
+        ("pretrain", "LIVECell-format copy of the training split",
+         [*python, "benchmarks.fixture_data", "--data", str(data), "--out", str(copy), "--replace"]),
+        ("pretrain", f"Pretrain on the LIVECell copy, then fine-tune: {PRETRAINED}",
+         [*python, "kit.train", "--variant", PRETRAINED, "--data", str(copy), "--out", str(runs), "--pretrain",
+          "livecell", *stages, *device, "--restart"]),
+        ("pretrain", f"Full-image validation score: {PRETRAINED} pretrained",
+         [*python, "kit.infer", "--data", str(data), "--weights", str(runs / f"{PRETRAINED}.pt"), "--split", "val",
+          "--evaluate", "--out", str(runs / f"{PRETRAINED}-val.csv"), *device, *ids]),
+    ]
 
 
 def run_step(command: Sequence[str]) -> tuple[int, float, list[str]]:

@@ -104,7 +104,15 @@ def load_split(layout: data.CompetitionLayout, ids: Sequence[str], variant: Vari
     ``scales``: ``kit.rescale.type_scales`` of the run (native scale when None); ``keep_labels``: keep the
     label images (a validation split whose crops are rescaled).
     """
-    samples = data.load_samples(layout, ids, df)
+    return split_from_samples(data.load_samples(layout, ids, df), variant, device, cache_dir, scales, keep_labels)
+
+
+def split_from_samples(samples: Sequence[data.Sample], variant: Variant, device: torch.device,
+                       cache_dir: Path | None = None, scales: Mapping[str, float] | None = None,
+                       keep_labels: bool = False) -> TrainData:
+    """``load_split`` for samples already loaded: competition images, LIVECell's (``kit.livecell``) or
+    pseudo-labelled ones (``kit.pseudo``) take the same path to targets on ``device``; ``scales``
+    needs every sample's cell type."""
     images = torch.from_numpy(np.stack([s.image for s in samples]))
     if variant.target == "flow":
         targets = torch.from_numpy(np.stack([

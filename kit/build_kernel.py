@@ -58,10 +58,49 @@ class Kernel:
         return f"{user}/{self.slug}"
 
 
+KERNEL_PRETRAIN_MAX_IMAGES = 2000
+
+
+@dataclass(frozen=True)
+class KernelStages:
+    """The training kernels' stages besides fine-tuning on the competition's images, each off by
+    default: nothing here has measured what they bring on Kaggle's GPUs (README, "Extra data").
+
+    ``pretrain``: ``"livecell"`` or ``"livecell:LINE,LINE"``, LIVECell pretraining first
+    (``kit.train --pretrain``); ``pseudo_round``: then pseudo-labels of ``train_semi_supervised/``
+    (``kit.pseudo``, cells from ``min_confidence``) and one more stage trained on them. Both data sets
+    are part of the competition's input, so the kernels need no other data source.
+    """
+
+    pretrain: str | None = None
+    pretrain_epochs: int = competition.DEFAULT_PRETRAIN_EPOCHS
+    # A split lives on the training device, 2.6 MB an image with its flow targets: 2,000 LIVECell
+    # images take about 5 GB of each T4's 16 GB under DDP (all of LIVECell's train + val would take ~10).
+    pretrain_max_images: int | None = KERNEL_PRETRAIN_MAX_IMAGES
+    pseudo_round: bool = False
+    min_confidence: float = competition.DEFAULT_MIN_CONFIDENCE
+
+    def checked(self) -> "KernelStages":
+        if self.pretrain is not None:
+            competition.parse_pretrain(self.pretrain)
+        if self.pretrain_epochs < 1:
+            raise ValueError(f"--pretrain-epochs must be >= 1, got {self.pretrain_epochs}")
+        if self.pretrain_max_images is not None and self.pretrain_max_images < 1:
+            raise ValueError(f"--pretrain-max-images must be >= 1, got {self.pretrain_max_images}")
+        if not 0.0 <= self.min_confidence <= 1.0:
+            raise ValueError(f"--min-confidence must be in [0, 1], got {self.min_confidence}")
+        return self
+
+    def names(self) -> list[str]:
+        return ["LIVECell pretraining"] * (self.pretrain is not None) + ["fine-tuning"] + \
+            ["a pseudo-label round"] * self.pseudo_round
+
+
 def build_kernels(user: str, groups: Sequence[Sequence[str]], out: str | os.PathLike, *,
                   machine_shape: str = DEFAULT_MACHINE_SHAPE,
                   time_limit_s: int | None = None, use_all_gpus: bool = True,
-                  infer: Sequence[str] | None = None, tta: bool = False) -> list[Path]:
+                  infer: Sequence[str] | None = None, tta: bool = False,
+                  stages: KernelStages | None = None) -> list[Path]:
     """Write one folder per training group and one for inference below ``out``; return the folders.
 
     ``groups``: each a sequence of variant names one training kernel trains in turn (from
@@ -69,9 +108,11 @@ def build_kernels(user: str, groups: Sequence[Sequence[str]], out: str | os.Path
     runs ``kit.infer`` (with flip TTA if ``tta``) on the weights of ``infer`` (default: see
     ``inference_variants``) found there. ``time_limit_s``: each training
     kernel's wall time (default ``competition.DEFAULT_TIME_LIMIT``). ``use_all_gpus``: train through
-    DDP where the session has several GPUs (Kaggle's T4 x2), else on one.
+    DDP where the session has several GPUs (Kaggle's T4 x2), else on one. ``stages``: the training
+    kernels' stages besides fine-tuning (default: none, see ``KernelStages``).
     """
     user = check_username(user)
+    stages = KernelStages() if stages is None else stages.checked()
     if time_limit_s is None:
         time_limit_s = competition.parse_time_limit(competition.DEFAULT_TIME_LIMIT)
     _check_session_seconds(time_limit_s, f"{time_limit_s} s")
@@ -85,8 +126,8 @@ def build_kernels(user: str, groups: Sequence[Sequence[str]], out: str | os.Path
     inferred = inference_variants(groups, infer)
     refs = [k.ref(user) for k in trainers if set(k.variants) & set(inferred)]
     inference = Kernel(INFERENCE_SLUG, "Sartorius kit: infer", tuple(inferred))
-    planned = [(kernel_metadata(user, k, machine_shape), training_notebook(k, sources, time_limit_s, use_all_gpus))
-               for k in trainers]
+    planned = [(kernel_metadata(user, k, machine_shape),
+                training_notebook(k, sources, time_limit_s, use_all_gpus, stages)) for k in trainers]
     planned.append((kernel_metadata(user, inference, machine_shape, refs),
                     inference_notebook(inference, sources, refs, tta, select_best(inferred, infer))))
     # Everything is rendered and checked before the first file is written: no half-built set.
@@ -234,21 +275,30 @@ def kit_sources() -> dict[str, str]:
 
 
 def training_notebook(kernel: Kernel, sources: dict[str, str], time_limit_s: int,
-                      use_all_gpus: bool = True) -> dict:
-    """The notebook training ``kernel.variants`` in turn, sharing ``time_limit_s`` between them."""
+                      use_all_gpus: bool = True, stages: KernelStages | None = None) -> dict:
+    """The notebook training ``kernel.variants`` in turn, sharing ``time_limit_s`` between them, each
+    through ``stages`` (default: fine-tuning only)."""
+    stages = KernelStages() if stages is None else stages
     rows = "\n".join(f"| `{name}` | {variants.get_variant(name).description} |" for name in kernel.variants)
     intro = (f"# {kernel.title}\n\nTrains {_listing(kernel.variants)} on the competition's training images "
              f"with `python -m kit.train`, one after another within {_hours(time_limit_s)} in all, and leaves "
-             "each variant's weights (`<variant>.pt`), metrics CSV and learning curves in the output.\n\n"
+             "each variant's weights (`<variant>.pt`), metrics CSV and learning curves in the output. "
+             f"Each variant's stages, sharing its time evenly: {', then '.join(stages.names())}.\n\n"
              f"| variant | what differs |\n|---|---|\n{rows}\n\n" + _BUILT_BY)
     settings = (f"VARIANTS = {list(kernel.variants)!r}\n"
                 f"TIME_LIMIT_SECONDS = {time_limit_s}  # the whole run, shared by the variants\n"
                 f"SAVE_MARGIN_SECONDS = {SAVE_MARGIN_SECONDS}\n"
-                f"USE_ALL_GPUS = {use_all_gpus}  # False: train on one GPU even where there are two\n")
+                f"USE_ALL_GPUS = {use_all_gpus}  # False: train on one GPU even where there are two\n"
+                f"PRETRAIN = {stages.pretrain!r}  # 'livecell' or 'livecell:shsy5y,...': LIVECell pretraining first\n"
+                f"PRETRAIN_EPOCHS = {stages.pretrain_epochs}\n"
+                f"PRETRAIN_MAX_IMAGES = {stages.pretrain_max_images!r}  # None: all of LIVECell's train + val images\n"
+                f"PSEUDO_ROUND = {stages.pseudo_round}  # True: pseudo-labels of train_semi_supervised/, one more stage\n"
+                f"MIN_CONFIDENCE = {stages.min_confidence!r}  # a pseudo-labelled cell's mean cell probability\n")
     call = ("\nfrom kit import notebook\n\n"
+            "STAGES = notebook.TrainingStages(PRETRAIN, PRETRAIN_EPOCHS, PRETRAIN_MAX_IMAGES, PSEUDO_ROUND, MIN_CONFIDENCE)\n"
             "notebook.train_variants(VARIANTS, STARTED + TIME_LIMIT_SECONDS, data_root=INPUT, working=WORKING,\n"
             "                        use_all_gpus=USE_ALL_GPUS, save_margin_s=SAVE_MARGIN_SECONDS,\n"
-            f"                        train_args=notebook.extra_args({TRAIN_ARGS_ENV!r}))\n")
+            f"                        train_args=notebook.extra_args({TRAIN_ARGS_ENV!r}), stages=STAGES)\n")
     return _notebook([_markdown(intro), *_kit_cells(sources), _code(settings + call)])
 
 
@@ -326,6 +376,20 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tta", action="store_true", help="inference with flip test-time augmentation")
     parser.add_argument("--one-gpu", action="store_true",
                         help="train on one GPU even where the session has two (default: DDP over all)")
+    parser.add_argument("--pretrain", metavar="livecell[:LINES]",
+                        help="stage: pretrain on LIVECell (all 8 lines, or e.g. livecell:shsy5y,a172) before "
+                             "fine-tuning (default: off)")
+    parser.add_argument("--pretrain-epochs", type=int, default=competition.DEFAULT_PRETRAIN_EPOCHS,
+                        help=f"epochs of the pretraining stage (default {competition.DEFAULT_PRETRAIN_EPOCHS})")
+    parser.add_argument("--pretrain-max-images", type=int, default=KERNEL_PRETRAIN_MAX_IMAGES,
+                        help="LIVECell images to pretrain on, in turn from each line (default "
+                             f"{KERNEL_PRETRAIN_MAX_IMAGES}: they and their targets live on each GPU)")
+    parser.add_argument("--pseudo-round", action="store_true",
+                        help="stage: pseudo-label train_semi_supervised/ after fine-tuning and train one more "
+                             "stage on them beside the annotations (default: off)")
+    parser.add_argument("--min-confidence", type=float, default=competition.DEFAULT_MIN_CONFIDENCE,
+                        help="pseudo-labelled cells kept from this mean cell probability "
+                             f"(default {competition.DEFAULT_MIN_CONFIDENCE})")
     return parser
 
 
@@ -335,7 +399,9 @@ def main(args: argparse.Namespace) -> list[Path]:
         groups = parse_variant_groups(args.variants)
         folders = build_kernels(resolve_username(args.user), groups, args.out,
                                 machine_shape=args.machine_shape, time_limit_s=parse_kernel_time_limit(args.time_limit),
-                                use_all_gpus=not args.one_gpu, infer=args.infer, tta=args.tta)
+                                use_all_gpus=not args.one_gpu, infer=args.infer, tta=args.tta,
+                                stages=KernelStages(args.pretrain, args.pretrain_epochs, args.pretrain_max_images,
+                                                    args.pseudo_round, args.min_confidence))
     except (ValueError, OSError) as error:  # OSError: --out not writable (kit.files.OutputError and others)
         raise SystemExit(f"kit.build_kernel: error: {error}") from None
     for folder in folders:

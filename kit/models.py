@@ -3,7 +3,9 @@
 A checkpoint is a plain dict (tensors, numbers, strings, lists, dicts) so that
 ``torch.load(path, weights_only=True)`` reads it: ``format``, ``variant`` (``Variant.to_dict()``),
 ``model`` (state dict), ``epoch``, ``best_score``, ``history`` (the per-epoch metrics rows), ``inference``
-(``InferenceSettings.to_dict()``: per-type scales, tuned post-processing settings, possibly empty); a
+(``InferenceSettings.to_dict()``: per-type scales, tuned post-processing settings, possibly empty),
+``stages`` (a staged run's pretraining / fine-tuning / pseudo-label stages, ``kit.stages``; empty
+before); a
 resumable checkpoint adds ``optimizer``, ``scheduler`` and ``scaler`` states. No random state is
 saved: the trainer seeds batch order, crops and augmentation per epoch (only dropout masks differ
 after a resume).
@@ -22,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kit.competition import CELL_TYPES
+from kit.competition import CELL_TYPES, LIVECELL_CELL_LINES
 from kit.files import atomic_output, no_space_error
 from kit.variants import IMAGE_CHANNELS, Variant
 
@@ -160,7 +162,8 @@ def model_input(images: torch.Tensor, cell_types: Sequence[str], variant: Varian
 
     ``images``: uint8[B, H, W] or uint8[B, 1, H, W]. Channel 0 is each image standardised to mean
     0 and standard deviation 1 (over its own pixels). One-hot variants append ``len(CELL_TYPES)``
-    constant 0/1 planes in ``CELL_TYPES`` order.
+    constant 0/1 planes in ``CELL_TYPES`` order; a LIVECell line (pretraining) sets its type's plane
+    where it is one (shsy5y), else none (``kit.stages``).
 
     Why standardise: the competition's images have a standard deviation of only 9 to 16 grey
     levels, so image / 255 would vary by about 0.05 while the one-hot planes jump by 1 between cell
@@ -182,11 +185,14 @@ def model_input(images: torch.Tensor, cell_types: Sequence[str], variant: Varian
     x = (x - mean) / std
     if not variant.one_hot:
         return x
-    unknown = sorted(set(cell_types) - set(CELL_TYPES))
+    unknown = sorted(set(cell_types) - set(CELL_TYPES) - set(LIVECELL_CELL_LINES))
     if unknown:
-        raise ValueError(f"unknown cell type(s) {unknown}; valid: {', '.join(CELL_TYPES)}")
-    index = torch.tensor([CELL_TYPES.index(c) for c in cell_types], device=images.device)
-    planes = F.one_hot(index, len(CELL_TYPES)).to(x.dtype)[:, :, None, None]
+        raise ValueError(f"unknown cell type(s) {unknown}; valid: {', '.join(CELL_TYPES)} (and LIVECell's lines "
+                         f"{', '.join(LIVECELL_CELL_LINES)})")
+    # LIVECell's lines other than SH-SY5Y (the competition's shsy5y) are no competition type: no plane is set.
+    index = torch.tensor([CELL_TYPES.index(c) if c in CELL_TYPES else len(CELL_TYPES) for c in cell_types],
+                         device=images.device)
+    planes = F.one_hot(index, len(CELL_TYPES) + 1)[:, :len(CELL_TYPES)].to(x.dtype)[:, :, None, None]
     return torch.cat([x, planes.expand(-1, -1, *x.shape[-2:])], dim=1)
 
 
@@ -211,14 +217,15 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, variant: Variant,
                     optimizer: torch.optim.Optimizer | None = None, scheduler: Any = None,
                     scaler: torch.amp.GradScaler | None = None, epoch: int = 0,
                     best_score: float = float("nan"), history: Sequence[Mapping[str, Any]] = (),
-                    inference: InferenceSettings | None = None) -> None:
+                    inference: InferenceSettings | None = None, stages: Sequence[Mapping[str, Any]] = ()) -> None:
     """Write a checkpoint atomically (a reader never sees half a file); a full disk is an error
     naming the file. Every checkpoint the kit writes goes through here.
 
     With only ``model`` and ``variant`` it is a weights file (what ``kit.infer`` needs); pass the
     optimizer, scheduler and scaler to make it resumable: each an object with ``state_dict()`` or
     the state dict a checkpoint already holds (``kit.tune`` rewriting one). ``inference``: what
-    inference needs beyond the variant (``InferenceSettings``).
+    inference needs beyond the variant (``InferenceSettings``). ``stages``: the run's training
+    stages (``kit.stages``), whose rows ``history`` holds.
     """
     checkpoint: dict[str, Any] = {
         "format": CHECKPOINT_FORMAT,
@@ -228,6 +235,7 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, variant: Variant,
         "best_score": float(best_score),
         "history": [dict(row) for row in history],
         "inference": (inference or InferenceSettings()).to_dict(),
+        "stages": [dict(stage) for stage in stages],
     }
     optional = {"optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}
     checkpoint.update({key: part.state_dict() if hasattr(part, "state_dict") else dict(part)

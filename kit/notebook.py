@@ -2,7 +2,9 @@
 
 The training notebook shares its time limit between the variants it trains and runs ``kit.train``
 for each (through DDP where the session has several GPUs), after saving the cell-type classifier
-beside the weights, and ``kit.tune`` after each flow variant; the inference notebook finds the attached training kernels' weights, runs
+beside the weights, and ``kit.tune`` after each flow variant; each variant's share is split evenly
+(``time_share``) between its stages: LIVECell pretraining, fine-tuning and a pseudo-label round,
+as ``TrainingStages`` turns them on; the inference notebook finds the attached training kernels' weights, runs
 ``kit.infer`` and validates the submission. Every kit command runs as a child process
 (``run_kit``), its output echoed into the notebook and stopped at its share of the time.
 """
@@ -15,10 +17,11 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from kit import cell_type_classifier, data, submission, variants
+from kit import cell_type_classifier, competition, data, submission, variants
 from kit.progress import show_progress
 
 
@@ -65,10 +68,28 @@ def time_share(seconds_left: float, variants_left: int, save_margin_s: float) ->
     return budget, int(budget - save_margin_s) // 60
 
 
+@dataclass(frozen=True)
+class TrainingStages:
+    """Which stages a training kernel runs for each variant besides fine-tuning on the competition's
+    images: LIVECell pretraining before it (``pretrain``: ``"livecell[:LINES]"``, None for none) and a
+    pseudo-label round after it (``kit.pseudo`` on ``train_semi_supervised/``, then ``kit.train --resume
+    --extra-data``)."""
+
+    pretrain: str | None = None
+    pretrain_epochs: int = competition.DEFAULT_PRETRAIN_EPOCHS
+    pretrain_max_images: int | None = None
+    pseudo_round: bool = False
+    min_confidence: float = competition.DEFAULT_MIN_CONFIDENCE
+
+    def names(self) -> list[str]:
+        return ["pretrain"] * (self.pretrain is not None) + ["finetune"] + ["pseudo-1"] * self.pseudo_round
+
+
 def train_variants(names: Sequence[str], deadline: float, *, data_root: Path, working: Path,
-                   use_all_gpus: bool = True, save_margin_s: float = 300, train_args: Sequence[str] = ()) -> None:
+                   use_all_gpus: bool = True, save_margin_s: float = 300, train_args: Sequence[str] = (),
+                   stages: TrainingStages = TrainingStages()) -> None:
     """The training notebook: the cell-type classifier, then ``kit.train`` for each variant until
-    ``deadline`` (a ``time.monotonic()`` time); outputs in ``working``, the flow cache dropped."""
+    ``deadline`` (a ``time.monotonic()`` time), in ``stages``; outputs in ``working``, the flow cache dropped."""
     show_progress()  # the kit's lines in the notebook's output, as its commands print them
     layout = data.find_competition(data_root)
     # Saved first and beside the weights: the inference kernel finds it there even if training runs out of time.
@@ -80,16 +101,66 @@ def train_variants(names: Sequence[str], deadline: float, *, data_root: Path, wo
         budget, minutes = time_share(deadline - time.monotonic(), len(names) - done, save_margin_s)
         if minutes < 1:
             raise RuntimeError(f"only {budget:.0f} s left for {name}; raise --time-limit or train fewer variants")
-        print(f"--- training {name} on {f'{gpus} GPU(s)' if gpus else 'the CPU'}, {minutes} min at most", flush=True)
-        run_kit(*launcher, "kit.train", "--variant", name, "--data", layout.root, "--out", working,
-                "--time-limit", f"{minutes // 60}:{minutes % 60:02d}", *train_args, timeout=budget)
-        if variants.get_variant(name).target == "flow":  # per-type extraction settings into the weights
-            run_kit("kit.tune", "--data", layout.root, "--weights", working / f"{name}.pt", timeout=save_margin_s)
+        print(f"--- training {name} on {f'{gpus} GPU(s)' if gpus else 'the CPU'}, {minutes} min at most, "
+              f"stages {' -> '.join(stages.names())}", flush=True)
+        variant_deadline = time.monotonic() + budget
+        common = [*launcher, "kit.train", "--variant", name, "--data", layout.root, "--out", working]
+        arguments, hard_stop = _first_stages(stages, variant_deadline, save_margin_s)
+        run_kit(*common, *arguments, *train_args, timeout=hard_stop)
+        _tune(name, layout.root, working, save_margin_s)
+        if stages.pseudo_round:
+            _pseudo_round(name, common, layout.root, working, stages, variant_deadline, save_margin_s, train_args)
     # The flow targets cached during training would add about 1 GB to this kernel's output: not kept.
     shutil.rmtree(working / "cache", ignore_errors=True)
     for path in sorted(working.rglob("*")):
         if path.is_file():
             print(f"{path.relative_to(working)}  {path.stat().st_size:,} bytes")
+
+
+def _first_stages(stages: TrainingStages, deadline: float, save_margin_s: float) -> tuple[list[str], float]:
+    """(kit.train's stage arguments, its hard stop in seconds) for the call that pretrains (if asked)
+    then fine-tunes: each stage gets an even share of the variant's time left (``time_share``); a
+    pseudo-label round keeps its share for after."""
+    left, arguments, hard_stop = stages.names(), [], 0.0
+    seconds_left = deadline - time.monotonic()
+    if stages.pretrain is not None:
+        budget, minutes = time_share(seconds_left, len(left), save_margin_s)
+        _check_minutes(minutes, "pretraining")
+        arguments += ["--pretrain", stages.pretrain, "--pretrain-epochs", str(stages.pretrain_epochs),
+                      "--pretrain-time-limit", _minutes(minutes)]
+        arguments += ["--pretrain-max-images", str(stages.pretrain_max_images)] if stages.pretrain_max_images else []
+        seconds_left, hard_stop, left = seconds_left - budget, budget, left[1:]
+    budget, minutes = time_share(seconds_left, len(left), save_margin_s)
+    _check_minutes(minutes, "fine-tuning")
+    return [*arguments, "--time-limit", _minutes(minutes)], hard_stop + budget
+
+
+def _pseudo_round(name: str, common: Sequence, root: Path, working: Path, stages: TrainingStages, deadline: float,
+                  save_margin_s: float, train_args: Sequence[str]) -> None:
+    """Pseudo-labels of ``train_semi_supervised/`` from the fine-tuned weights, then one more stage
+    trained on them beside the split (``kit.train --resume --extra-data``) in the time left."""
+    labels = working / f"{name}-pseudo-labels.csv"
+    run_kit("kit.pseudo", "--data", root, "--weights", working / f"{name}.pt", "--out", labels,
+            "--min-confidence", stages.min_confidence, timeout=max(deadline - time.monotonic() - save_margin_s, 1))
+    _, minutes = time_share(deadline - time.monotonic(), 1, save_margin_s)
+    _check_minutes(minutes, "the pseudo-label round")
+    run_kit(*common, "--resume", "--extra-data", labels, "--time-limit", _minutes(minutes), *train_args,
+            timeout=max(deadline - time.monotonic(), 1))
+    _tune(name, root, working, save_margin_s)
+
+
+def _tune(name: str, root: Path, working: Path, save_margin_s: float) -> None:
+    if variants.get_variant(name).target == "flow":  # per-type extraction settings into the weights
+        run_kit("kit.tune", "--data", root, "--weights", working / f"{name}.pt", timeout=save_margin_s)
+
+
+def _check_minutes(minutes: int, what: str) -> None:
+    if minutes < 1:
+        raise RuntimeError(f"under a minute left for {what}; raise --time-limit or turn a stage off")
+
+
+def _minutes(minutes: int) -> str:
+    return f"{minutes // 60}:{minutes % 60:02d}"
 
 
 def training_gpus(use_all_gpus: bool) -> int:

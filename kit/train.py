@@ -21,8 +21,10 @@ from pathlib import Path
 
 from kit import paths
 from kit.batches import crop_size
+from kit.competition import DEFAULT_PRETRAIN_EPOCHS, parse_pretrain
 from kit.files import OutputError, exit_on_sigterm
 from kit.progress import show_progress
+from kit.stages import StageRequest, train_in_stages
 from kit.train_loop import train_epochs
 from kit.train_outputs import prepare_out
 from kit.train_setup import Budget, RunConfig, load_splits, setup_distributed, teardown_distributed, training_state
@@ -63,6 +65,20 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--restart", action="store_true",
                         help="start afresh although OUT holds a run of NAME (its files move to OUT/previous/)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the split, initialisation and batches")
+    stages = parser.add_argument_group("stages (kit.stages): LIVECell pretraining and pseudo-labels")
+    stages.add_argument("--pretrain", type=_pretrain_source, metavar="livecell[:LINES]",
+                        help="a new run first trains on LIVECell (in the competition folder): all 8 lines, or "
+                             "e.g. livecell:shsy5y,a172; then it fine-tunes on the competition's images")
+    stages.add_argument("--pretrain-epochs", type=int, default=DEFAULT_PRETRAIN_EPOCHS,
+                        help=f"epochs of the pretraining stage (default {DEFAULT_PRETRAIN_EPOCHS})")
+    stages.add_argument("--pretrain-time-limit", type=parse_time_limit, metavar="H:MM",
+                        help="the pretraining stage's training time (default: --time-limit, which is then "
+                             "fine-tuning's own)")
+    stages.add_argument("--pretrain-max-images", type=int, metavar="N",
+                        help="LIVECell images to pretrain on, taken in turn from each line (default: all)")
+    stages.add_argument("--extra-data", nargs="+", type=Path, default=[], metavar="CSV",
+                        help="pseudo-labels from kit.pseudo (train.csv's form, images in train_semi_supervised/) "
+                             "trained on beside the annotations; with --resume, new ones start a pseudo-label round")
     return parser
 
 
@@ -75,7 +91,7 @@ def main(args: argparse.Namespace) -> Path | None:
         raise SystemExit("kit.train: error: --variant is required (see --list)")
     show_progress()
     try:
-        return train(run_config(args))
+        return train_in_stages(run_config(args), train)
     except (FileNotFoundError, FileExistsError, OutputError, ValueError) as err:
         raise SystemExit(f"kit.train: error: {err}") from None
 
@@ -87,11 +103,18 @@ def run_config(args: argparse.Namespace) -> RunConfig:
                      out=Path(args.out) if args.out is not None else paths.working_dir(),
                      crop=effective_crop(args.crop, variant), time_limit=args.time_limit, device=args.device,
                      precision=args.precision, compile=args.compile, resume=args.resume, restart=args.restart,
-                     seed=args.seed, max_images=args.max_images, val_fraction=args.val_fraction)
+                     seed=args.seed, max_images=args.max_images, val_fraction=args.val_fraction,
+                     stages=StageRequest(
+                         pretrain=parse_pretrain(args.pretrain) if args.pretrain else False,
+                         pretrain_epochs=args.pretrain_epochs,
+                         pretrain_time_limit=args.time_limit if args.pretrain_time_limit is None
+                         else args.pretrain_time_limit,
+                         pretrain_max_images=args.pretrain_max_images, extra_data=tuple(map(str, args.extra_data)),
+                         epochs=variant.epochs, time_limit=args.time_limit))
 
 
 def train(config: RunConfig) -> Path:
-    """Train ``config.variant``; returns ``OUT/NAME.pt``."""
+    """Train ``config.variant`` (one stage of it when ``config.stage`` is set); returns ``OUT/NAME.pt``."""
     budget = Budget(limit=config.time_limit)
     rank, world, device = setup_distributed(config.device)
     if rank == 0:
@@ -101,6 +124,12 @@ def train(config: RunConfig) -> Path:
     train_epochs(state, config, device, train_data, val_data)
     teardown_distributed(world)
     return config.out / f"{config.variant.name}.pt"
+
+
+def _pretrain_source(text: str) -> str:
+    """``--pretrain``'s argparse type: the text, once ``kit.competition.parse_pretrain`` accepts it."""
+    parse_pretrain(text)
+    return text
 
 
 def effective_variant(args: argparse.Namespace) -> Variant:

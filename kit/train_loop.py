@@ -14,6 +14,7 @@ from torch import nn
 
 from kit import metrics, models, postprocess
 from kit.batches import TrainData, make_batch, validation_batch
+from kit.stages import FINETUNE, describe
 from kit.train_outputs import clock, finish_epoch, progress_line, quality
 from kit.train_setup import RunConfig, TrainingState, autocast, precision_name
 from kit.variants import Variant
@@ -27,18 +28,21 @@ def train_epochs(state: TrainingState, config: RunConfig, device: torch.device, 
     when the time budget runs out; rank 0 logs the progress lines."""
     log = logger.info if state.rank == 0 else (lambda message: None)
     variant, out, budget = state.variant, state.out, state.budget
-    done = len(state.history)
-    if done >= variant.epochs:
+    done, last = len(state.history), state.stage.last_epoch if state.stage else variant.epochs
+    if done >= last:
         log(f"{out / f'{variant.name}-last.pt'} already holds {done} epochs; raise --epochs to go on")
     else:
+        if state.stage is not None and (state.stage.name != FINETUNE or state.stage.extra_data
+                                        or state.stage.first_epoch > 1):  # a run with stages
+            log(describe(state.stage, len(train_data)))
         log(f"{variant.name}: {len(train_data)} train / {len(val_data or ())} val images on {device}"
             f"{f' x{state.world}' if state.world > 1 else ''}, {precision_name(state.amp_dtype)}, batch "
-            f"{variant.batch_size}, epochs {done + 1}-{variant.epochs}; validation instances: {instance_method(variant)}")
+            f"{variant.batch_size}, epochs {done + 1}-{last}; validation instances: {instance_method(variant)}")
     epoch_seconds: list[float] = []
     # A single process with a budget stops within the epoch that spends it instead, so that a
     # budget buys the same training time whatever an epoch takes (DDP ranks stop together here).
     per_epoch_stop = state.world > 1 or not budget.limited
-    for epoch in range(done + 1, variant.epochs + 1):
+    for epoch in range(done + 1, last + 1):
         next_epoch = max(epoch_seconds[-3:], default=0.0)
         if per_epoch_stop and epoch_seconds and stop_before_epoch(device, budget.process_seconds() + next_epoch,
                                                                   budget.limit):
@@ -50,7 +54,7 @@ def train_epochs(state: TrainingState, config: RunConfig, device: torch.device, 
         row = run_epoch(state, epoch, train_data, val_data, config.seed)
         epoch_seconds.append(time.monotonic() - epoch_start)
         if row is not None:
-            log(progress_line(row, variant.epochs, epoch_seconds, budget.left()))
+            log(progress_line(row, last, epoch_seconds, budget.left()))
         if budget.out_of_time:
             log(f"stopped within epoch {epoch}: its training spent the time limit "
                 f"{clock(budget.limit)}; best weights in {out / f'{variant.name}.pt'}")
@@ -81,7 +85,8 @@ def run_epoch(state: TrainingState, epoch: int, train_data: TrainData, val_data:
     if state.rank != 0:
         return None
     scores = evaluate(state.raw_model, val_data, state.variant, state.criterion, state.amp_dtype, state.crop)
-    row = {"epoch": epoch, "train_loss": train_loss, **scores, "lr": lr, "images_per_s": images_per_s}
+    row = {"epoch": epoch, "train_loss": train_loss, **scores, "lr": lr, "images_per_s": images_per_s,
+           "stage": state.stage.name if state.stage else FINETUNE}
     finish_epoch(row, state, epoch_start)
     state.budget.reserve = time.monotonic() - validation_start
     return row

@@ -21,7 +21,8 @@ from kit.variants import Variant
 logger = logging.getLogger(__name__)
 
 METRIC_COLUMNS = ("epoch", "train_loss", "val_loss", "val_dice", "val_iou", "val_accuracy", "val_score",
-                  "lr", "images_per_s", "epoch_s", "elapsed_s")
+                  "lr", "images_per_s", "epoch_s", "elapsed_s", "stage")
+_TEXT_COLUMNS = {"epoch": None, "stage": "finetune"}  # written as they are (a row of an older kit: no stage)
 
 
 def run_files(name: str) -> list[str]:
@@ -60,10 +61,12 @@ def finish_epoch(row: dict, state, epoch_start: float) -> None:
     best = max(history, key=quality)
     if best is row:
         models.save_checkpoint(out / f"{variant.name}.pt", state.raw_model, variant, epoch=row["epoch"],
-                               best_score=row["val_score"], history=history, inference=state.inference)
+                               best_score=row["val_score"], history=history, inference=state.inference,
+                               stages=state.stage_records)
     models.save_checkpoint(out / f"{variant.name}-last.pt", state.raw_model, variant, optimizer=state.optimizer,
                            scheduler=state.scheduler, scaler=state.scaler, epoch=row["epoch"],
-                           best_score=best["val_score"], history=history, inference=state.inference)
+                           best_score=best["val_score"], history=history, inference=state.inference,
+                           stages=state.stage_records)
     write_metrics(out / f"{variant.name}-metrics.csv", history)
     plot_curves(out / f"{variant.name}-curves.png", history, variant.name)
 
@@ -80,7 +83,8 @@ def progress_line(row: dict, epochs: int, epoch_seconds: Sequence[float], budget
     epochs_left = (epochs - row["epoch"]) * float(np.mean(epoch_seconds))
     eta = max(min(epochs_left, budget_left), 0.0)
     until = " (time limit)" if budget_left < epochs_left else ""
-    return (f"epoch {row['epoch']}/{epochs}  train {row['train_loss']:.4f}  val {row['val_loss']:.4f}  "
+    stage = "" if row.get("stage", "finetune") == "finetune" else f"{row['stage']} "
+    return (f"{stage}epoch {row['epoch']}/{epochs}  train {row['train_loss']:.4f}  val {row['val_loss']:.4f}  "
             f"dice {row['val_dice']:.3f}  iou {row['val_iou']:.3f}  acc {row['val_accuracy']:.3f}  "
             f"score {row['val_score']:.4f}  lr {row['lr']:.2e}  {row['images_per_s']:.1f} img/s  "
             f"{row['epoch_s']:.0f}s  ETA {clock(eta)}{until}")
@@ -98,7 +102,8 @@ def write_metrics(path: Path, history: Sequence[dict]) -> None:
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(METRIC_COLUMNS)
     for row in history:
-        writer.writerow([row[c] if c == "epoch" else f"{row[c]:.6g}" for c in METRIC_COLUMNS])
+        writer.writerow([row.get(c, _TEXT_COLUMNS[c]) if c in _TEXT_COLUMNS else f"{row[c]:.6g}"
+                         for c in METRIC_COLUMNS])
     write_text_atomic(path, buffer.getvalue())
 
 

@@ -15,9 +15,11 @@ import torch.distributed as dist
 from torch import nn
 
 from kit import data, models
-from kit.batches import TrainData, load_split
+from kit.batches import TrainData, load_split, split_from_samples
 from kit.rescale import type_scales
 from kit.losses import build_loss
+from kit.stages import (PRETRAIN, Stage, StageRequest, line_diameters, stage_elapsed, stage_records,
+                        start_from_previous, training_samples)
 from kit.variants import Variant
 
 
@@ -39,6 +41,8 @@ class RunConfig:
     seed: int
     max_images: int | None
     val_fraction: float
+    stages: StageRequest = StageRequest()  # the command line's --pretrain / --extra-data
+    stage: Stage | None = None  # the stage this train() call trains (kit.stages.train_in_stages sets it)
 
 
 @dataclass
@@ -102,6 +106,8 @@ class TrainingState:
     inference: models.InferenceSettings  # what kit.infer needs beyond the variant (the per-type scales)
     step_lr_per_batch: bool  # the cosine schedule moves at every step, the step schedule every epoch
     budget: Budget
+    stage: Stage | None = None
+    stage_records: list[dict] = field(default_factory=list)  # the checkpoints' ``stages``
 
 
 def setup_distributed(device_name: str | None) -> tuple[int, int, torch.device]:
@@ -162,12 +168,20 @@ def load_splits(config: RunConfig, device: torch.device, rank: int
         raise ValueError(f"{layout.train_csv}: the split leaves no validation image; raise --val-fraction")
     if rank != 0:
         dist.barrier()  # rank 0 fills the flow cache first; the others then read it
-    train_data = load_split(layout, train_ids, variant, device, cache_dir, df, scales)
+    samples = training_samples(config.stage, layout, train_ids, df, config.max_images)
+    train_data = split_from_samples(samples, variant, device, cache_dir, _training_scales(config, scales, samples))
     val_data = load_split(layout, val_ids, variant, device, cache_dir, df, scales,
                           keep_labels=scales is not None) if rank == 0 else None
     if rank == 0 and dist.is_initialized():
         dist.barrier()
     return train_data, val_data, inference
+
+
+def _training_scales(config: RunConfig, scales: dict | None, samples) -> dict | None:
+    """The split's per-type scales, and for LIVECell's images their lines' (pretraining a rescaling variant)."""
+    if scales is None or config.stage is None or config.stage.name != PRETRAIN:
+        return scales
+    return {**scales, **type_scales(line_diameters(samples), config.variant.cell_diameter)}
 
 
 def training_state(config: RunConfig, device: torch.device, world: int, inference: models.InferenceSettings,
@@ -178,18 +192,23 @@ def training_state(config: RunConfig, device: torch.device, world: int, inferenc
     torch.manual_seed(config.seed)  # same initial weights on every rank
     raw_model = models.build_model(variant).to(device)
     optimizer = build_optimizer(raw_model, variant)
-    scheduler = build_scheduler(optimizer, variant, n_train // world, budget)
+    stage, last = config.stage, out / f"{variant.name}-last.pt"
+    scheduler = build_scheduler(optimizer, variant, n_train // world, budget, stage.epochs if stage else None)
     amp_dtype = autocast_dtype(device, config.precision)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     history: list[dict] = []
-    if config.resume:
-        history = resume(out / f"{variant.name}-last.pt", variant, raw_model, optimizer, scheduler, scaler)
-        budget.resumed = history[-1]["elapsed_s"] if history else 0.0
+    if config.resume and stage is not None and stage.fresh:  # a new stage from the previous one's last weights
+        history = start_from_previous(last, variant, raw_model)
+    elif config.resume:
+        history = resume(last, variant, raw_model, optimizer, scheduler, scaler)
+        budget.resumed = stage_elapsed(history, stage) if stage else (history[-1]["elapsed_s"] if history else 0.0)
     return TrainingState(variant=variant, out=out, rank=dist.get_rank() if dist.is_initialized() else 0,
                          world=world, raw_model=raw_model, model=wrap_model(raw_model, device, world, config.compile),
                          optimizer=optimizer, scheduler=scheduler, scaler=scaler, amp_dtype=amp_dtype,
                          criterion=build_loss(variant), history=history, crop=config.crop, inference=inference,
-                         step_lr_per_batch=variant.schedule == "cosine", budget=budget)
+                         step_lr_per_batch=variant.schedule == "cosine", budget=budget, stage=stage,
+                         stage_records=stage_records(models.read_checkpoint(last) if config.resume else None, stage)
+                         if stage else [])
 
 
 def build_optimizer(model: nn.Module, variant: Variant) -> torch.optim.Optimizer:
@@ -203,10 +222,11 @@ def build_optimizer(model: nn.Module, variant: Variant) -> torch.optim.Optimizer
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, variant: Variant, images_per_epoch: int,
-                    budget: Budget) -> torch.optim.lr_scheduler.LRScheduler:
-    """The variant's lr schedule: warm-up + cosine over the epochs or ``budget``, else x gamma every step."""
+                    budget: Budget, epochs: int | None = None) -> torch.optim.lr_scheduler.LRScheduler:
+    """The variant's lr schedule: warm-up + cosine over the epochs (``epochs``, default the
+    variant's: a stage's own) or ``budget``, else x gamma every step."""
     if variant.schedule == "cosine":
-        steps = variant.epochs * math.ceil(images_per_epoch / variant.batch_size)
+        steps = (epochs or variant.epochs) * math.ceil(images_per_epoch / variant.batch_size)
         return torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_factor(variant.warmup, steps, budget))
     return torch.optim.lr_scheduler.StepLR(optimizer, variant.lr_step, variant.lr_gamma)
 

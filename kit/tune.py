@@ -158,7 +158,8 @@ def save_tuned(weights: str | Path, out: str | Path, tuned: Mapping[str, Mapping
     models.save_checkpoint(out, model, variant, optimizer=checkpoint.get("optimizer"),
                            scheduler=checkpoint.get("scheduler"), scaler=checkpoint.get("scaler"),
                            epoch=checkpoint.get("epoch", 0), best_score=checkpoint.get("best_score", float("nan")),
-                           history=checkpoint.get("history", ()), inference=settings)
+                           history=checkpoint.get("history", ()), inference=settings,
+                           stages=checkpoint.get("stages", ()))
 
 
 def _grid_scores(outputs: Sequence[tuple[np.ndarray, np.ndarray]], truth: Sequence[Sequence[str]],

@@ -38,3 +38,22 @@ def samples(shared_dir) -> list:
     table = data.image_table(df)
     ids = [i for t in competition.CELL_TYPES for i in sorted(table.loc[table.cell_type == t, "id"])[:4]]
     return data.load_samples(layout, ids, df)
+
+
+@pytest.fixture(scope="session")
+def extras_dir(shared_dir, tmp_path_factory) -> Path:
+    """A competition folder holding the shared slice (linked) beside the competition's two other inputs,
+    built from its images in their formats (``benchmarks.fixture_data``): a tiny LIVECell tree
+    (train: 2 shsy5y -> SHSY5Y, 1 cort -> A172; val: 1 astro -> BV2; test: 1 shsy5y) and a
+    ``train_semi_supervised/`` of 2 images of each type, taken from the training split."""
+    from benchmarks import fixture_data
+
+    layout = data.find_competition(shared_dir)
+    table = data.image_table(data.read_train_csv(layout.train_csv))
+    train_ids, _ = data.split_train_val(table)
+    by_type = {t: sorted(table.loc[table.cell_type == t, "id"]) for t in competition.CELL_TYPES}
+    livecell_splits = {"train": [*by_type["shsy5y"][:2], by_type["cort"][0]], "val": [by_type["astro"][0]],
+                       "test": [by_type["shsy5y"][2]]}
+    semi = [i for t in competition.CELL_TYPES for i in [i for i in train_ids if i in set(by_type[t])][:2]]
+    return fixture_data.competition_with_extras(shared_dir, tmp_path_factory.mktemp("extras") / "competition",
+                                                livecell_splits, semi)

@@ -241,6 +241,33 @@ def test_the_command_line_builds_the_named_variants(tmp_path, capsys):
     assert "TIME_LIMIT_SECONDS = 9000 " in run_cell and "USE_ALL_GPUS = False " in run_cell
 
 
+def test_the_stages_are_off_by_default_and_each_flag_turns_one_on(tmp_path, capsys):
+    default = cell_text(read_notebook(build(tmp_path / "default", ["unet"])[0])["cells"][-1])
+    assert "PRETRAIN = None " in default and "PSEUDO_ROUND = False " in default
+    args = build_kernel.get_args_parser().parse_args(
+        ["--user", USER, "--out", str(tmp_path / "staged"), "--variants", "hot-flow-unet", "--pretrain",
+         "livecell:shsy5y", "--pretrain-epochs", "7", "--pretrain-max-images", "500", "--pseudo-round",
+         "--min-confidence", "0.9"])
+    trainer = build_kernel.main(args)[0]
+    run_cell = cell_text(read_notebook(trainer)["cells"][-1])
+    for setting in ("PRETRAIN = 'livecell:shsy5y' ", "PRETRAIN_EPOCHS = 7\n", "PRETRAIN_MAX_IMAGES = 500 ",
+                    "PSEUDO_ROUND = True ", "MIN_CONFIDENCE = 0.9 ", "stages=STAGES)"):
+        assert setting in run_cell, setting
+    intro = cell_text(read_notebook(trainer)["cells"][0])
+    assert "LIVECell pretraining, then fine-tuning, then a pseudo-label round" in intro
+    metadata = json.loads((trainer / "kernel-metadata.json").read_text())
+    # LIVECell and train_semi_supervised/ are part of the competition's input: no other data source
+    assert metadata["competition_sources"] == [COMPETITION_SLUG] and metadata["dataset_sources"] == []
+    for bad, message in (("coco", "the source is 'livecell'"), ("livecell:hela", "'hela'.*unknown")):
+        with pytest.raises(SystemExit, match=message):
+            build_kernel.main(build_kernel.get_args_parser().parse_args(
+                ["--user", USER, "--out", str(tmp_path / "bad"), "--pretrain", bad]))
+    with pytest.raises(SystemExit, match="--min-confidence must be in \\[0, 1\\]"):
+        build_kernel.main(build_kernel.get_args_parser().parse_args(
+            ["--user", USER, "--out", str(tmp_path / "bad"), "--pseudo-round", "--min-confidence", "2"]))
+    assert not (tmp_path / "bad").exists()
+
+
 def test_a_group_trains_its_variants_in_one_kernel(tmp_path):
     folders = build(tmp_path / "kernels", ["hot-unet+hot-flow-unet", "unet"], time_limit_s=3600)
     assert [f.name for f in folders] == ["sartorius-kit-train-hot-unet-hot-flow-unet",

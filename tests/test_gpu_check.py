@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from benchmarks import gpu_check
 from kit.variants import PAPER_VARIANTS, RECIPE
@@ -30,3 +31,30 @@ def test_the_cpu_mode_runs_every_step_and_writes_one_report(shared_dir, tmp_path
     assert report.count("exit 0") == 5  # speed, the paper's variant, the recipe, their two scores
     assert "leaderboard score over 2 images" in report and "naive" in report
     assert (tmp_path / "variants" / f"{RECIPE}.pt").is_file()
+
+
+def test_the_pretrain_flag_adds_the_pretrain_then_fine_tune_path(tmp_path):
+    plain = gpu_check.get_args_parser().parse_args(["--out", str(tmp_path)])
+    assert not plain.pretrain and "pretrain" in gpu_check.STEP_KEYS
+    steps = gpu_check.pretrain_steps(tmp_path / "data", tmp_path / "out", cpu=False, epochs=10)
+    assert [key for key, _, _ in steps] == ["pretrain"] * 3
+    copy, training, score = (command for _, _, command in steps)
+    assert copy[2] == "benchmarks.fixture_data" and copy[-1] == "--replace"
+    assert training[training.index("--pretrain"):training.index("--device")] == [
+        "--pretrain", "livecell", "--pretrain-epochs", "10", "--epochs", "10"]
+    assert training[training.index("--data") + 1] == str(tmp_path / "out" / "pretrain-data")
+    assert score[2] == "kit.infer" and score[score.index("--data") + 1] == str(tmp_path / "data")
+
+
+@pytest.mark.slow
+def test_the_cpu_mode_runs_the_pretrain_path(shared_dir, tmp_path):
+    args = gpu_check.get_args_parser().parse_args(
+        ["--out", str(tmp_path), "--data", str(shared_dir), "--cpu", "--pretrain",
+         "--skip", "speed", "variants", "scores", "kernels"])
+    status = gpu_check.main(args)
+    report = (tmp_path / "report.md").read_text()
+    assert status == 0, report
+    assert report.count("exit 0") == 3 and "LIVECell-format copy of the 96 training-split images" in report
+    assert "stage pretrain (new)" in report and "leaderboard score over 2 images" in report
+    stages = torch.load(tmp_path / "pretrain" / f"{gpu_check.PRETRAINED}-last.pt", weights_only=True)["stages"]
+    assert [s["name"] for s in stages] == ["pretrain", "finetune"]

@@ -6,7 +6,9 @@ kernel's output under that kernel's slug), a working folder as the current direc
 environment where ``import kit`` fails, so the notebook can only use the source it embeds. The
 training notebook trains two variants in turn (one kernel for both: the longest path through its
 code), each for one tiny CPU epoch; the inference notebook averages their weights into a
-submission for the 3 test images.
+submission for the 3 test images. A second training kernel runs every stage (LIVECell pretraining,
+fine-tuning, a pseudo-label round) with tiny LIVECell and train_semi_supervised fixtures in the
+competition folder.
 """
 from __future__ import annotations
 
@@ -15,9 +17,10 @@ import csv
 import io
 
 import pytest
+import torch
 
 from benchmarks import bench_kernels, bench_variants
-from kit import build_kernel, cell_type_classifier, data, submission
+from kit import build_kernel, cell_type_classifier, data, pseudo, submission
 
 pytestmark = pytest.mark.slow
 
@@ -98,3 +101,47 @@ def test_the_sandbox_refuses_an_environment_where_the_kit_is_importable(shared_d
     env["PYTHONPATH"] = str(bench_variants.REPO)
     with pytest.raises(bench_kernels.NotebookFailed, match="kit is importable outside the checkout"):
         bench_kernels.run_notebook(kernels[-1] / f"{kernels[-1].name}.ipynb", working, env, cell_timeout_s=300)
+
+
+STAGED = "hot-unet"
+STAGED_TRAINING = "--epochs 1 --max-images 4 --crop 64x64 --device cpu"
+
+
+@pytest.fixture(scope="module")
+def staged_sandbox(extras_dir, tmp_path_factory) -> tuple[bench_kernels.SandboxRun, str]:
+    """The training kernel with every stage on, run with the LIVECell and train_semi_supervised
+    fixtures in the competition folder, then the inference notebook on its weights."""
+    work = tmp_path_factory.mktemp("staged-sandbox")
+    args = bench_kernels.get_args_parser().parse_args(
+        ["--data", str(extras_dir), "--variants", STAGED, "--train-args", STAGED_TRAINING, "--work", str(work),
+         "--cell-timeout", "600", "--pretrain", "livecell:shsy5y,a172", "--pretrain-epochs", "1", "--pseudo-round"])
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        run = bench_kernels.main(args)
+    return run, printed.getvalue()
+
+
+def test_the_training_kernel_pretrains_on_livecell_fine_tunes_and_runs_a_pseudo_label_round(staged_sandbox,
+                                                                                             extras_dir):
+    run, printed = staged_sandbox
+    with open(run.train_working / f"{STAGED}-metrics.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(row["epoch"], row["stage"]) for row in rows] == [("1", "pretrain"), ("2", "finetune"), ("3", "pseudo-1")]
+    assert f"  {STAGED} stages: pretrain 1, finetune 2, pseudo-1 3" in printed
+    log = bench_kernels.notebook_text(run.train_notebook)
+    assert "--pretrain livecell:shsy5y,a172 --pretrain-epochs 1 --pretrain-time-limit " in log
+    assert "stage pretrain (new): 3 images of LIVECell (livecell:shsy5y,a172)" in log  # the train + val files' images
+    labels = run.train_working / f"{STAGED}-pseudo-labels.csv"
+    assert "-m kit.pseudo --data " in log and f"--resume --extra-data {labels} " in log
+    assert "of 6 images" in log  # the six fixture images of train_semi_supervised/ were predicted
+    assert set(data.read_train_csv(labels)["id"]) <= set(pseudo.semi_supervised_images(extras_dir))
+    checkpoint = torch.load(run.train_working / f"{STAGED}-last.pt", weights_only=True)
+    assert [s["name"] for s in checkpoint["stages"]] == ["pretrain", "finetune", "pseudo-1"]
+    assert [row["stage"] for row in checkpoint["history"]] == ["pretrain", "finetune", "pseudo-1"]
+
+
+def test_the_staged_kernel_s_weights_make_a_valid_submission(staged_sandbox, shared_dir):
+    run, printed = staged_sandbox
+    test_ids = sorted(data.test_image_paths(data.find_competition(shared_dir)))
+    submission.validate(run.infer_working / "submission.csv", test_ids)
+    assert "for 3 test images; valid submission.csv" in printed

@@ -90,3 +90,25 @@ def test_train_variants_saves_the_classifier_first_then_trains_each_in_its_share
         notebook.train_variants(["unet"], time.monotonic() + 200, data_root=shared_dir, working=tmp_path,
                                 use_all_gpus=False)
     assert commands == []
+
+
+def test_train_variants_shares_a_variant_s_time_between_pretraining_fine_tuning_and_a_pseudo_round(
+        shared_dir, tmp_path, monkeypatch):
+    commands = []
+    monkeypatch.setattr(notebook, "run_kit", lambda *args, timeout=None: commands.append((args, timeout)))
+    monkeypatch.setattr(notebook, "training_gpus", lambda use_all_gpus: 0)
+    stages = notebook.TrainingStages("livecell:shsy5y", 5, 100, True, 0.7)
+    # Three hours and two minutes for one variant: an hour for each of its three stages.
+    notebook.train_variants(["hot-flow-unet"], time.monotonic() + 3 * 3600 + 120, data_root=shared_dir,
+                            working=tmp_path, stages=stages)
+    assert [args[0] for args, _ in commands] == ["kit.train", "kit.tune", "kit.pseudo", "kit.train", "kit.tune"]
+    (first, first_timeout), _, (labels, _), (round_, _), _ = commands
+    assert first[-10:] == ("--pretrain", "livecell:shsy5y", "--pretrain-epochs", "5", "--pretrain-time-limit",
+                           "0:55", "--pretrain-max-images", "100", "--time-limit", "0:55")
+    assert 2 * 3600 < first_timeout <= 2 * 3600 + 120  # both stages' shares: the call runs both
+    assert labels[labels.index("--weights") + 1] == tmp_path / "hot-flow-unet.pt"
+    csv = tmp_path / "hot-flow-unet-pseudo-labels.csv"
+    assert labels[labels.index("--out") + 1] == csv and labels[-2:] == ("--min-confidence", 0.7)
+    assert round_[round_.index("--resume"):round_.index("--time-limit")] == ("--resume", "--extra-data", csv)
+    # the mocked stages took no time, so the round gets all that is left: about three hours
+    assert round_[round_.index("--time-limit") + 1].startswith("2:5")

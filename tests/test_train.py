@@ -290,7 +290,8 @@ def test_smoke_run_writes_weights_metrics_and_curves(smoke_run):
     assert len(epochs) == 2 and all("img/s" in line and "ETA" in line and "score" in line for line in epochs)
     metrics = pd.read_csv(out / "hot-unet-metrics.csv")
     assert list(metrics.columns) == list(train_outputs.METRIC_COLUMNS)
-    assert metrics["epoch"].tolist() == [1, 2] and np.isfinite(metrics.to_numpy()).all()
+    assert metrics["epoch"].tolist() == [1, 2] and np.isfinite(metrics.drop(columns="stage").to_numpy()).all()
+    assert metrics["stage"].tolist() == ["finetune", "finetune"]  # one stage: no --pretrain, no --extra-data
     assert (metrics["val_dice"] >= metrics["val_iou"]).all() and (metrics["val_score"] < 1).all()
     assert (out / "hot-unet-curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     weights = torch.load(out / "hot-unet.pt", weights_only=True)
@@ -353,7 +354,8 @@ def test_bf16_autocast_the_gpus_use_runs_end_to_end(shared_dir, layout, tmp_path
     printed = _run(*_cli(shared_dir, tmp_path, "hot-flow-unet", "--epochs", "1", "--precision", "bf16"))
     assert "on cpu, bf16 autocast, batch 2" in printed
     row = pd.read_csv(tmp_path / "hot-flow-unet-metrics.csv").iloc[0]
-    assert np.isfinite(row.to_numpy()).all() and row["val_dice"] >= row["val_iou"] and row["val_score"] < 1
+    assert np.isfinite(row.drop("stage").to_numpy(float)).all() and row["val_dice"] >= row["val_iou"]
+    assert row["val_score"] < 1
     weights = torch.load(tmp_path / "hot-flow-unet.pt", weights_only=True)["model"]
     assert {tensor.dtype for tensor in weights.values() if tensor.is_floating_point()} == {torch.float32}
     model, variant, _ = load_checkpoint(tmp_path / "hot-flow-unet.pt")

@@ -1,0 +1,184 @@
+"""Pseudo-labels for the competition's unannotated images: ``python -m kit.pseudo --data DIR --weights FILE
+--out FILE.csv --min-confidence X``.
+
+``train_semi_supervised/`` (in the competition folder, beside ``train/``) holds 1,972 flat 520x704
+PNGs without annotations; each name's prefix before ``[`` is its cell type (``astros`` for astro,
+``cort``, ``shsy5y``). This command predicts their instances with trained weights, exactly as
+``kit.infer`` does (``kit.ensemble``'s prediction, flips, tuned per-type settings, extraction),
+keeps the cells whose confidence is at least ``--min-confidence`` and writes them in ``train.csv``'s form (its nine
+columns, then ``confidence``), which ``kit.train --extra-data FILE.csv`` trains on beside the real
+annotations.
+
+A cell's confidence is the network's mean cell probability over the cell's pixels: every pixel of
+an extracted cell already passed the cell-probability threshold (0.5 unless tuned), so a value near
+1 says the whole cell is certain and one near the threshold that most of it is borderline. The
+flow-error filter of the extraction still applies first. An image left without a cell gets no row
+(``train.csv`` has none either) and is not trained on.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import time
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from kit import data, ensemble, infer, models, postprocess, rle
+from kit.competition import DEFAULT_MIN_CONFIDENCE, IMAGE_SHAPE
+from kit.files import OutputError, check_writable_dir, exit_on_sigterm, write_text_atomic
+from kit.progress import show_progress
+
+SEMI_SUPERVISED_DIR = "train_semi_supervised"
+TRAIN_CSV_COLUMNS = ("id", "annotation", "width", "height", "cell_type", "plate_time", "sample_date",
+                     "sample_id", "elapsed_timedelta")
+_NAME_TYPES = {"astros": "astro", "astro": "astro", "cort": "cort", "shsy5y": "shsy5y"}
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m kit.pseudo", description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default=None, help="folder holding the competition data (default: kit.paths.input_root())")
+    parser.add_argument("--weights", nargs="+", required=True, help="weights files from kit.train (one target type)")
+    parser.add_argument("--out", required=True, type=Path, help="pseudo-label CSV to write (train.csv's form)")
+    parser.add_argument("--min-confidence", type=float, default=DEFAULT_MIN_CONFIDENCE, metavar="X",
+                        help="keep cells whose mean cell probability is at least X, in [0, 1] "
+                             f"(default {DEFAULT_MIN_CONFIDENCE})")
+    parser.add_argument("--max-images", type=int, help="only the first N images (by name)")
+    parser.add_argument("--tta", action="store_true", help="average over horizontal/vertical flips")
+    parser.add_argument("--batch-size", type=int, default=infer.DEFAULT_BATCH_SIZE)
+    parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    return parser
+
+
+def main(args: argparse.Namespace) -> Path:
+    show_progress()
+    try:
+        return run(args)
+    except (FileNotFoundError, ValueError, OutputError) as err:
+        raise SystemExit(f"kit.pseudo: error: {err}") from None
+
+
+def run(args: argparse.Namespace) -> Path:
+    """Predict the unannotated images, keep the confident cells, write the CSV atomically."""
+    started = time.perf_counter()
+    if not 0.0 <= args.min_confidence <= 1.0:
+        raise ValueError(f"--min-confidence must be in [0, 1] (a mean probability), got {args.min_confidence}")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    device = models.resolve_device(args.device)
+    check_writable_dir(args.out.parent)
+    members = ensemble.load_ensemble(args.weights, device)
+    layout = data.find_competition(args.data, need_test=False)
+    images = semi_supervised_images(layout.root)
+    if args.max_images is not None:
+        images = dict(list(images.items())[: max(args.max_images, 0)])
+    config = postprocess.PostprocessConfig().with_tuned(members[0].settings.postprocess)
+    print(f"{len(images)} unannotated images of {layout.root / SEMI_SUPERVISED_DIR}, {len(members)} weights "
+          f"file(s), device {device}, cells kept from mean probability {args.min_confidence:g}")
+    rows, kept, found = [], 0, 0
+    ids = list(images)
+    for start in range(0, len(ids), args.batch_size):
+        batch = ids[start:start + args.batch_size]
+        pixels = np.stack([data.load_image(images[i][0]) for i in batch])
+        types = [images[i][1] for i in batch]
+        prob, flow = ensemble.predict(members, pixels, types, device, args.tta, batch)
+        for k, image_id in enumerate(batch):
+            labels = postprocess.output_to_labels(prob[k], None if flow is None else flow[k], pixels[k], types[k], config)
+            confidence = cell_confidence(labels, prob[k])
+            found += len(confidence)
+            chosen = confident_labels(labels, confidence, args.min_confidence)
+            kept += int(chosen.max())
+            rows += pseudo_rows(image_id, types[k], chosen, confidence[confidence >= args.min_confidence])
+    write_text_atomic(args.out, rows_to_csv(rows))
+    print(f"wrote {args.out}: {kept} of {found} cells kept in {len({r['id'] for r in rows})} of {len(images)} "
+          f"images ({time.perf_counter() - started:.1f} s)")
+    return args.out
+
+
+def semi_supervised_images(competition_root: str | Path) -> dict[str, tuple[Path, str]]:
+    """``{image id: (path, cell type)}`` of ``train_semi_supervised/``, sorted by id (the file's stem)."""
+    folder = Path(competition_root) / SEMI_SUPERVISED_DIR
+    if not folder.is_dir():
+        raise FileNotFoundError(f"no {SEMI_SUPERVISED_DIR}/ in {competition_root}: the competition's input ships "
+                                "it beside train/ (kaggle competitions download -c sartorius-cell-instance-segmentation)")
+    found = {path.stem: (path, cell_type_of(path.name)) for path in sorted(folder.glob("*.png"))}
+    if not found:
+        raise FileNotFoundError(f"{folder} holds no .png images")
+    return found
+
+
+def cell_type_of(file_name: str) -> str:
+    """The cell type a ``train_semi_supervised`` name starts with: its prefix before ``[`` (``astros`` -> astro)."""
+    prefix = file_name.split("[", 1)[0] if "[" in file_name else None
+    if prefix not in _NAME_TYPES:
+        raise ValueError(f"{SEMI_SUPERVISED_DIR}/{file_name}: the name does not start with a cell type and '[' "
+                         f"(expected one of {', '.join(sorted(_NAME_TYPES))}, e.g. astros[hippo]_...png); "
+                         "rename it or remove it from the folder")
+    return _NAME_TYPES[prefix]
+
+
+def cell_confidence(labels: np.ndarray, prob: np.ndarray) -> np.ndarray:
+    """float64[n]: the mean of ``prob`` over each cell 1..n of ``labels`` (n = labels.max())."""
+    n = int(labels.max())
+    flat = labels.ravel()
+    counts = np.bincount(flat, minlength=n + 1)[1:]
+    sums = np.bincount(flat, weights=prob.ravel().astype(np.float64), minlength=n + 1)[1:]
+    return sums / np.maximum(counts, 1)
+
+
+def confident_labels(labels: np.ndarray, confidence: np.ndarray, min_confidence: float) -> np.ndarray:
+    """``labels`` with only the cells of confidence >= ``min_confidence``, numbered 1..m in their order."""
+    keep = confidence >= min_confidence
+    relabel = np.zeros(len(confidence) + 1, np.int32)
+    relabel[1:][keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
+    return relabel[labels]
+
+
+def pseudo_rows(image_id: str, cell_type: str, labels: np.ndarray, confidence: Sequence[float]) -> list[dict]:
+    """One ``train.csv`` row per cell of ``labels`` (RLE by ``kit.rle.encode_labels``), blank metadata."""
+    runs = rle.encode_labels(labels)
+    return [{"id": image_id, "annotation": run, "width": IMAGE_SHAPE[1], "height": IMAGE_SHAPE[0],
+             "cell_type": cell_type, **dict.fromkeys(TRAIN_CSV_COLUMNS[5:], ""), "confidence": f"{value:.4f}"}
+            for run, value in zip(runs, confidence) if run]
+
+
+def rows_to_csv(rows: Sequence[Mapping]) -> str:
+    """The CSV text of ``pseudo_rows`` (a header alone when there is none)."""
+    buffer = io.StringIO()
+    pd.DataFrame(list(rows), columns=[*TRAIN_CSV_COLUMNS, "confidence"]).to_csv(buffer, index=False, lineterminator="\n")
+    return buffer.getvalue()
+
+
+def load_extra_samples(competition_root: str | Path, csv_path: str | Path,
+                       known_ids: Sequence[str] = ()) -> list[data.Sample]:
+    """``kit.train --extra-data``: the images of a pseudo-label CSV (``train.csv``'s form, checked by
+    ``kit.data.read_train_csv``) from ``train_semi_supervised/``, with their label images. An id that is
+    also an annotated image (``known_ids``) or has no image there is an error naming the CSV line."""
+    csv_path = Path(csv_path)
+    df = data.read_train_csv(csv_path)
+    images = semi_supervised_images(competition_root)
+    known = set(known_ids)
+    for line, image_id in enumerate(df["id"], start=2):
+        if image_id not in images:
+            raise FileNotFoundError(f"{csv_path} line {line}: image {image_id} is not in "
+                                    f"{Path(competition_root) / SEMI_SUPERVISED_DIR}; pass the --data the labels were made from")
+        if image_id in known:
+            raise ValueError(f"{csv_path} line {line}: image {image_id} is an annotated training image, not an "
+                             "unannotated one; pseudo-labels come from train_semi_supervised/ only")
+    samples = []
+    for image_id, rows in df.groupby("id", sort=True):
+        path, cell_type = images[image_id]
+        if rows["cell_type"].iloc[0] != cell_type:
+            raise ValueError(f"{csv_path}: image {image_id} is labelled {rows['cell_type'].iloc[0]}, but its name "
+                             f"says {cell_type}")
+        annotations = rows["annotation"].tolist()
+        image = data.load_image(path)
+        samples.append(data.Sample(image_id, cell_type, image, rle.decode_labels(annotations, image.shape), annotations))
+    return samples
+
+
+if __name__ == "__main__":
+    exit_on_sigterm()
+    main(get_args_parser().parse_args())

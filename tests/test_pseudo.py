@@ -1,0 +1,134 @@
+"""kit.pseudo: pseudo-labels of train_semi_supervised/ in train.csv's form, and --extra-data's reader."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from kit import data, ensemble, flows, metrics, models, pseudo, rle
+from kit.variants import get_variant
+
+LOW = 0.6  # the oracle's probability inside every third cell: below the test's --min-confidence
+
+
+@pytest.fixture()
+def flow_weights(tmp_path):
+    path = tmp_path / "hot-flow-unet.pt"
+    variant = get_variant("hot-flow-unet")
+    models.save_checkpoint(path, models.build_model(variant), variant)
+    return path
+
+
+def _truth(shared_dir) -> dict[str, np.ndarray]:
+    df = data.read_train_csv(data.find_competition(shared_dir).train_csv)
+    return {image_id: rle.decode_labels(rows["annotation"].tolist()) for image_id, rows in df.groupby("id")}
+
+
+@pytest.fixture()
+def oracle(monkeypatch, shared_dir):
+    """kit.ensemble.predict replaced by the true cells: probability 1 inside a cell (LOW inside every
+    third one), flows from the true instances, so that the extraction finds the annotations."""
+    truth = _truth(shared_dir)
+
+    def predict(ensemble, images, cell_types, device, tta=False, ids=None):
+        labels = np.stack([truth[image_id.split("_", 1)[1]] for image_id in ids])
+        prob = (labels > 0).astype(np.float32)
+        prob[(labels % 3 == 0) & (labels > 0)] = LOW
+        return prob, np.stack([flows.masks_to_flows(item) for item in labels])
+
+    monkeypatch.setattr(ensemble, "predict", predict)
+    return truth
+
+
+def test_names_give_the_cell_type():
+    assert pseudo.cell_type_of("astros[hippo]_E10-4_Vessel-714_Ph_1.png") == "astro"
+    assert pseudo.cell_type_of("cort[pre-treat]_A1_Ph_3.png") == "cort"
+    assert pseudo.cell_type_of("shsy5y[diff]_E10-4_Vessel-714_Ph_3.png") == "shsy5y"
+    with pytest.raises(ValueError, match=r"train_semi_supervised/hela\[x\]_1.png: the name does not start"):
+        pseudo.cell_type_of("hela[x]_1.png")
+    with pytest.raises(ValueError, match="train_semi_supervised/0030fd0e6378.png"):
+        pseudo.cell_type_of("0030fd0e6378.png")
+
+
+def test_the_folder_is_read_from_the_competition_layout(extras_dir, tmp_path):
+    images = pseudo.semi_supervised_images(extras_dir)
+    assert sorted(images) == list(images) and len(images) == 6
+    assert sorted(t for _, t in images.values()) == ["astro", "astro", "cort", "cort", "shsy5y", "shsy5y"]
+    assert all(path.parent.name == "train_semi_supervised" for path, _ in images.values())
+    with pytest.raises(FileNotFoundError, match=f"no train_semi_supervised/ in {tmp_path}"):
+        pseudo.semi_supervised_images(tmp_path)
+
+
+def test_confidence_is_the_mean_probability_inside_each_cell():
+    labels = np.array([[1, 1, 0], [2, 2, 2], [0, 3, 0]])
+    prob = np.array([[0.9, 0.7, 0.1], [0.6, 0.6, 0.9], [0.2, 0.55, 0.3]])
+    np.testing.assert_allclose(pseudo.cell_confidence(labels, prob), [0.8, 0.7, 0.55])
+    np.testing.assert_array_equal(pseudo.confident_labels(labels, np.array([0.8, 0.7, 0.55]), 0.7),
+                                  [[1, 1, 0], [2, 2, 2], [0, 0, 0]])
+    assert pseudo.cell_confidence(np.zeros((2, 2), int), np.ones((2, 2))).shape == (0,)
+
+
+def test_pseudo_labels_keep_the_confident_cells_in_train_csv_form(extras_dir, flow_weights, oracle, tmp_path, capsys):
+    out = tmp_path / "pseudo.csv"
+    args = pseudo.get_args_parser().parse_args(["--data", str(extras_dir), "--weights", str(flow_weights), "--out",
+                                                str(out), "--min-confidence", "0.8", "--device", "cpu"])
+    pseudo.main(args)
+    df = data.read_train_csv(out)  # the train.csv checks: columns, sizes, cell types, RLEs
+    assert list(df.columns) == [*pseudo.TRAIN_CSV_COLUMNS, "confidence"]
+    images = pseudo.semi_supervised_images(extras_dir)
+    assert set(df["id"]) == set(images)
+    assert all(df.loc[df.id == i, "cell_type"].eq(t).all() for i, (_, t) in images.items())
+    assert (df["confidence"].astype(float) >= 0.8).all()
+    for image_id, rows in df.groupby("id"):
+        truth = oracle[image_id.split("_", 1)[1]]
+        confident = [rle.encode(truth == k) for k in range(1, truth.max() + 1) if k % 3]
+        score = metrics.score_labels([confident], [rle.decode_labels(rows["annotation"].tolist())])[0]
+        assert score > 0.8, (image_id, score)  # the oracle's cells, those of LOW probability left out
+        assert len(rows) <= len(confident) + 5
+    printed = capsys.readouterr().out
+    assert "cells kept in 6 of 6 images" in printed
+
+
+def test_a_lower_confidence_keeps_every_cell_and_a_bad_one_is_refused(extras_dir, flow_weights, oracle, tmp_path):
+    out = tmp_path / "all.csv"
+    common = ["--data", str(extras_dir), "--weights", str(flow_weights), "--device", "cpu", "--max-images", "2"]
+    pseudo.main(pseudo.get_args_parser().parse_args([*common, "--out", str(out), "--min-confidence", str(LOW - 0.01)]))
+    df = data.read_train_csv(out)
+    assert df["id"].nunique() == 2 and (df["confidence"].astype(float) < 0.8).any()
+    with pytest.raises(SystemExit, match="--min-confidence must be in \\[0, 1\\]"):
+        pseudo.main(pseudo.get_args_parser().parse_args([*common, "--out", str(out), "--min-confidence", "1.5"]))
+
+
+def test_extra_samples_are_the_unannotated_images_with_their_pseudo_labels(extras_dir, shared_dir, tmp_path):
+    images = pseudo.semi_supervised_images(extras_dir)
+    truth = _truth(shared_dir)
+    rows = [row for image_id, (_, cell_type) in images.items()
+            for row in pseudo.pseudo_rows(image_id, cell_type, truth[image_id.split("_", 1)[1]],
+                                          np.ones(truth[image_id.split("_", 1)[1]].max()))]
+    csv = tmp_path / "pseudo.csv"
+    csv.write_text(pseudo.rows_to_csv(rows))
+    samples = pseudo.load_extra_samples(extras_dir, csv)
+    assert [s.id for s in samples] == sorted(images)
+    for sample in samples:
+        np.testing.assert_array_equal(sample.labels, truth[sample.id.split("_", 1)[1]])
+        np.testing.assert_array_equal(sample.image, data.load_image(images[sample.id][0]))
+        assert sample.cell_type == images[sample.id][1]
+    train_id = next(iter(truth))
+    with pytest.raises(FileNotFoundError, match=f"line 2: image {train_id} is not in .*train_semi_supervised"):
+        pseudo.load_extra_samples(extras_dir, _with_id(csv, tmp_path, train_id))
+    first = sorted(images)[0]
+    with pytest.raises(ValueError, match=f"line 2: image {first.replace('[', '.').replace(']', '.')} is an annotated"):
+        pseudo.load_extra_samples(extras_dir, csv, known_ids=[first])
+    frame = pd.read_csv(csv, dtype=str, na_filter=False)
+    frame.loc[frame.id == first, "cell_type"] = "shsy5y" if images[first][1] != "shsy5y" else "cort"
+    frame.to_csv(tmp_path / "mislabelled.csv", index=False)
+    with pytest.raises(ValueError, match="is labelled .* but its name says"):
+        pseudo.load_extra_samples(extras_dir, tmp_path / "mislabelled.csv")
+
+
+def _with_id(csv, tmp_path, image_id):
+    frame = pd.read_csv(csv, dtype=str, na_filter=False)
+    frame.loc[0, "id"] = image_id
+    path = tmp_path / "renamed.csv"
+    frame.to_csv(path, index=False)
+    return path
