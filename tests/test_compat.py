@@ -15,7 +15,7 @@ from kit import build_kernel, compat
 
 REPO = Path(__file__).resolve().parent.parent
 SUPPORTED = {"python": "3.10.13", "torch": "2.4.1", "numpy": "1.26.4", "pandas": "2.1.4", "numba": "0.58.1",
-             "opencv": "4.9.0.80", "scikit-learn": "1.2.2", "scipy": "1.11.4", "matplotlib": "3.7.5"}
+             "opencv": "4.9.0.80", "scikit-image": "0.22.0", "scikit-learn": "1.2.2", "scipy": "1.11.4", "matplotlib": "3.7.5"}
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -31,7 +31,7 @@ def test_the_oldest_supported_set_passes_and_the_versions_are_printed(capsys):
     assert compat.check_environment(dict(SUPPORTED)) == SUPPORTED
     printed = capsys.readouterr().out
     assert printed == ("running on python 3.10.13, torch 2.4.1, numpy 1.26.4, pandas 2.1.4, numba 0.58.1, "
-                       "opencv 4.9.0.80, scikit-learn 1.2.2, scipy 1.11.4, matplotlib 3.7.5\n")
+                       "opencv 4.9.0.80, scikit-image 0.22.0, scikit-learn 1.2.2, scipy 1.11.4, matplotlib 3.7.5\n")
 
 
 def test_this_environment_is_supported(capsys):
