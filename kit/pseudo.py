@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import io
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -29,12 +30,29 @@ import pandas as pd
 from kit import data, ensemble, infer, models, postprocess, rle
 from kit.competition import DEFAULT_MIN_CONFIDENCE, IMAGE_SHAPE
 from kit.files import OutputError, check_writable_dir, exit_on_sigterm, write_text_atomic
-from kit.progress import show_progress
+from kit.progress import module_logger, show_progress
 
 SEMI_SUPERVISED_DIR = "train_semi_supervised"
 TRAIN_CSV_COLUMNS = ("id", "annotation", "width", "height", "cell_type", "plate_time", "sample_date",
                      "sample_id", "elapsed_timedelta")
 _NAME_TYPES = {"astros": "astro", "astro": "astro", "cort": "cort", "shsy5y": "shsy5y"}
+
+logger = module_logger(__name__)
+
+
+@dataclass(frozen=True)
+class PseudoConfig:
+    """One pseudo-labelling run as the command line asks for it, built once by ``pseudo_config``;
+    ``run`` takes this, never the argparse Namespace."""
+
+    weights: tuple[Path, ...]
+    out: Path
+    data: Path | None = None
+    min_confidence: float = DEFAULT_MIN_CONFIDENCE
+    max_images: int | None = None
+    tta: bool = False
+    batch_size: int = infer.DEFAULT_BATCH_SIZE
+    device: str | None = None
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -55,46 +73,54 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> Path:
     show_progress()
     try:
-        return run(args)
+        return run(pseudo_config(args))
     except (FileNotFoundError, ValueError, OutputError) as err:
         raise SystemExit(f"kit.pseudo: error: {err}") from None
 
 
-def run(args: argparse.Namespace) -> Path:
-    """Predict the unannotated images, keep the confident cells, write the CSV atomically."""
-    started = time.perf_counter()
+def pseudo_config(args: argparse.Namespace) -> PseudoConfig:
+    """The frozen settings of a run from the parsed command line; a value out of range is an error."""
     if not 0.0 <= args.min_confidence <= 1.0:
         raise ValueError(f"--min-confidence must be in [0, 1] (a mean probability), got {args.min_confidence}")
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
-    device = models.resolve_device(args.device)
-    check_writable_dir(args.out.parent)
-    members = ensemble.load_ensemble(args.weights, device)
-    layout = data.find_competition(args.data, need_test=False)
+    return PseudoConfig(weights=tuple(Path(w) for w in args.weights), out=Path(args.out),
+                        data=None if args.data is None else Path(args.data), min_confidence=args.min_confidence,
+                        max_images=args.max_images, tta=args.tta, batch_size=args.batch_size, device=args.device)
+
+
+def run(config: PseudoConfig) -> Path:
+    """Predict the unannotated images, keep the confident cells, write the CSV atomically."""
+    started = time.perf_counter()
+    device = models.resolve_device(config.device)
+    check_writable_dir(config.out.parent)
+    members = ensemble.load_ensemble(config.weights, device)
+    layout = data.find_competition(config.data, need_test=False)
     images = semi_supervised_images(layout.root)
-    if args.max_images is not None:
-        images = dict(list(images.items())[: max(args.max_images, 0)])
-    config = postprocess.PostprocessConfig().with_tuned(members[0].settings.postprocess)
-    print(f"{len(images)} unannotated images of {layout.root / SEMI_SUPERVISED_DIR}, {len(members)} weights "
-          f"file(s), device {device}, cells kept from mean probability {args.min_confidence:g}")
+    if config.max_images is not None:
+        images = dict(list(images.items())[: max(config.max_images, 0)])
+    extraction = postprocess.PostprocessConfig().with_tuned(members[0].settings.postprocess)
+    logger.info(f"{len(images)} unannotated images of {layout.root / SEMI_SUPERVISED_DIR}, {len(members)} weights "
+                f"file(s), device {device}, cells kept from mean probability {config.min_confidence:g}")
     rows, kept, found = [], 0, 0
     ids = list(images)
-    for start in range(0, len(ids), args.batch_size):
-        batch = ids[start:start + args.batch_size]
+    for start in range(0, len(ids), config.batch_size):
+        batch = ids[start:start + config.batch_size]
         pixels = np.stack([data.load_image(images[i][0]) for i in batch])
         types = [images[i][1] for i in batch]
-        prob, flow = ensemble.predict(members, pixels, types, device, args.tta, batch)
+        prob, flow = ensemble.predict(members, pixels, types, device, config.tta, batch)
         for k, image_id in enumerate(batch):
-            labels = postprocess.output_to_labels(prob[k], None if flow is None else flow[k], pixels[k], types[k], config)
+            labels = postprocess.output_to_labels(prob[k], None if flow is None else flow[k], pixels[k], types[k],
+                                                 extraction)
             confidence = cell_confidence(labels, prob[k])
             found += len(confidence)
-            chosen = confident_labels(labels, confidence, args.min_confidence)
+            chosen = confident_labels(labels, confidence, config.min_confidence)
             kept += int(chosen.max())
-            rows += pseudo_rows(image_id, types[k], chosen, confidence[confidence >= args.min_confidence])
-    write_text_atomic(args.out, rows_to_csv(rows))
-    print(f"wrote {args.out}: {kept} of {found} cells kept in {len({r['id'] for r in rows})} of {len(images)} "
-          f"images ({time.perf_counter() - started:.1f} s)")
-    return args.out
+            rows += pseudo_rows(image_id, types[k], chosen, confidence[confidence >= config.min_confidence])
+    write_text_atomic(config.out, rows_to_csv(rows))
+    logger.info(f"wrote {config.out}: {kept} of {found} cells kept in {len({r['id'] for r in rows})} "
+                f"of {len(images)} images ({time.perf_counter() - started:.1f} s)")
+    return config.out
 
 
 def semi_supervised_images(competition_root: str | Path) -> dict[str, tuple[Path, str]]:
