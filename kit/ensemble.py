@@ -18,6 +18,8 @@ from kit.variants import Variant
 
 logger = logging.getLogger(__name__)
 
+DEFAULT_BATCH_SIZE = 4  # images a forward pass predicts (kit.infer, kit.pseudo)
+
 
 class Member(NamedTuple):
     """One weights file of an ensemble: the model in eval mode on the device, its variant, its path,

@@ -32,14 +32,12 @@ import pandas as pd
 import torch
 
 from kit import cell_type_classifier, data, flows, metrics, models, paths, postprocess, rle, submission
-from kit.ensemble import Member, best_validated, load_ensemble, predict
+from kit.ensemble import DEFAULT_BATCH_SIZE, Member, best_validated, load_ensemble, predict
 from kit.files import OutputError, check_writable_dir, exit_on_sigterm, remove_stale_temporaries
 from kit.image_sets import select_images
 from kit.progress import module_logger, show_progress
 
 logger = module_logger(__name__)
-
-DEFAULT_BATCH_SIZE = 4
 
 
 @dataclass(frozen=True)

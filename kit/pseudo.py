@@ -27,7 +27,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from kit import data, ensemble, infer, models, postprocess, rle
+from kit import data, ensemble, models, postprocess, rle
 from kit.competition import DEFAULT_MIN_CONFIDENCE, IMAGE_SHAPE
 from kit.files import OutputError, check_writable_dir, exit_on_sigterm, write_text_atomic
 from kit.progress import module_logger, show_progress
@@ -51,7 +51,7 @@ class PseudoConfig:
     min_confidence: float = DEFAULT_MIN_CONFIDENCE
     max_images: int | None = None
     tta: bool = False
-    batch_size: int = infer.DEFAULT_BATCH_SIZE
+    batch_size: int = ensemble.DEFAULT_BATCH_SIZE
     device: str | None = None
 
 
@@ -65,7 +65,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                              f"(default {DEFAULT_MIN_CONFIDENCE})")
     parser.add_argument("--max-images", type=int, help="only the first N images (by name)")
     parser.add_argument("--tta", action="store_true", help="average over horizontal/vertical flips")
-    parser.add_argument("--batch-size", type=int, default=infer.DEFAULT_BATCH_SIZE)
+    parser.add_argument("--batch-size", type=int, default=ensemble.DEFAULT_BATCH_SIZE)
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     return parser
 

@@ -21,14 +21,13 @@ from pathlib import Path
 
 from kit import paths
 from kit.batches import crop_size
-from kit.competition import DEFAULT_PRETRAIN_EPOCHS, parse_pretrain
+from kit.competition import DEFAULT_PRETRAIN_EPOCHS, DEFAULT_TIME_LIMIT, parse_pretrain, parse_time_limit
 from kit.files import OutputError, exit_on_sigterm
 from kit.progress import show_progress
 from kit.stages import StageRequest, train_in_stages
 from kit.train_loop import train_epochs
 from kit.train_outputs import prepare_out
 from kit.train_setup import Budget, RunConfig, load_splits, setup_distributed, teardown_distributed, training_state
-from kit.competition import DEFAULT_TIME_LIMIT, parse_time_limit
 from kit.variants import OPTIMIZERS, SCHEDULES, VARIANTS, Variant, describe_variants, get_variant
 
 
