@@ -157,8 +157,7 @@ def _batch(split: TrainData, index: torch.Tensor, variant: Variant, crop: tuple[
     x = models.model_input(images, [split.cell_types[i] for i in index.tolist()], variant)
     if augment and variant.target == "mask":
         x, target = augment_batch(x, target, generator)
-    if x.is_cuda:
-        x = x.contiguous(memory_format=torch.channels_last)
+    x = x.contiguous(memory_format=models.memory_format(x.device))
     return x, target, images
 
 

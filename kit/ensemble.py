@@ -3,7 +3,6 @@ loading the files (one target type), picking the best-validated one, and the ave
 flip-augmented) network outputs at each image's native size."""
 from __future__ import annotations
 
-import contextlib
 import logging
 from pathlib import Path
 from typing import NamedTuple, Sequence
@@ -36,6 +35,7 @@ def load_ensemble(weights: Sequence[str | Path], device: torch.device) -> list[M
     ensemble = []
     for path in weights:
         model, variant, checkpoint = models.load_checkpoint(path, map_location=device)
+        model = model.to(memory_format=models.memory_format(device))  # as the trainer ran
         ensemble.append(Member(model, variant, Path(path), models.InferenceSettings.of(checkpoint, path)))
     targets = {member.variant.target for member in ensemble}
     if len(targets) > 1:
@@ -120,11 +120,8 @@ def _forward(model: torch.nn.Module, variant: Variant, x: torch.Tensor, dims: tu
     also negates the component along each flipped axis (dy for H, dx for W)."""
     if dims:
         x = torch.flip(x, dims)
-    amp_dtype = models.gpu_autocast_dtype(device)  # as the trainer ran: bf16 where the GPU has it
-    # No autocast context at all in fp32: older torch (2.1.2) refuses a CPU autocast of any dtype but
-    # bf16 even with enabled=False ("AutocastCPU only support Bfloat16").
-    with contextlib.nullcontext() if amp_dtype is None else torch.autocast(device.type, dtype=amp_dtype):
-        output = model(x)
+    with models.autocast(device, models.amp_dtype(device)):  # as the trainer ran: bf16 where the device has it
+        output = model(x.contiguous(memory_format=models.memory_format(device)))
     prob, flow = models.decode_output(output, variant)
     if not dims:
         return prob, flow

@@ -6,7 +6,7 @@ Writes ``OUT/NAME.pt`` (best weights by validation leaderboard score), ``OUT/NAM
 Built for the Kaggle GPUs: images are decoded once and kept on the device as uint8, flow
 targets are computed once per image and cached under ``OUT/cache``, cropping and augmentation
 run as batched torch ops on the device, mixed precision (bf16 where supported, else fp16 with
-a GradScaler) and channels_last on CUDA. Two GPUs (Kaggle's T4 x2) train through DDP:
+a GradScaler; bf16 on CPUs with native bf16) and channels_last. Two GPUs (Kaggle's T4 x2) train through DDP:
 ``torchrun --nproc_per_node 2 -m kit.train ...`` (``--batch-size`` is then per GPU).
 Before each epoch the run stops cleanly if the slowest recent epoch would not fit in
 ``--time-limit``; ``--resume`` continues from ``NAME-last.pt``.
@@ -58,12 +58,16 @@ def get_args_parser() -> argparse.ArgumentParser:
                              f"torchrun's ranks before an epoch that would end past it (default {DEFAULT_TIME_LIMIT})")
     parser.add_argument("--device", choices=("cuda", "cpu"), help="default: cuda when available")
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
-                        help="auto: bf16 on GPUs that have it, else fp16; fp32 on CPU")
+                        help="auto: bf16 on GPUs that have it, else fp16; on the CPU bf16 where it computes "
+                             "bf16 natively (AVX-512 BF16, AMX, Arm BF16), else fp32")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA)")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/NAME-last.pt")
     parser.add_argument("--restart", action="store_true",
                         help="start afresh although OUT holds a run of NAME (its files move to OUT/previous/)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the split, initialisation and batches")
+    parser.add_argument("--keep-steps", type=int, nargs="+", default=[], metavar="N",
+                        help="also keep the weights after each N optimiser steps as OUT/NAME-stepN.pt "
+                             "(a learning curve: score each with kit.infer --split val --evaluate)")
     stages = parser.add_argument_group("stages (kit.stages): LIVECell pretraining and pseudo-labels")
     stages.add_argument("--pretrain", type=_pretrain_source, metavar="livecell[:LINES]",
                         help="a new run first trains on LIVECell (in the competition folder): all 8 lines, or "
@@ -103,6 +107,7 @@ def run_config(args: argparse.Namespace) -> RunConfig:
                      crop=effective_crop(args.crop, variant), time_limit=args.time_limit, device=args.device,
                      precision=args.precision, compile=args.compile, resume=args.resume, restart=args.restart,
                      seed=args.seed, max_images=args.max_images, val_fraction=args.val_fraction,
+                     keep_steps=tuple(sorted(set(args.keep_steps))),
                      stages=StageRequest(
                          pretrain=parse_pretrain(args.pretrain) if args.pretrain else False,
                          pretrain_epochs=args.pretrain_epochs,

@@ -16,7 +16,8 @@ from kit import metrics, models, postprocess
 from kit.batches import TrainData, make_batch, validation_batch
 from kit.stages import FINETUNE, describe
 from kit.train_outputs import clock, finish_epoch, progress_line, quality
-from kit.train_setup import RunConfig, TrainingState, autocast, precision_name
+from kit.models import autocast
+from kit.train_setup import RunConfig, TrainingState, precision_name
 from kit.variants import Variant
 
 logger = logging.getLogger(__name__)
@@ -86,7 +87,7 @@ def run_epoch(state: TrainingState, epoch: int, train_data: TrainData, val_data:
         return None
     scores = evaluate(state.raw_model, val_data, state.variant, state.criterion, state.amp_dtype, state.crop)
     row = {"epoch": epoch, "train_loss": train_loss, **scores, "lr": lr, "images_per_s": images_per_s,
-           "stage": state.stage.name if state.stage else FINETUNE}
+           "stage": state.stage.name if state.stage else FINETUNE, "steps": state.steps}
     finish_epoch(row, state, epoch_start)
     state.budget.reserve = time.monotonic() - validation_start
     return row
@@ -98,9 +99,21 @@ def after_step(state: TrainingState) -> bool:
     under DDP the ranks keep to the per-epoch stop, which they decide together."""
     if state.step_lr_per_batch:
         state.scheduler.step()
+    state.steps += 1
+    if state.steps in state.keep_steps and state.rank == 0:
+        keep_step_weights(state)
     if state.world > 1 or not state.budget.limited:
         return False
     return state.budget.spent()
+
+
+def keep_step_weights(state: TrainingState) -> None:
+    """``OUT/NAME-stepN.pt``: the weights after N optimiser steps (``--keep-steps``), for a learning curve;
+    a weights file as ``NAME.pt`` is, its ``epoch`` the epoch in progress."""
+    path = state.out / f"{state.variant.name}-step{state.steps}.pt"
+    models.save_checkpoint(path, state.raw_model, state.variant, epoch=len(state.history) + 1,
+                           history=state.history, inference=state.inference, stages=state.stage_records)
+    logger.info(f"kept {path} (step {state.steps})")
 
 
 def train_epoch(model: nn.Module, train_data: TrainData, order: torch.Tensor, variant: Variant,

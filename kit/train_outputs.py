@@ -21,8 +21,9 @@ from kit.variants import Variant
 logger = logging.getLogger(__name__)
 
 METRIC_COLUMNS = ("epoch", "train_loss", "val_loss", "val_dice", "val_iou", "val_accuracy", "val_score",
-                  "lr", "images_per_s", "epoch_s", "elapsed_s", "stage")
-_TEXT_COLUMNS = {"epoch": None, "stage": "finetune"}  # written as they are (a row of an older kit: no stage)
+                  "lr", "images_per_s", "epoch_s", "elapsed_s", "stage", "steps")
+# Written as they are; the value is what a row of an older kit (no stage, no steps) gets.
+_TEXT_COLUMNS = {"epoch": None, "stage": "finetune", "steps": ""}
 
 
 def run_files(name: str) -> list[str]:

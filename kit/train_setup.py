@@ -3,7 +3,6 @@ and process group, the precision, the data split, the optimiser, the lr schedule
 ``Budget``, and a ``--resume``'s saved state (``TrainingState``)."""
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import time
@@ -42,6 +41,7 @@ class RunConfig:
     max_images: int | None
     val_fraction: float
     stages: StageRequest = StageRequest()  # the command line's --pretrain / --extra-data
+    keep_steps: tuple[int, ...] = ()  # --keep-steps: optimiser steps after which NAME-stepN.pt is kept
     stage: Stage | None = None  # the stage this train() call trains (kit.stages.train_in_stages sets it)
 
 
@@ -108,6 +108,8 @@ class TrainingState:
     budget: Budget
     stage: Stage | None = None
     stage_records: list[dict] = field(default_factory=list)  # the checkpoints' ``stages``
+    steps: int = 0  # this process' optimiser steps over the whole run, a resumed run's included
+    keep_steps: tuple[int, ...] = ()
 
 
 def setup_distributed(device_name: str | None) -> tuple[int, int, torch.device]:
@@ -208,7 +210,18 @@ def training_state(config: RunConfig, device: torch.device, world: int, inferenc
                          criterion=build_loss(variant), history=history, crop=config.crop, inference=inference,
                          step_lr_per_batch=variant.schedule == "cosine", budget=budget, stage=stage,
                          stage_records=stage_records(models.read_checkpoint(last) if config.resume else None, stage)
-                         if stage else [])
+                         if stage else [], steps=steps_done(history, n_train // world, variant.batch_size),
+                         keep_steps=config.keep_steps)
+
+
+def steps_done(history: list[dict], images_per_epoch: int, batch_size: int) -> int:
+    """The optimiser steps of the epochs in ``history``: its last row's count, else (a checkpoint of an
+    older kit) full epochs of ``images_per_epoch``."""
+    if not history:
+        return 0
+    if "steps" in history[-1]:
+        return int(history[-1]["steps"])
+    return len(history) * math.ceil(images_per_epoch / batch_size)
 
 
 def build_optimizer(model: nn.Module, variant: Variant) -> torch.optim.Optimizer:
@@ -248,12 +261,12 @@ def cosine_factor(warmup: float, total_steps: int, budget: Budget):
 
 
 def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
-    """Autocast dtype of ``--precision`` on ``device`` (None: fp32); auto is ``models.gpu_autocast_dtype``."""
+    """Autocast dtype of ``--precision`` on ``device`` (None: fp32); auto is ``models.amp_dtype``."""
     if precision == "auto":
-        return models.gpu_autocast_dtype(device)
+        return models.amp_dtype(device)
     if precision == "fp32":
         return None
-    has_bf16 = device.type != "cuda" or models.gpu_autocast_dtype(device) == torch.bfloat16
+    has_bf16 = device.type != "cuda" or models.amp_dtype(device) == torch.bfloat16
     if precision == "bf16" and not has_bf16:
         raise ValueError(f"{torch.cuda.get_device_name(device)} has no bf16; use --precision fp16")
     if precision == "fp16" and device.type != "cuda":
@@ -264,11 +277,6 @@ def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
 def precision_name(amp_dtype: torch.dtype | None) -> str:
     """How the run's log names its precision."""
     return {None: "fp32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast + GradScaler"}[amp_dtype]
-
-
-def autocast(device: torch.device, amp_dtype: torch.dtype | None):
-    """``torch.autocast`` to ``amp_dtype`` on ``device``'s type; a no-op context for fp32 (None)."""
-    return contextlib.nullcontext() if amp_dtype is None else torch.autocast(device.type, dtype=amp_dtype)
 
 
 def resume(path: Path, variant: Variant, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler,
@@ -293,9 +301,10 @@ def resume(path: Path, variant: Variant, model: nn.Module, optimizer: torch.opti
 
 
 def wrap_model(model: nn.Module, device: torch.device, world: int, compile_model: bool) -> nn.Module:
-    """channels_last on CUDA, then torch.compile and DDP as asked; ``model`` keeps the plain weights."""
+    """The device's memory format (``models.memory_format``), then SyncBatchNorm, torch.compile and DDP as
+    asked; ``model`` keeps the plain weights."""
+    model = model.to(memory_format=models.memory_format(device))
     if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
         if world > 1:  # batch 2 per GPU: statistics over both GPUs' images (parameters are shared, not copied)
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     wrapped = torch.compile(model) if compile_model else model

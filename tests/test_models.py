@@ -217,14 +217,24 @@ def test_a_failed_save_leaves_the_previous_checkpoint_intact(saved, monkeypatch)
     assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary file left behind
 
 
+@pytest.mark.parametrize("cpuinfo, expected", [
+    ("processor\t: 0\nflags\t\t: fpu sse2 avx512f avx512_bf16 avx512_vnni\n", True),  # AMD Zen 4, Intel Cooper Lake
+    ("flags\t\t: fpu sse2 avx512f amx_bf16 amx_tile\n", True),  # Intel Sapphire Rapids
+    ("flags\t\t: fpu sse2 avx2 avx512f avx512bw\n", False),  # AVX-512 without bf16: emulated, slower than fp32
+    ("Features\t: fp asimd sve bf16 i8mm\n", True),  # Arm Neoverse V1 / Graviton 3
+    ("Features\t: fp asimd evtstrm aes\n", False), ("", False)])
+def test_cpu_bf16_is_native_only_where_the_kernel_lists_the_instructions(cpuinfo, expected):
+    assert models.cpu_has_native_bf16(cpuinfo) is expected
+
+
 @pytest.mark.parametrize("capability, expected", [((9, 0), torch.bfloat16), ((8, 0), torch.bfloat16),
                                                   ((7, 5), torch.float16), ((6, 0), torch.float16)])
 def test_gpus_with_bf16_get_bf16_and_t4_p100_get_fp16(capability, expected, monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla T4")
     gpu = torch.device("cuda", 0)
-    assert models.gpu_autocast_dtype(gpu) is expected
-    assert models.gpu_autocast_dtype(torch.device("cpu")) is None
+    assert models.amp_dtype(gpu) is expected
+    assert models.amp_dtype(torch.device("cpu")) is (torch.bfloat16 if models.cpu_has_native_bf16() else None)
     assert train_setup.autocast_dtype(gpu, "auto") is expected and train_setup.autocast_dtype(gpu, "fp32") is None
     assert train_setup.autocast_dtype(gpu, "fp16") is torch.float16
     if expected is torch.float16:

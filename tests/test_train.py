@@ -266,7 +266,7 @@ def _cli(shared_dir: Path, out: Path, variant: str, *extra: str) -> list[str]:
 def smoke_run(shared_dir, tmp_path_factory):
     """An uninterrupted two-epoch hot-unet run: (output folder, printed log)."""
     out = tmp_path_factory.mktemp("smoke")
-    return out, _run(*_cli(shared_dir, out, "hot-unet", "--epochs", "2"))
+    return out, _run(*_cli(shared_dir, out, "hot-unet", "--epochs", "2", "--keep-steps", "3"))
 
 
 def test_list_prints_the_variant_table():
@@ -292,6 +292,10 @@ def test_smoke_run_writes_weights_metrics_and_curves(smoke_run):
     assert list(metrics.columns) == list(train_outputs.METRIC_COLUMNS)
     assert metrics["epoch"].tolist() == [1, 2] and np.isfinite(metrics.drop(columns="stage").to_numpy()).all()
     assert metrics["stage"].tolist() == ["finetune", "finetune"]  # one stage: no --pretrain, no --extra-data
+    assert metrics["steps"].tolist() == [2, 4]  # 4 images at batch 2
+    kept = torch.load(out / "hot-unet-step3.pt", weights_only=True)  # --keep-steps 3: mid-way through epoch 2
+    assert kept["epoch"] == 2 and len(kept["history"]) == 1 and "optimizer" not in kept
+    assert sorted(p.name for p in out.glob("hot-unet-step*.pt")) == ["hot-unet-step3.pt"]
     assert (metrics["val_dice"] >= metrics["val_iou"]).all() and (metrics["val_score"] < 1).all()
     assert (out / "hot-unet-curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     weights = torch.load(out / "hot-unet.pt", weights_only=True)
@@ -438,7 +442,7 @@ def test_a_single_process_stops_when_its_budget_less_the_reserve_is_spent():
     steps = []
     budget = train_setup.Budget(limit=100.0, started=time.monotonic() - 50.0)
     state = SimpleNamespace(scheduler=SimpleNamespace(step=lambda: steps.append(1)), world=1, step_lr_per_batch=True,
-                            budget=budget)
+                            budget=budget, steps=0, keep_steps=(), rank=0)
     assert not train_loop.after_step(state) and not budget.out_of_time
     budget.reserve = 60.0  # the last validation and save took a minute: 40 s were left, now none
     assert train_loop.after_step(state) and budget.out_of_time
@@ -447,6 +451,7 @@ def test_a_single_process_stops_when_its_budget_less_the_reserve_is_spent():
     assert len(steps) == 3  # the lr moved at every step
     state.world, state.step_lr_per_batch = 1, False  # the step schedule: lr moves per epoch, the stop is the same
     assert train_loop.after_step(state) and len(steps) == 3
+    assert state.steps == 4  # every optimiser step counted, for --keep-steps and the metrics' steps column
 
 
 def test_command_line_overrides_change_only_what_they_name():
