@@ -12,7 +12,11 @@ Steps, each a child process whose command, wall time, exit status and output tai
 3. ``kit.infer --split val --evaluate``: each one's full-image validation score;
 4. ``benchmarks.bench_kernels``: the built training notebook, then the inference notebook on its
    weights, in the Kaggle-like sandbox, for a few epochs;
-5. with ``--pretrain`` only: the pretrain -> fine-tune path (``kit.train --pretrain livecell``) on a
+5. with ``--curve`` only: the learning curve (``benchmarks.learning_curve``) of ``hot-flow-unet`` on
+   256x256 crops, its weights kept at the CPU curve's step counts (250 ... 4,000) and each scored
+   on the whole validation images, untuned and tuned; 4,000 steps at batch 2 are 8,000 crop passes,
+   a minute or two on one H100 (not measured);
+6. with ``--pretrain`` only: the pretrain -> fine-tune path (``kit.train --pretrain livecell``) on a
    LIVECell-format copy of the training split (``benchmarks.fixture_data``), ``--pretrain-epochs``
    then ``--epochs`` of ``hot-flow-unet``, and its full-image validation score beside step 3's. A
    plumbing and throughput check (the copy holds the competition's own images), not LIVECell's gain.
@@ -38,8 +42,12 @@ from kit.variants import PAPER_VARIANTS, RECIPE
 
 REPO = Path(__file__).resolve().parent.parent
 TAIL_LINES = 40
-STEP_KEYS = ("speed", "variants", "scores", "kernels", "pretrain")
+STEP_KEYS = ("speed", "variants", "scores", "kernels", "pretrain", "curve")
 PRETRAINED = "hot-flow-unet"
+CURVE_VARIANT = "hot-flow-unet"
+# The CPU learning curve's step counts (docs/results.md), so the GPU's points sit beside them.
+CURVE_STEPS = (250, 500, 1000, 2000, 4000)
+CURVE_CROP = "256x256"
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -55,6 +63,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help=f"also the pretrain -> fine-tune path: {PRETRAINED} pretrained on a LIVECell-format copy "
                              "of the training split, then fine-tuned, and scored")
     parser.add_argument("--pretrain-epochs", type=int, default=10, help="epochs of each stage with --pretrain (GPU mode)")
+    parser.add_argument("--curve", action="store_true",
+                        help=f"also the learning curve: {CURVE_VARIANT} on {CURVE_CROP} crops, its weights kept at "
+                             f"{', '.join(map(str, CURVE_STEPS))} steps, each scored by benchmarks.learning_curve")
     return parser
 
 
@@ -65,6 +76,7 @@ def main(args: argparse.Namespace) -> int:
     failed = 0
     listing = steps(args.data, args.out, args.cpu, args.epochs, args.variants)
     listing += pretrain_steps(args.data, args.out, args.cpu, args.pretrain_epochs) if args.pretrain else []
+    listing += curve_steps(args.data, args.out, args.cpu) if args.curve else []
     for key, title, command in listing:
         if key in args.skip:
             continue
@@ -131,6 +143,25 @@ def pretrain_steps(data: Path, out: Path, cpu: bool, epochs: int) -> list[tuple[
         ("pretrain", f"Full-image validation score: {PRETRAINED} pretrained",
          [*python, "kit.infer", "--data", str(data), "--weights", str(runs / f"{PRETRAINED}.pt"), "--split", "val",
           "--evaluate", "--out", str(runs / f"{PRETRAINED}-val.csv"), *device, *ids]),
+    ]
+
+
+def curve_steps(data: Path, out: Path, cpu: bool) -> list[tuple[str, str, list[str]]]:
+    """(key, title, command) of the learning curve: one run keeping its weights at ``CURVE_STEPS`` (the
+    step schedule's 50 epochs, so the lr falls as on the CPU curve), then each kept file scored on the
+    whole validation images. The CPU mode keeps steps 1 and 2 of a 4-image epoch."""
+    python = [sys.executable, "-m"]
+    device = ["--device", "cpu" if cpu else "cuda"]
+    runs = out / "curve"
+    keep = ["1", "2"] if cpu else [str(n) for n in CURVE_STEPS]
+    tiny = ["--epochs", "1", "--max-images", "4", "--crop", "96x128"] if cpu else ["--crop", CURVE_CROP]
+    return [
+        ("curve", f"Learning curve: {CURVE_VARIANT} keeping its weights at steps {', '.join(keep)}",
+         [*python, "kit.train", "--variant", CURVE_VARIANT, "--data", str(data), "--out", str(runs), *tiny,
+          *device, "--keep-steps", *keep, "--restart"]),
+        ("curve", "Learning curve: each kept weights file on the whole validation images",
+         [*python, "benchmarks.learning_curve", "--run", str(runs), "--variant", CURVE_VARIANT, "--data", str(data),
+          "--crop", "96x128" if cpu else CURVE_CROP, *device, *(["--max-images", "3"] if cpu else [])]),
     ]
 
 

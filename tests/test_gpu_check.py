@@ -1,6 +1,7 @@
 """benchmarks.gpu_check: the GPU acceptance run's CPU mode, every step through its real command."""
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 import torch
 
@@ -58,3 +59,21 @@ def test_the_cpu_mode_runs_the_pretrain_path(shared_dir, tmp_path):
     assert "stage pretrain (new)" in report and "leaderboard score over 2 images" in report
     stages = torch.load(tmp_path / "pretrain" / f"{gpu_check.PRETRAINED}-last.pt", weights_only=True)["stages"]
     assert [s["name"] for s in stages] == ["pretrain", "finetune"]
+
+
+@pytest.mark.slow
+def test_the_cpu_mode_runs_the_learning_curve(shared_dir, tmp_path):
+    args = gpu_check.get_args_parser().parse_args(
+        ["--out", str(tmp_path), "--data", str(shared_dir), "--cpu", "--curve",
+         "--skip", "speed", "variants", "scores", "kernels"])
+    status = gpu_check.main(args)
+    report = (tmp_path / "report.md").read_text()
+    assert status == 0, report
+    assert report.count("exit 0") == 2 and "kept " in report
+    table = pd.read_csv(tmp_path / "curve" / "learning-curve.csv")
+    assert table["steps"].tolist() == [1, 2] and (table["images"] == 3).all()
+    assert table["image_equivalents"].tolist() == pytest.approx([2 * 96 * 128 / (520 * 704), 4 * 96 * 128 / (520 * 704)], abs=1e-4)  # 4 decimals in the CSV
+    assert ((0 <= table["tuned_type_mean"]) & (table["tuned_type_mean"] <= 1)).all()
+    assert (table["tuned_type_mean"] >= table["untuned_type_mean"] - 1e-9).all()  # the defaults are a grid point
+    assert (tmp_path / "curve" / "learning-curve.png").read_bytes()[:4] == b"\x89PNG"
+    assert "Projection (an extrapolation, not a measurement)" in (tmp_path / "curve" / "learning-curve.md").read_text()
