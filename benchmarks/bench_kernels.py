@@ -34,6 +34,8 @@ from kit.competition import COMPETITION_SLUG, DEFAULT_PRETRAIN_EPOCHS
 from kit.variants import VARIANTS
 
 CELL_TIMEOUT_S = 3 * 3600
+MOUNT_LAYOUTS = ("classic", "new")  # how a Kaggle session mounts its inputs (older and newer sessions)
+SANDBOX_USER = "sandbox-user"
 
 
 class NotebookFailed(RuntimeError):
@@ -55,6 +57,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cell-timeout", type=int, default=CELL_TIMEOUT_S, metavar="S",
                         help=f"seconds a notebook cell may run (default {CELL_TIMEOUT_S})")
     parser.add_argument("--work", type=Path, help="sandbox folder, emptied first (default: a temporary one)")
+    parser.add_argument("--mount-layout", choices=MOUNT_LAYOUTS, default="classic",
+                        help="classic: inputs at /kaggle/input/<slug>/; new: the competition at "
+                             "input/competitions/<slug>/ and a notebook's output at input/notebooks/<user>/<slug>/")
     return parser
 
 
@@ -74,10 +79,10 @@ def main(args: argparse.Namespace) -> SandboxRun:
     work = Path(args.work or tempfile.mkdtemp(prefix="kit-kernels-"))
     shutil.rmtree(work, ignore_errors=True)
     stages = build_kernel.KernelStages(args.pretrain, args.pretrain_epochs, pseudo_round=args.pseudo_round)
-    trainer, *_, inference = build_kernel.build_kernels("sandbox-user", [args.variants], work / "kernels",
+    trainer, *_, inference = build_kernel.build_kernels(SANDBOX_USER, [args.variants], work / "kernels",
                                                         tta=args.tta, stages=stages)
     train_working = work / "train-session" / "working"
-    train_env = kernel_env(kaggle_inputs(work / "train-session", layout.root), train_working,
+    train_env = kernel_env(kaggle_inputs(work / "train-session", layout.root, args.mount_layout), train_working,
                            **{build_kernel.TRAIN_ARGS_ENV: args.train_args})
     started = time.perf_counter()
     train_notebook = run_notebook(trainer / f"{trainer.name}.ipynb", train_working, train_env, args.cell_timeout)
@@ -89,8 +94,8 @@ def main(args: argparse.Namespace) -> SandboxRun:
         if args.pretrain or args.pseudo_round:
             print(f"  {name} stages: {stage_epochs(train_working / f'{name}-metrics.csv')}")
 
-    input_root = kaggle_inputs(work / "infer-session", layout.root)
-    (input_root / trainer.name).symlink_to(train_working, target_is_directory=True)
+    input_root = kaggle_inputs(work / "infer-session", layout.root, args.mount_layout)
+    attach_output(input_root, trainer.name, train_working, args.mount_layout)
     infer_working = work / "infer-session" / "working"
     started = time.perf_counter()
     infer_notebook = run_notebook(inference / f"{inference.name}.ipynb", infer_working,
@@ -110,12 +115,23 @@ def stage_epochs(metrics_csv: Path) -> str:
     return ", ".join(f"{stage} {low}-{high}" if low != high else f"{stage} {low}" for stage, (low, high) in spans.iterrows())
 
 
-def kaggle_inputs(session: Path, competition_dir: Path) -> Path:
-    """``session/input`` holding the competition data as Kaggle mounts it: ``input/<competition slug>``."""
+def kaggle_inputs(session: Path, competition_dir: Path, mount_layout: str = "classic") -> Path:
+    """``session/input`` holding the competition data as Kaggle mounts it: ``input/<competition slug>``,
+    or in newer sessions (``mount_layout="new"``) ``input/competitions/<competition slug>``."""
     input_root = session / "input"
-    input_root.mkdir(parents=True)
-    (input_root / COMPETITION_SLUG).symlink_to(Path(competition_dir).resolve(), target_is_directory=True)
+    mount = input_root / ("competitions" if mount_layout == "new" else "") / COMPETITION_SLUG
+    mount.parent.mkdir(parents=True, exist_ok=True)
+    mount.symlink_to(Path(competition_dir).resolve(), target_is_directory=True)
     return input_root
+
+
+def attach_output(input_root: Path, slug: str, output: Path, mount_layout: str = "classic") -> Path:
+    """Mount a kernel's ``output`` as an attached input: ``input/<slug>``, or in newer sessions
+    ``input/notebooks/<user>/<slug>``; returns where."""
+    mount = input_root / ("notebooks/" + SANDBOX_USER if mount_layout == "new" else "") / slug
+    mount.parent.mkdir(parents=True, exist_ok=True)
+    mount.symlink_to(Path(output).resolve(), target_is_directory=True)
+    return mount
 
 
 def kernel_env(input_root: Path, working: Path, **extra: str) -> dict[str, str]:

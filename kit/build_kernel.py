@@ -29,10 +29,17 @@ logger = module_logger(__name__)
 
 SLUG_PREFIX = "sartorius-kit"
 INFERENCE_SLUG = f"{SLUG_PREFIX}-infer"
-# GPU shapes Kaggle's kernel-metadata.json accepts; NvidiaTeslaT4 is "GPU T4 x2". The kaggle client
-# warns that NvidiaTeslaP100 is retired (sessions asking for it run on a T4).
-MACHINE_SHAPES = ("NvidiaTeslaT4", "NvidiaTeslaP100", "NvidiaL4", "NvidiaL4X1", "NvidiaTeslaA100", "NvidiaH100")
+# The GPU shapes the kit has reason to believe work, with the GPUs a session gets: NvidiaTeslaT4 is
+# "GPU T4 x2", Kaggle's default GPU (kaggle-cli PR #1198). Not offered (docs/notes-kaggle.md):
+# NvidiaTeslaP100, retired (kaggle 2.2.5 swaps it for a T4; Kaggle's torch 2.10+cu128 has no sm_60
+# kernels, kaggle-cli #1151), and the L4 / A100 / H100 / RTX Pro 6000 shapes, open only to some
+# competitions or to Kaggle's staff (kaggle-cli docs/kernels.md) and never run with the kit.
+MACHINE_SHAPES = {"NvidiaTeslaT4": 2}
 DEFAULT_MACHINE_SHAPE = "NvidiaTeslaT4"
+_NOT_OFFERED = {"NvidiaTeslaP100": "retired: Kaggle runs it on a T4, and Kaggle's torch has no kernels for the "
+                                   "P100's sm_60 anyway"}
+MAX_GPU_SESSIONS = 2  # Kaggle runs at most this many GPU sessions of one user at once
+WEEKLY_GPU_QUOTA_HOURS = 30  # about; it floats from week to week (`kaggle quota` shows yours)
 SAVE_MARGIN_SECONDS = 300  # kept back from each variant's share for kit.train's last validation and save
 MAX_SESSION_SECONDS = 12 * 3600
 MAX_TITLE_LENGTH = 50  # Kaggle's limit on a notebook title
@@ -116,8 +123,7 @@ def build_kernels(user: str, groups: Sequence[Sequence[str]], out: str | os.Path
     if time_limit_s is None:
         time_limit_s = competition.parse_time_limit(competition.DEFAULT_TIME_LIMIT)
     _check_session_seconds(time_limit_s, f"{time_limit_s} s")
-    if machine_shape not in MACHINE_SHAPES:
-        raise ValueError(f"unknown machine shape {machine_shape!r}; valid: {', '.join(MACHINE_SHAPES)}")
+    check_machine_shape(machine_shape)
     sources = kit_sources()
     trainers = [training_kernel(group) for group in groups]
     slugs = [k.slug for k in trainers]
@@ -125,11 +131,12 @@ def build_kernels(user: str, groups: Sequence[Sequence[str]], out: str | os.Path
         raise ValueError(f"two training kernels would share a slug: {slugs}; list each variant once")
     inferred = inference_variants(groups, infer)
     refs = [k.ref(user) for k in trainers if set(k.variants) & set(inferred)]
+    trained_by = {name: k.ref(user) for k in trainers for name in k.variants if name in inferred}
     inference = Kernel(INFERENCE_SLUG, "Sartorius kit: infer", tuple(inferred))
     planned = [(kernel_metadata(user, k, machine_shape),
                 training_notebook(k, sources, time_limit_s, use_all_gpus, stages)) for k in trainers]
     planned.append((kernel_metadata(user, inference, machine_shape, refs),
-                    inference_notebook(inference, sources, refs, tta, select_best(inferred, infer))))
+                    inference_notebook(inference, sources, refs, tta, select_best(inferred, infer), trained_by)))
     # Everything is rendered and checked before the first file is written: no half-built set.
     rendered = {path: text for metadata, notebook in planned
                 for path, text in _render(Path(out), metadata, notebook).items()}
@@ -188,6 +195,21 @@ def check_username(user: str) -> str:
         raise ValueError(f"--user {user} is the README's placeholder: pass your own Kaggle username "
                          "(kaggle.com -> your profile), or leave --user out to read it from kaggle.json")
     return user
+
+
+def check_machine_shape(shape: str) -> str:
+    """``shape`` if the kit offers it (``MACHINE_SHAPES``), else an error saying why not and what to use."""
+    if shape in MACHINE_SHAPES:
+        return shape
+    why = _NOT_OFFERED.get(shape, "not one the kit has been run on, or open only to some competitions")
+    raise ValueError(f"machine shape {shape!r}: {why}; use {' or '.join(MACHINE_SHAPES)} (GPU T4 x2)")
+
+
+def default_variant_groups() -> list[tuple[str, ...]]:
+    """What a build trains by default: the flow variants, one kernel each, because the default
+    inference kernel uses only them (``inference_variants``). Two kernels run within Kaggle's
+    ``MAX_GPU_SESSIONS``; the mask variants are built on request (``--variants all`` or their names)."""
+    return [(name,) for name, variant in variants.VARIANTS.items() if variant.target == "flow"]
 
 
 def parse_variant_groups(tokens: Iterable[str]) -> list[tuple[str, ...]]:
@@ -303,23 +325,29 @@ def training_notebook(kernel: Kernel, sources: dict[str, str], time_limit_s: int
 
 
 def inference_notebook(kernel: Kernel, sources: dict[str, str], kernel_refs: Sequence[str],
-                       tta: bool = False, select: bool = False) -> dict:
+                       tta: bool = False, select: bool = False, trained_by: dict[str, str] | None = None) -> dict:
     """The notebook writing ``submission.csv`` with ``kit.infer`` from ``kernel.variants``' weights
-    (averaged, or with ``select`` the one with the best validation score)."""
+    (averaged, or with ``select`` the one with the best validation score among those attached).
+    ``trained_by``: the kernel that trains each variant, named where its weights are missing."""
     weight_names = [f"{name}.pt" for name in kernel.variants]
+    trained_by = trained_by or {}
+    weight_sources = {f"{name}.pt": trained_by[name] for name in kernel.variants if name in trained_by}
     how = " (averaged)" if len(weight_names) > 1 else ""
     if select:
-        how = " (it uses the one whose kit.tune validation score is highest)"
+        how = (" (it uses the one whose kit.tune validation score is highest, among those attached: one "
+               "attached kernel is enough)")
     intro = (f"# {kernel.title}\n\nFinds {_listing(weight_names)}{how} among the inputs (the output of "
              f"{_listing(kernel_refs)}), runs `python -m kit.infer`{' with flip TTA' if tta else ''} on the "
              "competition's test images and leaves `submission.csv`, validated, in the working folder.\n\n"
              + _BUILT_BY)
     settings = (f"WEIGHT_FILES = {weight_names!r}\n"
                 f"WEIGHT_KERNELS = {list(kernel_refs)!r}  # attached as kernel_sources\n"
+                f"WEIGHT_SOURCES = {weight_sources!r}  # the kernel whose output holds each weights file\n"
                 f"INFER_OPTIONS = {(['--tta'] if tta else []) + (['--select-best'] if select else [])!r}\n")
     call = ("\nfrom kit import notebook\n\n"
             "notebook.write_submission(WEIGHT_FILES, WEIGHT_KERNELS, input_root=INPUT, working=WORKING,\n"
-            f"                          infer_options=INFER_OPTIONS + notebook.extra_args({INFER_ARGS_ENV!r}))\n")
+            f"                          infer_options=INFER_OPTIONS + notebook.extra_args({INFER_ARGS_ENV!r}),\n"
+            "                          weight_sources=WEIGHT_SOURCES)\n")
     return _notebook([_markdown(intro), *_kit_cells(sources), _code(settings + call)])
 
 
@@ -356,17 +384,54 @@ def select_best(chosen: Sequence[str], infer: Sequence[str] | None) -> bool:
     return infer is None and len(chosen) > 1 and variants.get_variant(chosen[0]).target == "flow"
 
 
+def push_plan(folders: Sequence[Path], time_limit_s: int, machine_shape: str = DEFAULT_MACHINE_SHAPE) -> list[str]:
+    """What a build costs and how to push it: the GPU ceiling of its training kernels, then the
+    pushes in order (``python -m kit.push``, which stops on a refused push), at most
+    ``MAX_GPU_SESSIONS`` training kernels at a time, the inference kernel (the last folder) after them.
+
+    The ceiling is in session-hours (hours a GPU session runs, each training kernel stopping itself at
+    ``time_limit_s``), and in GPU-hours if Kaggle counts each GPU of a session: which of the two its
+    weekly quota counts is unverified (docs/notes-kaggle.md).
+    """
+    *trainers, inference = folders
+    hours = len(trainers) * time_limit_s / 3600
+    gpus = MACHINE_SHAPES[machine_shape]
+    lines = [f"GPU ceiling: {len(trainers)} training kernel(s) x {_hours(time_limit_s)} = {hours:.1f} session-hours "
+             f"on {machine_shape} (GPU T4 x{gpus}; {hours * gpus:.1f} GPU-hours if Kaggle counts each GPU), of a "
+             f"weekly GPU quota of about {WEEKLY_GPU_QUOTA_HOURS} h (`kaggle quota` shows yours); the inference "
+             "kernel's run on the visible test images adds minutes"]
+    if hours > WEEKLY_GPU_QUOTA_HOURS:
+        lines.append(f"warning: {hours:.1f} session-hours is more than a week's GPU quota: build fewer variants "
+                     "(the default builds the two the inference kernel uses) or lower --time-limit")
+    elif hours * gpus > WEEKLY_GPU_QUOTA_HOURS:
+        fits = _hours(int(WEEKLY_GPU_QUOTA_HOURS * 3600 / (len(trainers) * gpus)) // 60 * 60)
+        lines.append(f"note: if Kaggle counts each GPU, that is more than a week's quota; --time-limit "
+                     f"{fits.removesuffix(' h')} fits either way")
+    lines.append(f"push in this order (Kaggle runs at most {MAX_GPU_SESSIONS} GPU sessions at once; "
+                 "`python -m kit.push` stops with an error where Kaggle refuses a push):")
+    batches = [trainers[i:i + MAX_GPU_SESSIONS] for i in range(0, len(trainers), MAX_GPU_SESSIONS)]
+    for step, batch in enumerate(batches, 1):
+        after = " once the previous ones have finished:" if step > 1 else ""
+        lines.append(f"  {step}.{after} python -m kit.push {' '.join(map(str, batch))}")
+    lines.append(f"  {len(batches) + 1}. once every training kernel has finished (kit.push checks): "
+                 f"python -m kit.push {inference}")
+    lines.append(f"their state: python -m kit.push --status {' '.join(map(str, folders))}")
+    return lines
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m kit.build_kernel",
         description="Build pushable Kaggle kernel folders (training per variant, and inference).")
     parser.add_argument("--user", help="Kaggle username (default: $KAGGLE_USERNAME, else kaggle.json's username)")
-    parser.add_argument("--variants", nargs="+", default=["all"], metavar="all|NAME|NAME+NAME",
-                        help="variants to train: 'all' (one kernel each), names, or a+b for one kernel "
-                             f"training a then b. Valid: {', '.join(variants.VARIANTS)}")
+    parser.add_argument("--variants", nargs="+", metavar="all|NAME|NAME+NAME",
+                        help="variants to train (default: the flow variants the inference kernel uses, one "
+                             "kernel each): 'all' (one kernel each, the mask variants too), names, or a+b for one "
+                             f"kernel training a then b. Valid: {', '.join(variants.VARIANTS)}")
     parser.add_argument("--out", default="kernels", help="folder receiving one sub-folder per kernel")
-    parser.add_argument("--machine-shape", default=DEFAULT_MACHINE_SHAPE, choices=MACHINE_SHAPES,
-                        help="Kaggle accelerator (NvidiaTeslaT4 = GPU T4 x2)")
+    parser.add_argument("--machine-shape", default=DEFAULT_MACHINE_SHAPE, type=_machine_shape_argument,
+                        help="Kaggle accelerator: NvidiaTeslaT4 (GPU T4 x2), the one the kit offers; "
+                             "docs/notes-kaggle.md says why not the others")
     parser.add_argument("--time-limit", default=competition.DEFAULT_TIME_LIMIT, metavar="H:MM",
                         help="wall time of a training kernel, shared by the variants it trains")
     parser.add_argument("--infer", nargs="+", metavar="NAME",
@@ -396,17 +461,28 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> list[Path]:
     show_progress()
     try:
-        groups = parse_variant_groups(args.variants)
+        groups = default_variant_groups() if args.variants is None else parse_variant_groups(args.variants)
+        time_limit_s = parse_kernel_time_limit(args.time_limit)
         folders = build_kernels(resolve_username(args.user), groups, args.out,
-                                machine_shape=args.machine_shape, time_limit_s=parse_kernel_time_limit(args.time_limit),
+                                machine_shape=args.machine_shape, time_limit_s=time_limit_s,
                                 use_all_gpus=not args.one_gpu, infer=args.infer, tta=args.tta,
                                 stages=KernelStages(args.pretrain, args.pretrain_epochs, args.pretrain_max_images,
                                                     args.pseudo_round, args.min_confidence))
     except (ValueError, OSError) as error:  # OSError: --out not writable (kit.files.OutputError and others)
         raise SystemExit(f"kit.build_kernel: error: {error}") from None
+    print(f"built {len(folders) - 1} training kernel(s) and the inference kernel in {args.out}:")
     for folder in folders:
-        print(f"kaggle kernels push -p {folder}")
+        print(f"  {folder}")
+    for line in push_plan(folders, time_limit_s, args.machine_shape):
+        print(line)
     return folders
+
+
+def _machine_shape_argument(text: str) -> str:
+    try:
+        return check_machine_shape(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 # --- the notebook's bootstrap: it makes the embedded kit importable; the rest is kit.notebook ---------

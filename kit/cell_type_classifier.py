@@ -23,7 +23,7 @@ import pandas as pd
 
 from kit import data
 from kit.competition import CELL_TYPES
-from kit.files import atomic_output
+from kit.files import OutputError, atomic_output, check_writable_dir, exit_on_sigterm
 from kit.progress import module_logger, show_progress
 
 logger = module_logger(__name__)
@@ -190,12 +190,13 @@ def main(args: argparse.Namespace) -> Path:
     show_progress()
     try:
         return fit_and_save(args.data, args.out, args.seed)
-    except (FileNotFoundError, ValueError) as err:
+    except (FileNotFoundError, ValueError, OutputError) as err:
         raise SystemExit(f"kit.cell_type_classifier: error: {err}") from None
 
 
 def fit_and_save(data_root: str | Path | None, out: str | Path, seed: int = 0) -> Path:
     """Fit on every annotated image type found below ``data_root`` and save to ``out``; say what was done."""
+    check_writable_dir(Path(out).parent)  # before the fit, not after it
     layout = data.find_competition(data_root, need_test=False)
     classifier = fit_classifier(layout, data.read_train_csv(layout.train_csv), seed)
     save_classifier(out, classifier)
@@ -205,4 +206,5 @@ def fit_and_save(data_root: str | Path | None, out: str | Path, seed: int = 0) -
 
 
 if __name__ == "__main__":
+    exit_on_sigterm()  # a notebook's hard stop: the classifier's temporary is removed
     main(get_args_parser().parse_args())

@@ -10,6 +10,7 @@ as ``TrainingStages`` turns them on; the inference notebook finds the attached t
 """
 from __future__ import annotations
 
+import filecmp
 import os
 import shlex
 import shutil
@@ -19,7 +20,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from kit import cell_type_classifier, competition, data, submission, variants
 from kit.progress import show_progress
@@ -171,29 +172,79 @@ def training_gpus(use_all_gpus: bool) -> int:
     return count if use_all_gpus else min(count, 1)
 
 
-def find_weights(root: Path, name: str, skip: Path, kernels: Sequence[str]) -> Path:
-    """The one file called `name` below `root` (kernel outputs are mounted there), `skip` not searched;
-    an error names the ``kernels`` whose output to attach."""
+def weight_copies(root: Path, name: str, skip: Path) -> list[Path]:
+    """Every file called ``name`` below ``root`` (kernel outputs are mounted there), ``skip`` not
+    searched; copies with the same bytes count once (a session may mount one kernel's output both at
+    ``<root>/<slug>/`` and at ``<root>/notebooks/<user>/<slug>/``)."""
     found = []
     for folder, subfolders, file_names in os.walk(root, followlinks=True):
         subfolders[:] = sorted(d for d in subfolders if Path(folder, d).resolve() != skip)
-        found += [Path(folder, name)] if name in file_names else []
+        path = Path(folder, name)
+        if name in file_names and not any(filecmp.cmp(path, seen, shallow=False) for seen in found):
+            found.append(path)
+    return found
+
+
+def find_weights(root: Path, name: str, skip: Path, kernels: Sequence[str]) -> Path:
+    """The one file called `name` below `root` (``weight_copies``); an error names the ``kernels``
+    whose output to attach: the kernel that trains it."""
+    found = weight_copies(root, name, skip)
     if len(found) != 1:
-        what = "no" if not found else f"{len(found)} ({', '.join(map(str, found))})"
-        raise FileNotFoundError(f"{what} {name} below {root}: attach the output of the kernel that trains it "
-                                f"(one of {list(kernels)}) as an input, after its run has finished")
+        what = "no" if not found else f"{len(found)} different ({', '.join(map(str, found))})"
+        raise FileNotFoundError(f"{what} {name} below {root}: attach the output of {_either(kernels)} as an input "
+                                "(Add Input -> Your Work), after its run has finished"
+                                + ("; remove the other copies" if found else ""))
     return found[0]
 
 
+def attached_weights(weight_files: Sequence[str], sources: Mapping[str, str], root: Path, skip: Path,
+                     select_best: bool) -> list[Path]:
+    """The weights of ``weight_files`` attached below ``root`` (``sources``: the kernel that trains
+    each). All are needed to average them; with ``select_best`` (choose one by its validation
+    score), those attached are enough, the missing are named, and only none attached is an error."""
+    copies = {name: weight_copies(root, name, skip) for name in weight_files}
+    for name, found in copies.items():
+        if len(found) > 1:
+            find_weights(root, name, skip, [sources[name]])  # raises, naming the copies
+    missing = [name for name, found in copies.items() if not found]
+    attach = ", ".join(f"{sources[name]} (for {name})" for name in missing)
+    if missing and (not select_best or len(missing) == len(weight_files)):
+        which = "at least one of " if select_best and len(missing) > 1 else ""
+        raise FileNotFoundError(f"no {' or '.join(missing) if select_best else ', '.join(missing)} below {root}: "
+                                f"attach the output of {which}{attach} as an input (Add Input -> Your Work), "
+                                "after its run has finished")
+    if missing:
+        print(f"--select-best chooses among the attached weights only: {', '.join(missing)} not found below "
+              f"{root}; to compare them too, attach the output of {attach}", flush=True)
+    return [found[0] for found in copies.values() if found]
+
+
 def write_submission(weight_files: Sequence[str], weight_kernels: Sequence[str], *, input_root: Path,
-                     working: Path, infer_options: Sequence[str] = ()) -> Path:
+                     working: Path, infer_options: Sequence[str] = (),
+                     weight_sources: Mapping[str, str] | None = None) -> Path:
     """The inference notebook: ``kit.infer`` on the test images with the weights found below
-    ``input_root`` (its default cell-type classifier lies beside the first); the submission validated."""
+    ``input_root`` (its default cell-type classifier lies beside the first); the submission validated.
+
+    ``weight_sources``: the kernel that trains each of ``weight_files`` (default: any of
+    ``weight_kernels``). With ``--select-best`` in ``infer_options`` the attached weights are enough
+    (``attached_weights``); where only one is, it is used as it is.
+    """
     layout = data.find_competition(input_root, need_train=False)
-    weights = [find_weights(input_root, name, layout.root.resolve(), weight_kernels) for name in weight_files]
+    sources = dict(weight_sources or {name: _either(weight_kernels) for name in weight_files})
+    select_best = "--select-best" in infer_options
+    weights = attached_weights(weight_files, sources, input_root, layout.root.resolve(), select_best)
+    if select_best and len(weights) == 1:  # nothing to choose between
+        infer_options = [option for option in infer_options if option != "--select-best"]
     target = working / "submission.csv"
     run_kit("kit.infer", "--data", layout.root, "--weights", *weights, "--out", target, *infer_options)
     test_ids = list(data.test_image_paths(layout))
     submission.validate(target, test_ids)
     print(f"{target} is valid: {len(test_ids)} test image(s)")
     return target
+
+
+def _either(kernels: Sequence[str] | str) -> str:
+    """``a``, or ``one of a, b``: the kernels one of whose outputs to attach."""
+    if isinstance(kernels, str):
+        return kernels
+    return kernels[0] if len(kernels) == 1 else "one of " + ", ".join(kernels)

@@ -30,6 +30,7 @@ import torch
 
 from kit import data, flows, metrics, models, postprocess
 from kit.ensemble import Member, load_ensemble, predict
+from kit.files import OutputError, check_writable_dir, exit_on_sigterm, remove_stale_temporaries
 from kit.image_sets import annotated_images
 from kit.progress import module_logger, show_progress
 
@@ -72,7 +73,7 @@ def main(args: argparse.Namespace) -> dict:
     show_progress()
     try:
         return run(tune_config(args))
-    except (FileNotFoundError, ValueError) as err:
+    except (FileNotFoundError, ValueError, OutputError) as err:
         raise SystemExit(f"kit.tune: error: {err}") from None
 
 
@@ -86,6 +87,9 @@ def tune_config(args: argparse.Namespace) -> TuneConfig:
 def run(config: TuneConfig) -> dict:
     """Predict, fit per type, report, save; returns the tuned settings."""
     device = models.resolve_device(config.device)
+    check_writable_dir(config.out.parent)  # before the predictions, not after them
+    for path in remove_stale_temporaries(config.out.parent, [config.out.name]):
+        logger.info(f"removed {path}: a partial file left by a write that was killed")
     ensemble = load_ensemble([config.weights], device)
     if ensemble[0].variant.target != "flow":
         raise ValueError(f"{config.weights} holds mask variant {ensemble[0].variant.name!r}; kit.tune fits the "
@@ -177,4 +181,5 @@ def _grid_scores(outputs: Sequence[tuple[np.ndarray, np.ndarray]], truth: Sequen
 
 
 if __name__ == "__main__":
+    exit_on_sigterm()  # a notebook's hard stop: the tuned file's temporary is removed
     main(get_args_parser().parse_args())

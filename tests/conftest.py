@@ -57,3 +57,41 @@ def extras_dir(shared_dir, tmp_path_factory) -> Path:
     semi = [i for t in competition.CELL_TYPES for i in [i for i in train_ids if i in set(by_type[t])][:2]]
     return fixture_data.competition_with_extras(shared_dir, tmp_path_factory.mktemp("extras") / "competition",
                                                 livecell_splits, semi)
+
+
+@pytest.fixture
+def unwritable_dir(tmp_path, monkeypatch) -> Path:
+    """A folder nothing can be written to: read-only bits, and (root ignores those) a refusing mkstemp."""
+    import errno
+    import tempfile
+
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    real_mkstemp = tempfile.mkstemp
+
+    def mkstemp(*args, dir=None, **kwargs):
+        if dir is not None and Path(dir).resolve().is_relative_to(folder.resolve()):
+            raise PermissionError(errno.EACCES, "Permission denied", str(dir))
+        return real_mkstemp(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+    yield folder
+    folder.chmod(0o755)
+
+
+def sigterm_handler_of(module: str) -> str:
+    """The SIGTERM handler that ``python -m MODULE --help`` has installed when argparse exits."""
+    import subprocess
+    import sys
+
+    probe = ("import runpy, signal, sys\n"
+             f"sys.argv = [{module!r}, '--help']\n"
+             "try:\n"
+             f"    runpy.run_module({module!r}, run_name='__main__')\n"
+             "except SystemExit:\n"
+             "    pass\n"
+             "print(getattr(signal.getsignal(signal.SIGTERM), '__qualname__', signal.getsignal(signal.SIGTERM)))\n")
+    done = subprocess.run([sys.executable, "-c", probe], cwd=Path(__file__).resolve().parent.parent,
+                          capture_output=True, text=True, check=True, timeout=120)
+    return done.stdout.splitlines()[-1]

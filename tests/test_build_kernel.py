@@ -133,6 +133,8 @@ def test_the_kaggle_client_accepts_every_built_folder(tmp_path, kaggle_push, cap
             assert request.kernel_data_sources == [f"{USER}/sartorius-kit-train-{n}" for n in flow]
             assert f"WEIGHT_FILES = {[f'{n}.pt' for n in flow]!r}" in run_cell
             assert "INFER_OPTIONS = ['--select-best']" in run_cell
+            sources = {f"{n}.pt": f"{USER}/sartorius-kit-train-{n}" for n in flow}
+            assert f"WEIGHT_SOURCES = {sources!r}" in run_cell and "weight_sources=WEIGHT_SOURCES)" in run_cell
             assert "notebook.write_submission(" in run_cell
         else:
             assert request.kernel_data_sources == []
@@ -140,11 +142,17 @@ def test_the_kaggle_client_accepts_every_built_folder(tmp_path, kaggle_push, cap
             assert f"VARIANTS = {[name]!r}" in run_cell and "notebook.train_variants(" in run_cell
 
 
-def test_a_retired_machine_shape_is_passed_on_and_the_client_warns(tmp_path, kaggle_push, capsys):
-    folders = build(tmp_path / "kernels", ["unet"], machine_shape="NvidiaTeslaP100")
-    request, output = kaggle_push(folders[0], capsys)
-    assert request.machine_shape == "NvidiaTeslaP100"
-    assert "retired" in output
+def test_only_the_t4x2_shape_is_offered_and_the_retired_p100_is_refused_with_its_reason(tmp_path, capsys):
+    from kaggle.api import kaggle_api_extended  # the client's own list of retired accelerators
+
+    assert "nvidiateslap100" in kaggle_api_extended._RETIRED_ACCELERATORS
+    assert list(build_kernel.MACHINE_SHAPES) == ["NvidiaTeslaT4"] and build_kernel.MACHINE_SHAPES["NvidiaTeslaT4"] == 2
+    with pytest.raises(ValueError, match=r"'NvidiaTeslaP100': retired.*sm_60.*use NvidiaTeslaT4"):
+        build(tmp_path / "kernels", ["unet"], machine_shape="NvidiaTeslaP100")
+    with pytest.raises(SystemExit):
+        build_kernel.get_args_parser().parse_args(["--machine-shape", "NvidiaL4"])
+    assert "machine shape 'NvidiaL4'" in capsys.readouterr().err
+    assert not (tmp_path / "kernels").exists()
 
 
 # --- determinism, privacy ------------------------------------------------------------------------
@@ -230,15 +238,47 @@ def test_an_unknown_variant_is_an_error_listing_the_valid_ones(tmp_path, capsys)
 def test_the_command_line_builds_the_named_variants(tmp_path, capsys):
     args = build_kernel.get_args_parser().parse_args(
         ["--user", USER, "--out", str(tmp_path), "--variants", "unet", "hot-unet", "--time-limit", "2:30",
-         "--machine-shape", "NvidiaL4", "--one-gpu"])
+         "--machine-shape", "NvidiaTeslaT4", "--one-gpu"])
     folders = build_kernel.main(args)
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "sartorius-kit-infer", "sartorius-kit-train-hot-unet", "sartorius-kit-train-unet"]
-    assert capsys.readouterr().out.splitlines() == [f"kaggle kernels push -p {f}" for f in folders]
+    printed = capsys.readouterr().out
+    assert "2 training kernel(s) x 2:30 h = 5.0 session-hours" in printed
+    assert f"  1. python -m kit.push {folders[0]} {folders[1]}\n" in printed
     metadata = json.loads((tmp_path / "sartorius-kit-train-unet" / "kernel-metadata.json").read_text())
-    assert metadata["machine_shape"] == "NvidiaL4"
+    assert metadata["machine_shape"] == "NvidiaTeslaT4"
     run_cell = cell_text(read_notebook(tmp_path / "sartorius-kit-train-unet")["cells"][-1])
     assert "TIME_LIMIT_SECONDS = 9000 " in run_cell and "USE_ALL_GPUS = False " in run_cell
+
+
+def test_the_default_build_trains_only_what_the_inference_kernel_uses_and_prints_its_cost_and_push_order(
+        tmp_path, capsys):
+    out = tmp_path / "kernels"
+    folders = build_kernel.main(build_kernel.get_args_parser().parse_args(["--user", USER, "--out", str(out)]))
+    flow = [name for name, v in variants.VARIANTS.items() if v.target == "flow"]
+    assert [f.name for f in folders] == [f"sartorius-kit-train-{n}" for n in flow] + ["sartorius-kit-infer"]
+    assert len(folders) - 1 <= build_kernel.MAX_GPU_SESSIONS  # every training kernel runs at once
+    inference = json.loads((folders[-1] / "kernel-metadata.json").read_text())
+    assert inference["kernel_sources"] == [f"{USER}/{f.name}" for f in folders[:-1]]
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[4] == ("GPU ceiling: 2 training kernel(s) x 8:30 h = 17.0 session-hours on NvidiaTeslaT4 (GPU T4 "
+                          "x2; 34.0 GPU-hours if Kaggle counts each GPU), of a weekly GPU quota of about 30 h "
+                          "(`kaggle quota` shows yours); the inference kernel's run on the visible test images adds "
+                          "minutes")
+    assert printed[5] == "note: if Kaggle counts each GPU, that is more than a week's quota; --time-limit 7:30 fits either way"
+    assert printed[7:9] == [f"  1. python -m kit.push {folders[0]} {folders[1]}",
+                            f"  2. once every training kernel has finished (kit.push checks): python -m kit.push {folders[2]}"]
+
+
+def test_a_build_of_every_variant_pushes_in_pairs_and_warns_that_it_exceeds_a_week_s_quota(tmp_path):
+    folders = build(tmp_path / "kernels")
+    lines = build_kernel.push_plan(folders, 8 * 3600 + 1800)
+    assert "6 training kernel(s) x 8:30 h = 51.0 session-hours" in lines[0]
+    assert lines[1].startswith("warning: 51.0 session-hours is more than a week's GPU quota")
+    steps = [line for line in lines if line.startswith("  ")]
+    assert [line.split("python -m kit.push ")[1].split() for line in steps] == [
+        [str(f) for f in folders[i:i + 2]] for i in (0, 2, 4)] + [[str(folders[6])]]
+    assert build_kernel.push_plan(folders[4:], 3 * 3600)[1].startswith("push in this order")  # 6 h: no note
 
 
 def test_the_stages_are_off_by_default_and_each_flag_turns_one_on(tmp_path, capsys):

@@ -99,3 +99,17 @@ def test_missing_and_malformed_files_are_errors_naming_the_file(shared_features,
                                                                        good.coef, good.intercept))
     with pytest.raises(ValueError, match=r"zero\.npz: .*non-positive-scale"):
         ctc.load_classifier(tmp_path / "zero.npz")
+
+
+def test_an_unwritable_out_is_one_line_before_the_fit(shared_dir, unwritable_dir):
+    args = ctc.get_args_parser().parse_args(["fit", "--data", str(shared_dir), "--out", str(unwritable_dir / "c.npz")])
+    with pytest.raises(SystemExit) as exit_:
+        ctc.main(args)
+    assert str(exit_.value.code) == (f"kit.cell_type_classifier: error: cannot write to {unwritable_dir} (Permission "
+                                     "denied); pass a folder you can write to with --out, or fix its permissions")
+
+
+def test_the_command_turns_sigterm_into_a_clean_exit():
+    from conftest import sigterm_handler_of
+
+    assert sigterm_handler_of("kit.cell_type_classifier") == "exit_on_sigterm.<locals>.stop"

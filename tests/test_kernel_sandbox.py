@@ -35,7 +35,7 @@ def sandbox(shared_dir, tmp_path_factory) -> tuple[bench_kernels.SandboxRun, str
     work = tmp_path_factory.mktemp("sandbox")
     args = bench_kernels.get_args_parser().parse_args(
         ["--data", str(shared_dir), "--variants", *VARIANTS, "--train-args", TINY_TRAINING, "--work", str(work),
-         "--cell-timeout", "300"])
+         "--cell-timeout", "300", "--mount-layout", "new"])  # the staged sandbox runs the classic layout
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
         run = bench_kernels.main(args)
@@ -55,6 +55,7 @@ def test_the_training_notebook_leaves_weights_metrics_and_curves(sandbox):
     assert 0 <= log.index("running on python ") < log.index("--variant unet ")  # the versions first
     assert 0 <= log.index("--variant unet ") < log.index("--variant hot-unet ")
     assert log.count("--device cpu") == 2
+    assert "/input/competitions/sartorius-cell-instance-segmentation " in log  # newer sessions' mount, found
     assert f"training notebook {TRAIN_KERNEL}: " in printed
 
 
@@ -66,8 +67,8 @@ def test_the_inference_notebook_writes_a_valid_submission_for_the_test_images(sa
     submission.validate(run.infer_working / "submission.csv", test_ids)
     with open(run.infer_working / "submission.csv", newline="") as handle:
         assert {row["id"] for row in csv.DictReader(handle)} == set(test_ids)
-    input_root = run.infer_working.parent / "input"
-    weights = " ".join(str(input_root / TRAIN_KERNEL / f"{name}.pt") for name in VARIANTS)
+    attached = run.infer_working.parent / "input" / "notebooks" / "sandbox-user" / TRAIN_KERNEL  # newer sessions
+    weights = " ".join(str(attached / f"{name}.pt") for name in VARIANTS)
     assert f"--weights {weights} --out" in bench_kernels.notebook_text(run.infer_notebook)  # both found
     assert "for 3 test images; valid submission.csv" in printed
 
@@ -77,7 +78,8 @@ def test_the_training_kernel_ships_the_cell_type_classifier_and_inference_loads_
     saved = run.train_working / cell_type_classifier.FILE_NAME
     assert cell_type_classifier.load_classifier(saved).classes == ("astro", "cort", "shsy5y")
     log = bench_kernels.notebook_text(run.infer_notebook)
-    attached = run.infer_working.parent / "input" / TRAIN_KERNEL / cell_type_classifier.FILE_NAME
+    attached = run.infer_working.parent / "input" / "notebooks" / "sandbox-user" / TRAIN_KERNEL / \
+        cell_type_classifier.FILE_NAME
     assert f"cell types from the classifier in {attached}" in log
     assert "fitting one" not in log  # the training images were not needed for the test images' types
 
@@ -89,7 +91,7 @@ def test_an_inference_notebook_without_its_weights_names_the_kernel_to_attach(sh
     with pytest.raises(bench_kernels.NotebookFailed) as failure:
         bench_kernels.run_notebook(kernels[-1] / f"{kernels[-1].name}.ipynb", working, env, cell_timeout_s=300)
     message = str(failure.value)
-    assert "FileNotFoundError" in message and "no unet.pt below" in message
+    assert "FileNotFoundError" in message and "no unet.pt, hot-unet.pt below" in message
     assert f"sandbox-user/{TRAIN_KERNEL}" in message
     assert not (working / "submission.csv").exists()
 

@@ -57,12 +57,84 @@ def test_find_weights_skips_the_competition_folder_and_names_the_kernels_to_atta
     (kernel / "unet.pt").write_bytes(b"")
     skip = (tmp_path / "sartorius").resolve()
     assert notebook.find_weights(tmp_path, "unet.pt", skip, ["u/k"]) == kernel / "unet.pt"
-    with pytest.raises(FileNotFoundError, match=r"no hot-unet\.pt below .*one of \['u/k'\]"):
+    with pytest.raises(FileNotFoundError, match=r"no hot-unet\.pt below .*attach the output of u/k as an input"):
         notebook.find_weights(tmp_path, "hot-unet.pt", skip, ["u/k"])
+    with pytest.raises(FileNotFoundError, match=r"attach the output of one of u/k, u/j as"):
+        notebook.find_weights(tmp_path, "hot-unet.pt", skip, ["u/k", "u/j"])
+    # Newer sessions mount an attached notebook's output at notebooks/<user>/<slug>/ too: the same bytes count once
+    mounted_again = tmp_path / "notebooks" / "u" / "sartorius-kit-train-unet"
+    mounted_again.mkdir(parents=True)
+    (mounted_again / "unet.pt").write_bytes(b"")
+    assert notebook.find_weights(tmp_path, "unet.pt", skip, ["u/k"]) == mounted_again / "unet.pt"
     (tmp_path / "copy").mkdir()
-    (tmp_path / "copy" / "unet.pt").write_bytes(b"")
-    with pytest.raises(FileNotFoundError, match=r"2 \(.*\) unet\.pt below"):
+    (tmp_path / "copy" / "unet.pt").write_bytes(b"other weights")
+    with pytest.raises(FileNotFoundError, match=r"2 different \(.*\) unet\.pt below .*remove the other copies"):
         notebook.find_weights(tmp_path, "unet.pt", skip, ["u/k"])
+
+
+FLOW_WEIGHTS = ["hot-flow-unet.pt", "hot-flow-unet-plus.pt"]
+FLOW_SOURCES = {name: f"u/sartorius-kit-train-{name[:-3]}" for name in FLOW_WEIGHTS}
+
+
+def attach(input_root: Path, *names: str) -> None:
+    """The output of the kernel training each of ``names``, mounted below ``input_root`` as Kaggle does."""
+    for name in names:
+        folder = input_root / FLOW_SOURCES[name].split("/")[1]
+        folder.mkdir(parents=True)
+        (folder / name).write_bytes(name.encode())
+
+
+@pytest.fixture
+def infer_calls(monkeypatch):
+    """kit.infer's arguments, as write_submission would run it (the submission check skipped)."""
+    calls = []
+    monkeypatch.setattr(notebook, "run_kit", lambda *args, timeout=None: calls.append(args))
+    monkeypatch.setattr(notebook.submission, "validate", lambda path, ids: None)
+    return calls
+
+
+def submit(input_root: Path, working: Path, options=("--select-best",)):
+    return notebook.write_submission(FLOW_WEIGHTS, list(FLOW_SOURCES.values()), input_root=input_root,
+                                     working=working, infer_options=list(options), weight_sources=FLOW_SOURCES)
+
+
+@pytest.fixture
+def input_root(shared_dir, tmp_path):
+    """A Kaggle input root holding the competition data (mounted under its slug) and no kernel output yet."""
+    root = tmp_path / "input"
+    root.mkdir()
+    (root / "sartorius-cell-instance-segmentation").symlink_to(shared_dir, target_is_directory=True)
+    return root
+
+
+def test_select_best_uses_the_flow_weights_attached_and_names_the_kernel_of_those_missing(input_root, tmp_path,
+                                                                                          infer_calls, capsys):
+    attach(input_root, "hot-flow-unet.pt")
+    submit(input_root, tmp_path / "working")
+    (arguments,) = infer_calls
+    weights = arguments[arguments.index("--weights") + 1:arguments.index("--out")]
+    assert weights == (input_root / "sartorius-kit-train-hot-flow-unet" / "hot-flow-unet.pt",)
+    assert "--select-best" not in arguments  # one attached: nothing to choose between
+    assert ("--select-best chooses among the attached weights only: hot-flow-unet-plus.pt not found below "
+            f"{input_root}; to compare them too, attach the output of u/sartorius-kit-train-hot-flow-unet-plus "
+            "(for hot-flow-unet-plus.pt)") in capsys.readouterr().out
+    attach(input_root, "hot-flow-unet-plus.pt")
+    submit(input_root, tmp_path / "working")
+    assert infer_calls[1][-1] == "--select-best" and len(infer_calls[1]) == len(arguments) + 2
+
+
+def test_with_no_weights_attached_the_error_names_exactly_the_kernels_to_attach(input_root, tmp_path, infer_calls):
+    with pytest.raises(FileNotFoundError) as error:
+        submit(input_root, tmp_path / "working")
+    assert str(error.value) == (
+        f"no hot-flow-unet.pt or hot-flow-unet-plus.pt below {input_root}: attach the output of at least one of "
+        "u/sartorius-kit-train-hot-flow-unet (for hot-flow-unet.pt), u/sartorius-kit-train-hot-flow-unet-plus "
+        "(for hot-flow-unet-plus.pt) as an input (Add Input -> Your Work), after its run has finished")
+    attach(input_root, "hot-flow-unet-plus.pt")
+    with pytest.raises(FileNotFoundError, match=r"^no hot-flow-unet\.pt below .*: attach the output of "
+                                                r"u/sartorius-kit-train-hot-flow-unet \(for hot-flow-unet\.pt\)"):
+        submit(input_root, tmp_path / "working", options=())  # averaging needs every file
+    assert infer_calls == []
 
 
 def test_train_variants_saves_the_classifier_first_then_trains_each_in_its_share(shared_dir, tmp_path,

@@ -67,3 +67,18 @@ def test_tuned_settings_are_written_into_a_copy_of_the_checkpoint(tmp_path):
 def test_unknown_tuned_settings_are_refused():
     with pytest.raises(ValueError, match="unknown tuned setting 'closing'"):
         postprocess.PostprocessConfig().with_tuned({"closing": {"cort": 1}})
+
+
+def test_an_unwritable_out_is_one_line_before_any_prediction(unwritable_dir, tmp_path):
+    args = tune.get_args_parser().parse_args(["--weights", str(tmp_path / "never-read.pt"), "--out",
+                                              str(unwritable_dir / "tuned.pt"), "--device", "cpu"])
+    with pytest.raises(SystemExit) as exit_:
+        tune.main(args)
+    assert str(exit_.value.code) == (f"kit.tune: error: cannot write to {unwritable_dir} (Permission denied); pass a "
+                                     "folder you can write to with --out, or fix its permissions")
+
+
+def test_the_command_turns_sigterm_into_a_clean_exit():
+    from conftest import sigterm_handler_of
+
+    assert sigterm_handler_of("kit.tune") == "exit_on_sigterm.<locals>.stop"
