@@ -210,7 +210,7 @@ def decode_output(output: torch.Tensor, variant: Variant) -> tuple[torch.Tensor,
 def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
     """Whether this CPU computes bf16 in hardware: x86's ``avx512_bf16`` or ``amx_bf16`` flag, Arm's
     ``bf16`` feature, as Linux lists them in ``/proc/cpuinfo`` (``cpuinfo``: its text, for the tests).
-    Read from the kernel, not from torch, because the oldest torch the kit supports (2.1) has no public
+    Read from the kernel, not from torch, because the oldest torch the kit supports (2.4) has no public
     query for it; without /proc/cpuinfo (macOS, Windows) the answer is False and the CPU trains in fp32.
     Elsewhere a CPU bf16 autocast is emulated and slower than fp32."""
     if cpuinfo is None:
@@ -243,7 +243,8 @@ def amp_dtype(device: torch.device) -> torch.dtype | None:
 
 def autocast(device: torch.device, dtype: torch.dtype | None):
     """``torch.autocast`` to ``dtype`` on ``device``'s type; no context at all for fp32 (None): torch 2.1
-    refuses a CPU autocast of any dtype but bf16 even with enabled=False ("AutocastCPU only support Bfloat16")."""
+    refuses a CPU autocast of any dtype but bf16 even with enabled=False ("AutocastCPU only support Bfloat16"),
+    and torch 2.4 warns of it."""
     return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
 
 

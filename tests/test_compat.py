@@ -85,6 +85,16 @@ def test_the_minimums_are_the_oldest_set_the_compat_script_tests():
     assert "oldest) python_version=3.10 " in (REPO / "benchmarks" / "kaggle_compat.sh").read_text()
 
 
+def test_the_requirements_lower_bounds_are_the_minimums():
+    """requirements.txt, requirements-oldest.txt and kit.compat name one minimum per library."""
+    bounds = dict(re.findall(r"^([A-Za-z0-9_-]+)>=(\S+)", (REPO / "requirements.txt").read_text(), re.M))
+    names = {"opencv": "opencv-python-headless"}
+    for library, minimum in compat.MINIMUM.items():
+        if library == "torch":  # pinned (==) for this workplace's wheel cache, above the minimum
+            continue
+        assert compat.release(bounds[names.get(library, library)]) == minimum, library
+
+
 def test_importing_compat_loads_no_heavy_library():
     probe = "import sys, kit.compat; print(' '.join(sorted({m.split('.')[0] for m in sys.modules})))"
     done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, check=True)
