@@ -5,6 +5,7 @@ Layout (as Kaggle ships it): ``train.csv``, ``train/<id>.png``, ``test/<id>.png`
 """
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -113,6 +114,31 @@ def load_image(path: str | Path, shape: tuple[int, int] = IMAGE_SHAPE) -> np.nda
         raise ValueError(f"image {path}: expected {shape[0]}x{shape[1]} (height x width), got "
                          f"{image.shape[0]}x{image.shape[1]}")
     return image
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_GRAY = 0  # IHDR colour type of a grayscale image without alpha
+
+
+def check_image_header(path: str | Path, shape: tuple[int, int] = IMAGE_SHAPE) -> None:
+    """What ``load_image`` would refuse, found from the PNG header alone (33 bytes, no decoding): a missing
+    file, not a PNG, another size, or not 8-bit grayscale; the error names the file."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(33)
+    except OSError as err:
+        raise ValueError(f"cannot read image {path} ({err.strerror}): restore the file or remove it") from None
+    if len(head) < 33 or head[:8] != _PNG_SIGNATURE or head[12:16] != b"IHDR":
+        raise ValueError(f"image {path} is not a PNG (or is truncated before its header): restore the file or "
+                         "remove it")
+    width, height, depth, colour = struct.unpack(">IIBB", head[16:26])
+    if (depth, colour) != (8, _PNG_GRAY):
+        raise ValueError(f"image {path}: expected 8-bit grayscale, the header says {depth}-bit colour type "
+                         f"{colour}: convert it to 8-bit grayscale or remove it")
+    if (height, width) != tuple(shape):
+        raise ValueError(f"image {path}: expected {shape[0]}x{shape[1]} (height x width), the header says "
+                         f"{height}x{width}: restore the original or remove it")
 
 
 def one_hot(cell_type: str) -> np.ndarray:

@@ -84,6 +84,24 @@ def check_writable_dir(folder: str | os.PathLike, option: str = "--out") -> Path
     return folder
 
 
+@contextlib.contextmanager
+def remove_if_left_empty(folder: str | os.PathLike) -> Iterator[Path]:
+    """Around a command's work: when it fails, the folders of ``folder`` that it created (``folder`` and
+    the parents that did not exist) are removed again if nothing was written in them, so an early
+    failure leaves no empty ``--out`` behind."""
+    folder = Path(folder).absolute()
+    created = [p for p in (folder, *folder.parents) if not p.exists()]
+    try:
+        yield folder
+    except BaseException:
+        for path in created:  # deepest first; stops at the first that holds something
+            try:
+                path.rmdir()
+            except OSError:
+                break
+        raise
+
+
 def check_free_space(folder: str | os.PathLike, need_bytes: int, what: str) -> None:
     """Refuse to start work whose ``what`` (e.g. "two checkpoints") would not fit in ``folder``."""
     free = shutil.disk_usage(folder).free

@@ -29,7 +29,7 @@ import pandas as pd
 
 from kit import data, ensemble, models, postprocess, rle
 from kit.competition import DEFAULT_MIN_CONFIDENCE, IMAGE_SHAPE
-from kit.files import OutputError, check_writable_dir, exit_on_sigterm, write_text_atomic
+from kit.files import OutputError, check_writable_dir, exit_on_sigterm, remove_if_left_empty, write_text_atomic
 from kit.progress import module_logger, show_progress
 
 SEMI_SUPERVISED_DIR = "train_semi_supervised"
@@ -90,37 +90,70 @@ def pseudo_config(args: argparse.Namespace) -> PseudoConfig:
 
 
 def run(config: PseudoConfig) -> Path:
-    """Predict the unannotated images, keep the confident cells, write the CSV atomically."""
+    """Check everything that names and headers can tell (device, weights, images), then predict the
+    unannotated images, keep the confident cells and write the CSV atomically."""
     started = time.perf_counter()
     device = models.resolve_device(config.device)
-    check_writable_dir(config.out.parent)
     members = ensemble.load_ensemble(config.weights, device)
+    check_flow_weights(members)
     layout = data.find_competition(config.data, need_test=False)
     images = semi_supervised_images(layout.root)
     if config.max_images is not None:
         images = dict(list(images.items())[: max(config.max_images, 0)])
-    extraction = postprocess.PostprocessConfig().with_tuned(members[0].settings.postprocess)
-    logger.info(f"{len(images)} unannotated images of {layout.root / SEMI_SUPERVISED_DIR}, {len(members)} weights "
-                f"file(s), device {device}, cells kept from mean probability {config.min_confidence:g}")
-    rows, kept, found = [], 0, 0
-    ids = list(images)
-    for start in range(0, len(ids), config.batch_size):
-        batch = ids[start:start + config.batch_size]
-        pixels = np.stack([data.load_image(images[i][0]) for i in batch])
-        types = [images[i][1] for i in batch]
-        prob, flow = ensemble.predict(members, pixels, types, device, config.tta, batch)
-        for k, image_id in enumerate(batch):
-            labels = postprocess.output_to_labels(prob[k], None if flow is None else flow[k], pixels[k], types[k],
-                                                 extraction)
-            confidence = cell_confidence(labels, prob[k])
-            found += len(confidence)
-            chosen = confident_labels(labels, confidence, config.min_confidence)
-            kept += int(chosen.max())
-            rows += pseudo_rows(image_id, types[k], chosen, confidence[confidence >= config.min_confidence])
-    write_text_atomic(config.out, rows_to_csv(rows))
-    logger.info(f"wrote {config.out}: {kept} of {found} cells kept in {len({r['id'] for r in rows})} "
+    for path, _ in images.values():  # a bad image found now, not after every earlier one is predicted
+        data.check_image_header(path)
+    with remove_if_left_empty(config.out.parent):
+        check_writable_dir(config.out.parent)
+        logger.info(f"{len(images)} unannotated images of {layout.root / SEMI_SUPERVISED_DIR}, {len(members)} "
+                    f"weights file(s), device {device}, cells kept from mean probability {config.min_confidence:g}")
+        rows, counts = predict_rows(members, images, device, config)
+        write_text_atomic(config.out, rows_to_csv(rows))
+    logger.info(f"wrote {config.out}: {counts[0]} of {counts[1]} cells kept in {len({r['id'] for r in rows})} "
                 f"of {len(images)} images ({time.perf_counter() - started:.1f} s)")
     return config.out
+
+
+def check_flow_weights(members: Sequence[ensemble.Member]) -> None:
+    """kit.pseudo's confidence and cells come from a flow variant's output; a mask variant's weights are
+    refused before any work (its extraction gives one whole-image "cell" per image)."""
+    for member in members:
+        if member.variant.target != "flow":
+            raise ValueError(f"{member.path} holds weights of {member.variant.name}, a {member.variant.target} "
+                             "variant; kit.pseudo needs a flow variant's weights (e.g. hot-flow-unet-plus.pt)")
+
+
+def predict_rows(members: Sequence[ensemble.Member], images: Mapping[str, tuple[Path, str]], device,
+                 config: PseudoConfig) -> tuple[list[dict], tuple[int, int]]:
+    """The CSV rows of ``images``, batch by batch; a failure part-way (an image that cannot be decoded, a
+    SIGTERM) first writes the rows of the images already predicted to ``config.out`` and says so."""
+    rows, ids, done, kept, found = [], list(images), 0, 0, 0  # done: images predicted
+    extraction = postprocess.PostprocessConfig().with_tuned(members[0].settings.postprocess)
+    try:
+        for start in range(0, len(ids), config.batch_size):
+            batch = ids[start:start + config.batch_size]
+            pixels = np.stack([data.load_image(images[i][0]) for i in batch])
+            types = [images[i][1] for i in batch]
+            prob, flow = ensemble.predict(members, pixels, types, device, config.tta, batch)
+            for k, image_id in enumerate(batch):
+                labels = postprocess.output_to_labels(prob[k], None if flow is None else flow[k], pixels[k],
+                                                     types[k], extraction)
+                confidence = cell_confidence(labels, prob[k])
+                found += len(confidence)
+                chosen = confident_labels(labels, confidence, config.min_confidence)
+                kept += int(chosen.max())
+                rows += pseudo_rows(image_id, types[k], chosen, confidence[confidence >= config.min_confidence])
+            done += len(batch)
+    except (Exception, SystemExit, KeyboardInterrupt) as err:
+        if done == 0:
+            raise
+        write_text_atomic(config.out, rows_to_csv(rows))
+        note = (f"wrote {config.out} with the {done} of {len(ids)} images predicted before this stop (the first "
+                f"{done} by name, up to {ids[done - 1]}); it is a valid pseudo-label file as it is")
+        if isinstance(err, ValueError):
+            raise ValueError(f"{err}; {note}") from None
+        logger.info(note)
+        raise
+    return rows, (kept, found)
 
 
 def semi_supervised_images(competition_root: str | Path) -> dict[str, tuple[Path, str]]:
@@ -184,15 +217,22 @@ def load_extra_samples(competition_root: str | Path, csv_path: str | Path,
     also an annotated image (``known_ids``) or has no image there is an error naming the CSV line."""
     csv_path = Path(csv_path)
     df = data.read_train_csv(csv_path)
+    if df.empty:
+        raise ValueError(f"{csv_path} holds no pseudo-labelled cell (kit.pseudo kept none at its "
+                         "--min-confidence): make it again with a lower --min-confidence, or leave it out of "
+                         "--extra-data")
     images = semi_supervised_images(competition_root)
     known = set(known_ids)
     for line, image_id in enumerate(df["id"], start=2):
+        if image_id in known:  # first: such an id is never in train_semi_supervised/ either
+            raise ValueError(f"{csv_path} line {line}: image {image_id} is an annotated training image (in "
+                             "train.csv), not a pseudo-label of train_semi_supervised/; pass a CSV that "
+                             "kit.pseudo wrote")
         if image_id not in images:
             raise FileNotFoundError(f"{csv_path} line {line}: image {image_id} is not in "
                                     f"{Path(competition_root) / SEMI_SUPERVISED_DIR}; pass the --data the labels were made from")
-        if image_id in known:
-            raise ValueError(f"{csv_path} line {line}: image {image_id} is an annotated training image, not an "
-                             "unannotated one; pseudo-labels come from train_semi_supervised/ only")
+    for image_id in df["id"].unique():
+        data.check_image_header(images[image_id][0])
     samples = []
     for image_id, rows in df.groupby("id", sort=True):
         path, cell_type = images[image_id]

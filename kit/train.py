@@ -22,12 +22,13 @@ from pathlib import Path
 from kit import paths
 from kit.batches import crop_size
 from kit.competition import DEFAULT_PRETRAIN_EPOCHS, DEFAULT_TIME_LIMIT, parse_pretrain, parse_time_limit
-from kit.files import OutputError, exit_on_sigterm
+from kit.files import OutputError, exit_on_sigterm, remove_if_left_empty
 from kit.progress import show_progress
 from kit.stages import StageRequest, train_in_stages
 from kit.train_loop import train_epochs
 from kit.train_outputs import prepare_out
-from kit.train_setup import Budget, RunConfig, load_splits, setup_distributed, teardown_distributed, training_state
+from kit.train_setup import (Budget, RunConfig, check_options, load_splits, setup_distributed, teardown_distributed,
+                             training_state)
 from kit.variants import OPTIMIZERS, SCHEDULES, VARIANTS, Variant, describe_variants, get_variant
 
 
@@ -56,7 +57,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--time-limit", type=parse_time_limit, default=DEFAULT_TIME_LIMIT, metavar="H:MM",
                         help="training time budget: one process stops within the epoch that spends it, "
                              f"torchrun's ranks before an epoch that would end past it (default {DEFAULT_TIME_LIMIT})")
-    parser.add_argument("--device", choices=("cuda", "cpu"), help="default: cuda when available")
+    parser.add_argument("--device", help="cuda, cuda:N or cpu (default: cuda when available; under torchrun "
+                                         "each process uses its LOCAL_RANK's GPU)")
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
                         help="auto: bf16 on GPUs that have it, else fp16; on the CPU bf16 where it computes "
                              "bf16 natively (AVX-512 BF16, AMX, Arm BF16), else fp32")
@@ -94,7 +96,9 @@ def main(args: argparse.Namespace) -> Path | None:
         raise SystemExit("kit.train: error: --variant is required (see --list)")
     show_progress()
     try:
-        return train_in_stages(run_config(args), train)
+        config = run_config(args)
+        with remove_if_left_empty(config.out):
+            return train_in_stages(config, train)
     except (FileNotFoundError, FileExistsError, OutputError, ValueError) as err:
         raise SystemExit(f"kit.train: error: {err}") from None
 
@@ -121,6 +125,7 @@ def train(config: RunConfig) -> Path:
     """Train ``config.variant`` (one stage of it when ``config.stage`` is set); returns ``OUT/NAME.pt``."""
     budget = Budget(limit=config.time_limit)
     rank, world, device = setup_distributed(config.device)
+    check_options(config, device)
     if rank == 0:
         prepare_out(config.out, config.variant, config.resume, config.restart)
     train_data, val_data, inference = load_splits(config, device, rank)

@@ -41,15 +41,39 @@ def prepare_out(out: Path, variant: Variant, resume: bool, restart: bool) -> Non
     for path in remove_stale_temporaries(out, names):
         logger.info(f"removed {path}: a partial file left by a save that was killed")
     last = out / f"{variant.name}-last.pt"
-    if resume and not last.is_file():  # found now, not after the images and flow targets are loaded
-        raise FileNotFoundError(f"--resume: no checkpoint {last}; run without --resume to start training")
+    if not last.is_file():  # found now, not after the images and flow targets are loaded
+        _refuse_without_checkpoint(out, variant.name, resume, restart)
     if not resume:
         kept = guard_existing_run(out, names, restart)
         if kept is not None:
             logger.info(f"--restart: the earlier {variant.name} run's files were moved to {kept}")
-    # The best weights and the resumable checkpoint are each written beside their previous copy.
-    check_free_space(out, 2 * models.checkpoint_bytes(variant),
-                     f"the checkpoints {variant.name}.pt and {variant.name}-last.pt")
+    check_free_space(out, checkpoint_space(out, variant),
+                     f"the checkpoints {variant.name}.pt and {variant.name}-last.pt and the temporary copy a "
+                     "save writes beside them")
+
+
+def _refuse_without_checkpoint(out: Path, name: str, resume: bool, restart: bool) -> None:
+    """No ``NAME-last.pt``: nothing to resume. When files of the run are there all the same (a run stopped
+    in its first epoch), only ``--restart`` can go on; both refusals say so."""
+    left = [n for n in run_files(name) if (out / n).exists()]
+    if resume and not left:
+        raise FileNotFoundError(f"--resume: no checkpoint {out / f'{name}-last.pt'}; run without --resume to "
+                                "start training")
+    if left and not restart:
+        raise FileExistsError(f"{out} holds a {name} run that finished no epoch ({', '.join(left)}, no "
+                              f"{name}-last.pt), so it cannot be resumed: run again with --restart instead"
+                              f"{' of --resume' if resume else ''} (its files are moved to {out / 'previous'}/), "
+                              "or pass another --out")
+
+
+def checkpoint_space(out: Path, variant: Variant) -> int:
+    """Bytes a run's saves may still need in ``out``: the best weights, the resumable checkpoint and the
+    temporary copy of the larger that a save writes beside it (``kit.files.atomic_output``), less what
+    those two files already take (a resumed run replaces them)."""
+    largest = models.checkpoint_bytes(variant)
+    present = sum((out / n).stat().st_size for n in (f"{variant.name}.pt", f"{variant.name}-last.pt")
+                  if (out / n).is_file())
+    return max(3 * largest - present, largest)
 
 
 def finish_epoch(row: dict, state, epoch_start: float) -> None:

@@ -113,25 +113,39 @@ class TrainingState:
 
 
 def setup_distributed(device_name: str | None) -> tuple[int, int, torch.device]:
-    """(rank, world size, device); under torchrun (RANK set) joins the process group as nanoGPT does."""
+    """(rank, world size, device); ``device_name`` is resolved by ``models.resolve_device`` (cuda, cuda:N,
+    cpu), as every command's ``--device``. Under torchrun (RANK set) each process joins the process group
+    as nanoGPT does and trains on the GPU of its LOCAL_RANK, so cuda:N has no meaning there and is refused."""
     if device_name is None and not torch.cuda.is_available():
         # Not a silent fallback: the default schedule is 50 full-image epochs, days on a CPU.
         raise ValueError("no CUDA GPU is visible, and a full training run on the CPU takes days: pass "
                          "--device cpu to train there anyway (a smoke run: --device cpu --epochs 1 "
                          "--max-images 8 --crop 256x256)")
-    wanted = device_name or "cuda"
-    if wanted == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda but no CUDA GPU is visible (torch.cuda.is_available() is False); "
-                         "use --device cpu")
-    torch.backends.cudnn.benchmark = wanted == "cuda"  # fixed image sizes: let cuDNN pick its fastest kernels
+    device = models.resolve_device(device_name or "cuda")
+    torch.backends.cudnn.benchmark = device.type == "cuda"  # fixed image sizes: let cuDNN pick its fastest kernels
     if int(os.environ.get("RANK", -1)) < 0:
-        return 0, 1, torch.device(wanted)
+        if device.index is not None:
+            torch.cuda.set_device(device)  # what is allocated without a device (cuDNN's workspace) goes there too
+        return 0, 1, device
+    if device.index is not None:
+        raise ValueError(f"--device {device_name} under torchrun: each process trains on the GPU of its "
+                         "LOCAL_RANK (cuda:0, cuda:1, ...); pass --device cuda, and choose the GPUs with "
+                         "CUDA_VISIBLE_DEVICES (e.g. CUDA_VISIBLE_DEVICES=1,2 torchrun ...)")
     rank, world, local_rank = (int(os.environ[k]) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
-    device = torch.device(f"cuda:{local_rank}") if wanted == "cuda" else torch.device("cpu")
+    device = torch.device(f"cuda:{local_rank}") if device.type == "cuda" else device
     if device.type == "cuda":
         torch.cuda.set_device(device)
     dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     return rank, world, device
+
+
+def check_options(config: RunConfig, device: torch.device) -> None:
+    """The command line's combinations that no data is needed to judge, refused before any is loaded
+    (and before ``--out`` is made): the precision on this device, ``--keep-steps``."""
+    autocast_dtype(device, config.precision)
+    small = [n for n in config.keep_steps if n < 1]
+    if small:
+        raise ValueError(f"--keep-steps counts optimiser steps from 1; got {small[0]}")
 
 
 def teardown_distributed(world: int) -> None:
@@ -270,7 +284,8 @@ def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
     if precision == "bf16" and not has_bf16:
         raise ValueError(f"{torch.cuda.get_device_name(device)} has no bf16; use --precision fp16")
     if precision == "fp16" and device.type != "cuda":
-        raise ValueError("--precision fp16 needs CUDA; use fp32 or bf16 on CPU")
+        raise ValueError("--precision fp16 needs a CUDA GPU (--device cuda); on the CPU use --precision auto, "
+                         "bf16 or fp32")
     return torch.bfloat16 if precision == "bf16" else torch.float16
 
 

@@ -141,7 +141,8 @@ def test_train_on_a_missing_gpu_and_no_silent_cpu_fallback(shared_dir, tmp_path,
     argv = ["--variant", "unet", "--data", str(shared_dir), "--out", str(tmp_path)]
     with pytest.raises(SystemExit) as excinfo:
         _train(*argv, "--device", "cuda")
-    assert "--device cuda but no CUDA GPU is visible" in _user_error(excinfo, "kit.train")
+    assert "--device cuda: no CUDA GPU is visible (torch.cuda.is_available() is False); use --device cpu" \
+        in _user_error(excinfo, "kit.train")
     with pytest.raises(SystemExit) as excinfo:  # the README's GPU command, on a machine without one
         _train(*argv)
     assert "no CUDA GPU is visible, and a full training run on the CPU takes days: pass --device cpu" \
@@ -203,6 +204,85 @@ def test_resume_errors_are_one_line_and_found_before_loading_images(shared_dir, 
         in _user_error(excinfo, "kit.train")
 
 
+def test_a_run_stopped_in_its_first_epoch_says_to_restart(shared_dir, earlier_run, monkeypatch):
+    """SIGTERM before the first epoch's resumable checkpoint: the best weights and the cache are there,
+    NAME-last.pt is not. Both --resume and a plain run name --restart, which then works."""
+    (earlier_run / "unet-last.pt").unlink()
+    for name in ("unet-metrics.csv", "unet-curves.png"):
+        (earlier_run / name).unlink()
+    with monkeypatch.context() as patched:
+        patched.setattr(train_setup, "load_split", _no_training)
+        for extra, instead in ((("--resume",), " of --resume"), ((), "")):
+            with pytest.raises(SystemExit) as excinfo:
+                _train(*_train_args(shared_dir, earlier_run, *extra))
+            assert _user_error(excinfo, "kit.train") == (
+                f"kit.train: error: {earlier_run} holds a unet run that finished no epoch (unet.pt, no "
+                f"unet-last.pt), so it cannot be resumed: run again with --restart instead{instead} (its files "
+                f"are moved to {earlier_run / 'previous'}/), or pass another --out")
+    _train(*_train_args(shared_dir, earlier_run, "--restart"))
+    assert (earlier_run / "unet-last.pt").is_file()
+
+
+# ---------------------------------------------------------------- 4b. argument combinations before any data
+
+def test_fp16_on_the_cpu_is_refused_before_any_data_and_leaves_no_out_folder(shared_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(train_setup, "load_split", _no_training)
+    monkeypatch.setattr(train_setup.data, "find_competition", _no_training)
+    out = tmp_path / "runs" / "a"
+    for extra, expected in (
+            (("--precision", "fp16"), "--precision fp16 needs a CUDA GPU (--device cuda); on the CPU use "
+                                      "--precision auto, bf16 or fp32"),
+            (("--keep-steps", "0"), "--keep-steps counts optimiser steps from 1; got 0"),
+            (("--precision", "fp16", "--pretrain", "livecell"), "--precision fp16 needs a CUDA GPU")):
+        with pytest.raises(SystemExit) as excinfo:
+            _train(*_train_args(shared_dir, out, *extra))
+        assert expected in _user_error(excinfo, "kit.train")
+        assert not (tmp_path / "runs").exists()  # the run made runs/a; it leaves neither behind
+
+
+def test_an_early_failure_keeps_an_out_folder_the_user_made_or_wrote_in(shared_dir, tmp_path, monkeypatch):
+    (tmp_path / "mine").mkdir()
+    with pytest.raises(SystemExit):
+        _train(*_train_args(shared_dir, tmp_path / "mine", "--precision", "fp16"))
+    assert (tmp_path / "mine").is_dir()
+    with pytest.raises(SystemExit):  # found after --out was made and checked: still removed
+        _train(*_train_args(tmp_path / "no-data", tmp_path / "new"))
+    assert not (tmp_path / "new").exists()
+
+    def cache_then_fail(samples, variant, device, cache_dir, *args, **kwargs):
+        cache_dir.mkdir(parents=True)
+        (cache_dir / "flows.npy").write_bytes(b"work already done")
+        raise ValueError("an image fails after the cache was written")
+
+    monkeypatch.setattr(train_setup, "split_from_samples", cache_then_fail)
+    with pytest.raises(SystemExit):
+        _train(*_train_args(shared_dir, tmp_path / "kept"))
+    assert (tmp_path / "kept" / "cache" / "flows.npy").is_file()
+
+
+def test_train_takes_cuda_n_as_the_other_commands_do(shared_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(train_setup, "load_split", _no_training)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(SystemExit) as excinfo:  # accepted by argparse, then resolved by models.resolve_device
+        _train(*_train_args(shared_dir, tmp_path / "out", "--device", "cuda:1"))
+    assert "--device cuda:1: this machine has 1 CUDA GPU(s), numbered from 0" in _user_error(excinfo, "kit.train")
+    with pytest.raises(SystemExit) as excinfo:
+        _train(*_train_args(shared_dir, tmp_path / "out", "--device", "gpu"))
+    assert "--device 'gpu' is not a device this kit runs on: use cuda, cuda:N or cpu" \
+        in _user_error(excinfo, "kit.train")
+    monkeypatch.setenv("RANK", "0")  # under torchrun each rank trains on its LOCAL_RANK's GPU
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(SystemExit) as excinfo:
+        _train(*_train_args(shared_dir, tmp_path / "out", "--device", "cuda:1"))
+    assert ("--device cuda:1 under torchrun: each process trains on the GPU of its LOCAL_RANK (cuda:0, cuda:1, "
+            "...); pass --device cuda, and choose the GPUs with CUDA_VISIBLE_DEVICES") \
+        in _user_error(excinfo, "kit.train")
+    assert not (tmp_path / "out").exists()
+
+
 # ---------------------------------------------------------------- 5. a full disk
 
 def test_a_full_disk_is_found_before_training(shared_dir, earlier_run, monkeypatch):
@@ -212,7 +292,8 @@ def test_a_full_disk_is_found_before_training(shared_dir, earlier_run, monkeypat
     with pytest.raises(SystemExit) as excinfo:
         _train(*_train_args(shared_dir, earlier_run, "--resume", "--epochs", "2"))
     message = _user_error(excinfo, "kit.train")
-    assert f"{earlier_run} has 1 MB free, but the checkpoints unet.pt and unet-last.pt need about" in message
+    assert (f"{earlier_run} has 1 MB free, but the checkpoints unet.pt and unet-last.pt and the temporary copy a "
+            "save writes beside them need about") in message
     assert "free some space or pass another --out" in message
     assert _snapshot(earlier_run) == before
 
@@ -235,6 +316,15 @@ def test_a_disk_that_fills_during_a_checkpoint_save_names_the_file(shared_dir, e
     assert {name: after[name] for name in ("unet.pt", "unet-last.pt")} == \
         {name: before[name] for name in ("unet.pt", "unet-last.pt")}
     assert not list(earlier_run.glob(".*.tmp"))
+
+
+def test_the_free_space_check_counts_a_saves_temporary_copy(tmp_path):
+    variant = variants.get_variant("unet")
+    size = models.checkpoint_bytes(variant)
+    assert train_outputs.checkpoint_space(tmp_path, variant) == 3 * size  # best + last + the temporary of last
+    (tmp_path / "unet.pt").write_bytes(b"\0" * (size // 3))
+    (tmp_path / "unet-last.pt").write_bytes(b"\0" * size)  # a resumed run: both are replaced in turn
+    assert train_outputs.checkpoint_space(tmp_path, variant) == 3 * size - size // 3 - size
 
 
 def test_enospc_from_a_plain_write_names_the_file_and_keeps_the_old_one(tmp_path):

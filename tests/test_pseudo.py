@@ -1,6 +1,9 @@
 """kit.pseudo: pseudo-labels of train_semi_supervised/ in train.csv's form, and --extra-data's reader."""
 from __future__ import annotations
 
+import shutil
+
+import cv2
 import numpy as np
 import pandas as pd
 import pytest
@@ -114,8 +117,11 @@ def test_extra_samples_are_the_unannotated_images_with_their_pseudo_labels(extra
         np.testing.assert_array_equal(sample.image, data.load_image(images[sample.id][0]))
         assert sample.cell_type == images[sample.id][1]
     train_id = next(iter(truth))
-    with pytest.raises(FileNotFoundError, match=f"line 2: image {train_id} is not in .*train_semi_supervised"):
-        pseudo.load_extra_samples(extras_dir, _with_id(csv, tmp_path, train_id))
+    with pytest.raises(FileNotFoundError, match="line 2: image 0123456789ab is not in .*train_semi_supervised"):
+        pseudo.load_extra_samples(extras_dir, _with_id(csv, tmp_path, "0123456789ab"))
+    with pytest.raises(ValueError, match=f"line 2: image {train_id} is an annotated training image \\(in train.csv\\), "
+                                         "not a pseudo-label of train_semi_supervised/"):
+        pseudo.load_extra_samples(extras_dir, _with_id(csv, tmp_path, train_id), known_ids=list(truth))
     first = sorted(images)[0]
     with pytest.raises(ValueError, match=f"line 2: image {first.replace('[', '.').replace(']', '.')} is an annotated"):
         pseudo.load_extra_samples(extras_dir, csv, known_ids=[first])
@@ -132,3 +138,91 @@ def _with_id(csv, tmp_path, image_id):
     path = tmp_path / "renamed.csv"
     frame.to_csv(path, index=False)
     return path
+
+
+# ---------------------------------------------------------------- checked before the first prediction
+
+def _no_prediction(*args, **kwargs):
+    raise AssertionError("predicted although the fault was detectable from names and headers")
+
+
+def _pseudo(extras, weights, out, *extra):
+    args = ["--data", str(extras), "--weights", str(weights), "--out", str(out), "--device", "cpu", *extra]
+    return pseudo.main(pseudo.get_args_parser().parse_args(args))
+
+
+@pytest.fixture()
+def own_extras(extras_dir, tmp_path):
+    """A copy of the extras folder whose train_semi_supervised/ images a test may break."""
+    return shutil.copytree(extras_dir, tmp_path / "competition", symlinks=True)
+
+
+def test_a_bad_image_header_is_found_before_the_first_prediction(own_extras, flow_weights, monkeypatch, tmp_path):
+    monkeypatch.setattr(ensemble, "predict", _no_prediction)
+    last = list(pseudo.semi_supervised_images(own_extras).values())[-1][0]
+    cv2.imwrite(str(last), np.zeros((520, 700), np.uint8))
+    out = tmp_path / "new" / "pseudo.csv"
+    with pytest.raises(SystemExit, match=f"kit.pseudo: error: image {_escaped(last)}: expected 520x704 "
+                                         "\\(height x width\\), the header says 520x700: restore the original"):
+        _pseudo(own_extras, flow_weights, out)
+    cv2.imwrite(str(last), np.zeros((520, 704, 3), np.uint8))
+    with pytest.raises(SystemExit, match="expected 8-bit grayscale, the header says 8-bit colour type 2"):
+        _pseudo(own_extras, flow_weights, out)
+    last.write_bytes(b"not a png")
+    with pytest.raises(SystemExit, match="is not a PNG"):
+        _pseudo(own_extras, flow_weights, out)
+    assert not out.parent.exists()  # no empty --out folder left behind
+
+
+def test_a_failure_part_way_writes_the_images_already_predicted(own_extras, flow_weights, oracle, tmp_path):
+    images = pseudo.semi_supervised_images(own_extras)
+    last = list(images.values())[-1][0]
+    whole = last.read_bytes()
+    last.write_bytes(whole[: len(whole) // 2])  # its header is whole: only decoding finds it
+    out = tmp_path / "pseudo.csv"
+    with pytest.raises(SystemExit) as excinfo:
+        _pseudo(own_extras, flow_weights, out, "--batch-size", "2")
+    message = excinfo.value.code
+    assert message.startswith(f"kit.pseudo: error: cannot read image {last}") and "\n" not in message
+    assert f"; wrote {out} with the 4 of 6 images predicted before this stop" in message
+    assert sorted(data.read_train_csv(out)["id"].unique()) == list(images)[:4]
+
+
+def test_a_sigterm_part_way_writes_the_images_already_predicted(extras_dir, flow_weights, oracle, monkeypatch,
+                                                                tmp_path, capsys):
+    answer, calls = ensemble.predict, []
+
+    def stopped(*args, **kwargs):  # the notebook's time-out arrives during the third batch
+        calls.append(1)
+        if len(calls) == 3:
+            raise SystemExit(143)
+        return answer(*args, **kwargs)
+
+    monkeypatch.setattr(ensemble, "predict", stopped)
+    out = tmp_path / "pseudo.csv"
+    with pytest.raises(SystemExit) as excinfo:
+        _pseudo(extras_dir, flow_weights, out, "--batch-size", "2")
+    assert excinfo.value.code == 143
+    assert f"wrote {out} with the 4 of 6 images predicted before this stop" in capsys.readouterr().out
+    assert data.read_train_csv(out)["id"].nunique() == 4
+
+
+def test_mask_weights_are_refused_before_any_work(extras_dir, monkeypatch, tmp_path):
+    monkeypatch.setattr(ensemble, "predict", _no_prediction)
+    path = tmp_path / "unet.pt"
+    models.save_checkpoint(path, models.build_model(get_variant("unet")), get_variant("unet"))
+    with pytest.raises(SystemExit, match=f"kit.pseudo: error: {path} holds weights of unet, a mask variant; "
+                                         "kit.pseudo needs a flow variant's weights"):
+        _pseudo(extras_dir, path, tmp_path / "out" / "pseudo.csv")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_pseudo_label_file_without_a_cell_is_refused(extras_dir, tmp_path):
+    csv = tmp_path / "empty.csv"
+    csv.write_text(pseudo.rows_to_csv([]))
+    with pytest.raises(ValueError, match=f"{csv} holds no pseudo-labelled cell .* lower --min-confidence"):
+        pseudo.load_extra_samples(extras_dir, csv)
+
+
+def _escaped(path) -> str:
+    return str(path).replace("[", "\\[").replace("]", "\\]")

@@ -119,3 +119,26 @@ def test_bad_stage_options_are_refused(extras_dir, tmp_path, capsys):
 def shared_root(extras_dir):
     """The shared slice itself (linked from the fixture folder): a competition folder without LIVECell."""
     return (extras_dir / "train.csv").resolve().parent
+
+
+def test_extra_data_without_a_cell_or_with_annotated_ids_is_refused_before_training(extras_dir, shared_dir, tmp_path,
+                                                                                     monkeypatch):
+    from kit import train_loop
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a stage started on pseudo-labels that cannot be trained on")
+
+    monkeypatch.setattr(train_loop, "train_epoch", no_training)
+    empty = tmp_path / "empty.csv"
+    empty.write_text(pseudo.rows_to_csv([]))
+    with pytest.raises(SystemExit, match=f"kit.train: error: {empty} holds no pseudo-labelled cell"):
+        train.main(_args(extras_dir, tmp_path / "a", "--epochs", "1", "--extra-data", str(empty)))
+    labels = _pseudo_csv(extras_dir, shared_dir, tmp_path / "pseudo.csv")
+    frame = data.read_train_csv(labels)
+    annotated = sorted(data.read_train_csv(data.find_competition(shared_dir).train_csv)["id"])[0]
+    frame.loc[0, "id"] = annotated
+    frame.to_csv(tmp_path / "mixed.csv", index=False)
+    with pytest.raises(SystemExit, match=f"line 2: image {annotated} is an annotated training image \\(in train.csv\\), "
+                                         "not a pseudo-label of train_semi_supervised/"):
+        train.main(_args(extras_dir, tmp_path / "b", "--epochs", "1", "--extra-data", str(tmp_path / "mixed.csv")))
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
