@@ -29,7 +29,7 @@ from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
 from benchmarks import bench_variants, run_cli
-from kit import build_kernel, data, paths, submission
+from kit import build_kernel, cli, data, paths, submission
 from kit.competition import COMPETITION_SLUG, DEFAULT_PRETRAIN_EPOCHS
 from kit.variants import VARIANTS
 
@@ -41,7 +41,7 @@ class NotebookFailed(RuntimeError):
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_kernels", description=__doc__.splitlines()[0])
+    parser = cli.ArgumentParser(prog="python -m benchmarks.bench_kernels", description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, help="folder holding the competition data (default: kit.paths.input_root())")
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=["hot-flow-unet"],
                         help="variants one training kernel trains in turn (default hot-flow-unet)")

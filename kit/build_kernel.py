@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from kit import competition, files, variants
+from kit import cli, competition, files, variants
 from kit.progress import module_logger, show_progress
 
 logger = module_logger(__name__)
@@ -357,7 +357,7 @@ def select_best(chosen: Sequence[str], infer: Sequence[str] | None) -> bool:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = cli.ArgumentParser(
         prog="python -m kit.build_kernel",
         description="Build pushable Kaggle kernel folders (training per variant, and inference).")
     parser.add_argument("--user", help="Kaggle username (default: $KAGGLE_USERNAME, else kaggle.json's username)")
