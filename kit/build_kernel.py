@@ -213,6 +213,12 @@ def parse_variant_groups(tokens: Iterable[str]) -> list[tuple[str, ...]]:
     return groups
 
 
+def default_variant_groups() -> list[tuple[str, ...]]:
+    """The training kernels ``python -m kit.build_kernel`` builds without ``--variants`` (read from
+    its parser, so a rehearsal such as ``benchmarks.bench_kernels`` runs what the default build pushes)."""
+    return parse_variant_groups(get_args_parser().get_default("variants"))
+
+
 def parse_kernel_time_limit(text: str) -> int:
     """``"H:MM"`` -> seconds; at most 12:00, a Kaggle session's maximum."""
     return _check_session_seconds(competition.parse_time_limit(text), text)
