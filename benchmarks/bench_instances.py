@@ -27,7 +27,7 @@ import numpy as np  # noqa: E402
 
 from benchmarks import run_cli  # noqa: E402
 from benchmarks.numpy_twins import numpy_masks_to_flows  # noqa: E402
-from kit import boundary_table, competition, data, flows, metrics, paths, postprocess, rle  # noqa: E402
+from kit import boundary_table, cli, competition, data, flows, metrics, paths, postprocess, rle  # noqa: E402
 
 cv2.setNumThreads(1)
 BLUR_SIGMA = 1.5
@@ -136,12 +136,15 @@ def _timed(fn) -> float:
     return time.perf_counter() - t0
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = cli.ArgumentParser(prog="python -m benchmarks.bench_instances", description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=None, help="folder holding the competition layout")
     parser.add_argument("--numpy-images", type=int, default=120,
                         help="images for the slow numpy baseline of masks_to_flows (all 120: about 3 min)")
-    args = parser.parse_args()
+    return parser
+
+
+def main(args: argparse.Namespace) -> None:
     layout = data.find_competition(args.data or paths.input_root(), need_test=False)
     df = data.read_train_csv(layout.train_csv)
     train_ids, val_ids = data.split_train_val(data.image_table(df))
@@ -153,4 +156,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_cli("python -m benchmarks.bench_instances", main)
+    run_cli("python -m benchmarks.bench_instances", main, get_args_parser().parse_args())

@@ -1,6 +1,6 @@
-"""The built Kaggle kernels, run here as Kaggle runs them: the training notebook, then the inference notebook.
+"""The built Kaggle kernels, run here as Kaggle runs them: the training notebooks, then the inference notebook.
 
-    python -m benchmarks.bench_kernels --data DIR --variants hot-flow-unet --train-args "--epochs 3"
+    python -m benchmarks.bench_kernels --data DIR --train-args "--epochs 3"   # the default build's kernels
     python -m benchmarks.bench_kernels --data DIR --variants unet hot-unet --train-args "--epochs 1 --max-images 4 --crop 64x64 --device cpu"
 
 A Kaggle-like sandbox under ``--work``: an input root holding the competition data under its slug
@@ -29,7 +29,7 @@ from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
 from benchmarks import bench_variants, run_cli
-from kit import build_kernel, data, paths, submission
+from kit import build_kernel, cli, data, paths, submission
 from kit.competition import COMPETITION_SLUG, DEFAULT_PRETRAIN_EPOCHS
 from kit.variants import VARIANTS
 
@@ -43,10 +43,11 @@ class NotebookFailed(RuntimeError):
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_kernels", description=__doc__.splitlines()[0])
+    parser = cli.ArgumentParser(prog="python -m benchmarks.bench_kernels", description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, help="folder holding the competition data (default: kit.paths.input_root())")
-    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=["hot-flow-unet"],
-                        help="variants one training kernel trains in turn (default hot-flow-unet)")
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS),
+                        help="variants one training kernel trains in turn (default: the training kernels that "
+                             "python -m kit.build_kernel builds by default, run in turn)")
     parser.add_argument("--train-args", default="", help="extra kit.train arguments, as the kernel's KIT_TRAIN_ARGS")
     parser.add_argument("--tta", action="store_true", help="build the inference kernel with flip TTA")
     parser.add_argument("--pretrain", metavar="livecell[:LINES]",
@@ -64,38 +65,47 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 @dataclass
-class SandboxRun:
-    """What the two notebooks left: their working folders and the executed notebooks."""
+class TrainingRun:
+    """What one training notebook left: its kernel folder, its working folder and the executed notebook."""
 
-    train_working: Path
-    train_notebook: nbformat.NotebookNode
+    kernel: Path
+    working: Path
+    notebook: nbformat.NotebookNode
+
+
+@dataclass
+class SandboxRun:
+    """What the notebooks left: each training kernel's run, then the inference notebook's."""
+
+    trainings: list[TrainingRun]
     infer_working: Path
     infer_notebook: nbformat.NotebookNode
 
+    @property
+    def train_working(self) -> Path:
+        """The first training kernel's working folder (the only one when ``--variants`` names them)."""
+        return self.trainings[0].working
+
+    @property
+    def train_notebook(self) -> nbformat.NotebookNode:
+        return self.trainings[0].notebook
+
 
 def main(args: argparse.Namespace) -> SandboxRun:
-    """Build the kernels, run both notebooks in the sandbox and print the figures."""
+    """Build the kernels, run the training notebooks, then the inference notebook, and print the figures."""
     layout = data.find_competition(args.data)
     work = Path(args.work or tempfile.mkdtemp(prefix="kit-kernels-"))
     shutil.rmtree(work, ignore_errors=True)
     stages = build_kernel.KernelStages(args.pretrain, args.pretrain_epochs, pseudo_round=args.pseudo_round)
-    trainer, *_, inference = build_kernel.build_kernels(SANDBOX_USER, [args.variants], work / "kernels",
-                                                        tta=args.tta, stages=stages)
-    train_working = work / "train-session" / "working"
-    train_env = kernel_env(kaggle_inputs(work / "train-session", layout.root, args.mount_layout), train_working,
-                           **{build_kernel.TRAIN_ARGS_ENV: args.train_args})
-    started = time.perf_counter()
-    train_notebook = run_notebook(trainer / f"{trainer.name}.ipynb", train_working, train_env, args.cell_timeout)
-    print(f"training notebook {trainer.name}: {(time.perf_counter() - started) / 60:.1f} min")
-    for name in args.variants:
-        row = bench_variants.variant_summary(train_working, name)
-        print(f"  {name}: {row['epochs']} epochs, best {row['best epoch']}: score {row['val score']:.4f}, "
-              f"Dice {row['Dice']:.3f}, {row['images/s']:.1f} images/s")
-        if args.pretrain or args.pseudo_round:
-            print(f"  {name} stages: {stage_epochs(train_working / f'{name}-metrics.csv')}")
-
+    groups = training_groups(args.variants)
+    *trainers, inference = build_kernel.build_kernels(SANDBOX_USER, groups, work / "kernels",
+                                                      tta=args.tta, stages=stages)
+    trainings = [run_training(trainer, group, work / f"train-session-{index}" if index else work / "train-session",
+                              layout.root, args)
+                 for index, (trainer, group) in enumerate(zip(trainers, groups))]
     input_root = kaggle_inputs(work / "infer-session", layout.root, args.mount_layout)
-    attach_output(input_root, trainer.name, train_working, args.mount_layout)
+    for training in trainings:
+        attach_output(input_root, training.kernel.name, training.working, args.mount_layout)
     infer_working = work / "infer-session" / "working"
     started = time.perf_counter()
     infer_notebook = run_notebook(inference / f"{inference.name}.ipynb", infer_working,
@@ -105,7 +115,31 @@ def main(args: argparse.Namespace) -> SandboxRun:
     predicted = submission.read_submission(infer_working / "submission.csv")["predicted"]
     print(f"inference notebook {inference.name}: {time.perf_counter() - started:.0f} s for {len(test_ids)} "
           f"test images; valid submission.csv, {(predicted != '').sum()} cells")
-    return SandboxRun(train_working, train_notebook, infer_working, infer_notebook)
+    return SandboxRun(trainings, infer_working, infer_notebook)
+
+
+def training_groups(variants: list[str] | None) -> list[tuple[str, ...]]:
+    """The training kernels to build and run: one training ``variants`` in turn, or without them the
+    very kernels ``python -m kit.build_kernel`` builds by default (the README's rehearsal of its push)."""
+    return [tuple(variants)] if variants else build_kernel.default_variant_groups()
+
+
+def run_training(trainer: Path, variants: tuple[str, ...], session: Path, competition_dir: Path,
+                 args: argparse.Namespace) -> TrainingRun:
+    """Run one training notebook in its own Kaggle-like session folder; print its wall time and each
+    variant's best validation row."""
+    working = session / "working"
+    env = kernel_env(kaggle_inputs(session, competition_dir, args.mount_layout), working, **{build_kernel.TRAIN_ARGS_ENV: args.train_args})
+    started = time.perf_counter()
+    notebook = run_notebook(trainer / f"{trainer.name}.ipynb", working, env, args.cell_timeout)
+    print(f"training notebook {trainer.name}: {(time.perf_counter() - started) / 60:.1f} min")
+    for name in variants:
+        row = bench_variants.variant_summary(working, name)
+        print(f"  {name}: {row['epochs']} epochs, best {row['best epoch']}: score {row['val score']:.4f}, "
+              f"Dice {row['Dice']:.3f}, {row['images/s']:.1f} images/s")
+        if args.pretrain or args.pseudo_round:
+            print(f"  {name} stages: {stage_epochs(working / f'{name}-metrics.csv')}")
+    return TrainingRun(trainer, working, notebook)
 
 
 def stage_epochs(metrics_csv: Path) -> str:

@@ -26,12 +26,12 @@ import cv2
 import numpy as np
 
 from benchmarks import fixture_data, run_cli
-from kit import data, livecell
+from kit import cli, data, livecell
 from kit.competition import IMAGE_SHAPE
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_livecell", description=__doc__.splitlines()[0])
+    parser = cli.ArgumentParser(prog="python -m benchmarks.bench_livecell", description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=None, help="folder holding the competition layout (for the copy)")
     parser.add_argument("--livecell", type=Path, default=None, metavar="JSON",
                         help="a real LIVECell annotation file instead of the copy of the competition slice")

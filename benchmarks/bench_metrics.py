@@ -17,11 +17,11 @@ import pandas as pd
 from scipy.optimize import linear_sum_assignment
 
 from benchmarks import run_cli
-from kit import data, metrics, rle
+from kit import cli, data, metrics, rle
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = cli.ArgumentParser(prog="python -m benchmarks.bench_metrics", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default=None,
                         help="folder with the competition data below it (default: kit.paths.input_root())")
     parser.add_argument("--images", type=int, default=120, help="how many images (sorted by id) to score")

@@ -46,7 +46,7 @@ import numpy as np
 import pandas as pd
 
 from benchmarks import run_cli
-from kit import data, metrics, models, postprocess, rle, tune
+from kit import cli, data, metrics, models, postprocess, rle, tune
 from kit.ensemble import load_ensemble
 from kit.image_sets import annotated_images
 from kit.files import write_text_atomic
@@ -96,7 +96,7 @@ class Validation(NamedTuple):
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_quality", description=__doc__.splitlines()[0])
+    parser = cli.ArgumentParser(prog="python -m benchmarks.bench_quality", description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True, help="folder holding the competition data")
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "quality", help="one folder per entry")
     parser.add_argument("--budget", type=int, default=45, help="wall-clock minutes of training per entry")

@@ -13,7 +13,7 @@ import time
 import numpy as np
 
 from benchmarks import run_cli
-from kit import data, rle
+from kit import cli, data, rle
 
 
 def numpy_encode_labels(labels: np.ndarray) -> list[str]:
@@ -37,7 +37,7 @@ def best_of(fn, items, repeat: int) -> float:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = cli.ArgumentParser(prog="python -m benchmarks.bench_rle", description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=None, help="folder holding the competition layout")
     parser.add_argument("--repeat", type=int, default=3)
     return parser

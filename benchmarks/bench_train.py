@@ -20,13 +20,13 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from benchmarks import run_cli
-from kit import batches, data, models, train_loop, train_setup
+from kit import batches, cli, data, models, train_loop, train_setup
 from kit.losses import build_loss
 from kit.variants import VARIANTS, Variant
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = cli.ArgumentParser(prog="python -m benchmarks.bench_train", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default=None, help="folder with the competition data below it")
     parser.add_argument("--variant", choices=sorted(VARIANTS), default="hot-unet")
     parser.add_argument("--images", type=int, default=32, help="training images used (first N of the split)")

@@ -15,13 +15,13 @@ import time
 import torch
 
 from benchmarks import run_cli
-from kit import batches, data, models, train_loop
+from kit import batches, cli, data, models, train_loop
 from kit.losses import build_loss
 from kit.variants import VARIANTS
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_validation", description=__doc__.splitlines()[0])
+    parser = cli.ArgumentParser(prog="python -m benchmarks.bench_validation", description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=None, help="folder with the competition data below it")
     parser.add_argument("--variant", choices=sorted(VARIANTS), default="hot-unet")
     parser.add_argument("--crop", type=batches.crop_size, default=(256, 256), metavar="HxW")

@@ -23,7 +23,7 @@ from typing import Sequence
 import pandas as pd
 
 from benchmarks import run_cli
-from kit import train_outputs
+from kit import cli, train_outputs
 from kit.files import write_text_atomic
 from kit.variants import VARIANTS
 
@@ -39,7 +39,7 @@ PAPER_NOTE = ("The paper's Dice values lie below its IoU values, which no segmen
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_variants",
+    parser = cli.ArgumentParser(prog="python -m benchmarks.bench_variants",
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, help="folder holding the competition data (passed to kit.train)")
     parser.add_argument("--out", type=Path, required=True, help="kit.train's output folder, shared by the variants")

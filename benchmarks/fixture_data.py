@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from benchmarks import run_cli
-from kit import data, livecell, rle
+from kit import cli, data, livecell, rle
 from kit.competition import IMAGE_SHAPE
 
 DEFAULT_LINES = {"cort": "A172", "astro": "BV2", "shsy5y": "SHSY5Y"}
@@ -133,7 +133,7 @@ def _write_json(path: Path, document: dict) -> None:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.fixture_data", description=__doc__.splitlines()[0])
+    parser = cli.ArgumentParser(prog="python -m benchmarks.fixture_data", description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, help="folder holding the competition layout (default: kit.paths.input_root())")
     parser.add_argument("--out", type=Path, required=True, help="the competition folder to write (must not exist)")
     parser.add_argument("--replace", action="store_true", help="delete --out first if it exists (a copy written here)")

@@ -37,6 +37,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from kit import cli
 from kit.files import write_text_atomic
 from kit.variants import PAPER_VARIANTS, RECIPE
 
@@ -51,7 +52,7 @@ CURVE_CROP = "256x256"
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.gpu_check", description=__doc__.splitlines()[0])
+    parser = cli.ArgumentParser(prog="python -m benchmarks.gpu_check", description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="report and run folder")
     parser.add_argument("--data", type=Path, default=REPO / ".device-data", help="a copy of the competition slice")
     parser.add_argument("--cpu", action="store_true", help="tiny settings on the CPU (the test suite's mode)")

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kit import data
+from kit import cli, data
 from kit.files import atomic_output, write_text_atomic
 
 CELLPOSE_VERSION = "3.1.1.3"
@@ -41,7 +41,7 @@ PROBE_STEPS = 3  # timed throw-away steps that turn the budget into an epoch cou
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.peer_cellpose", description=__doc__.splitlines()[0])
+    parser = cli.ArgumentParser(prog="python -m benchmarks.peer_cellpose", description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True, help="folder holding the competition data")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     parser.add_argument("--budget", type=float, default=45.0, help="wall-clock minutes until the weights exist")

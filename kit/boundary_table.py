@@ -20,7 +20,7 @@ from typing import Sequence
 
 import numpy as np
 
-from kit import data
+from kit import cli, data
 from kit.files import OutputError, check_writable_dir
 from kit.postprocess import (BAND_RADIUS, BoundaryLUT, boundary_band, quantised_features,
                              save_boundary_lut)
@@ -119,7 +119,7 @@ def classifier_table(model) -> np.ndarray:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m kit.boundary_table", description=__doc__.splitlines()[0])
+    parser = cli.ArgumentParser(prog="python -m kit.boundary_table", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     fit = commands.add_parser("fit", help="fit the boundary-tuning lookup table on annotated images")
     fit.add_argument("--data", default=None,

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from kit import competition, files, variants
+from kit import cli, competition, files, variants
 from kit.progress import module_logger, show_progress
 
 logger = module_logger(__name__)
@@ -420,7 +420,7 @@ def push_plan(folders: Sequence[Path], time_limit_s: int, machine_shape: str = D
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = cli.ArgumentParser(
         prog="python -m kit.build_kernel",
         description="Build pushable Kaggle kernel folders (training per variant, and inference).")
     parser.add_argument("--user", help="Kaggle username (default: $KAGGLE_USERNAME, else kaggle.json's username)")

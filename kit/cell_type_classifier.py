@@ -21,7 +21,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from kit import data
+from kit import cli, data
 from kit.competition import CELL_TYPES
 from kit.files import OutputError, atomic_output, check_writable_dir, exit_on_sigterm
 from kit.progress import module_logger, show_progress
@@ -174,7 +174,7 @@ def _classifier_problem(fields: dict[str, np.ndarray]) -> str | None:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m kit.cell_type_classifier", description=__doc__.splitlines()[0])
+    parser = cli.ArgumentParser(prog="python -m kit.cell_type_classifier", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     fit = commands.add_parser("fit", help="fit the classifier on the annotated images and save it")
     fit.add_argument("--data", default=None,

@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from kit import cell_type_classifier, data, flows, metrics, models, paths, postprocess, rle, submission
+from kit import cell_type_classifier, cli, data, flows, metrics, models, paths, postprocess, rle, submission
 from kit.ensemble import DEFAULT_BATCH_SIZE, Member, best_validated, load_ensemble, predict
 from kit.files import OutputError, check_writable_dir, exit_on_sigterm, remove_stale_temporaries
 from kit.image_sets import select_images
@@ -62,7 +62,7 @@ class InferConfig:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m kit.infer", description=__doc__.splitlines()[0])
+    parser = cli.ArgumentParser(prog="python -m kit.infer", description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=None,
                         help="folder holding the competition data (default: kit.paths.input_root())")
     parser.add_argument("--weights", nargs="+", required=True, help="weights files from kit.train (one target type)")

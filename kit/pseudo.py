@@ -27,7 +27,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from kit import data, ensemble, models, postprocess, rle
+from kit import cli, data, ensemble, models, postprocess, rle
 from kit.competition import DEFAULT_MIN_CONFIDENCE, IMAGE_SHAPE
 from kit.files import OutputError, check_writable_dir, exit_on_sigterm, remove_if_left_empty, write_text_atomic
 from kit.progress import module_logger, show_progress
@@ -56,7 +56,7 @@ class PseudoConfig:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m kit.pseudo", description=__doc__.splitlines()[0])
+    parser = cli.ArgumentParser(prog="python -m kit.pseudo", description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=None, help="folder holding the competition data (default: kit.paths.input_root())")
     parser.add_argument("--weights", nargs="+", required=True, help="weights files from kit.train (one target type)")
     parser.add_argument("--out", required=True, type=Path, help="pseudo-label CSV to write (train.csv's form)")

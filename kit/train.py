@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from kit import paths
+from kit import cli, paths
 from kit.batches import crop_size
 from kit.competition import DEFAULT_PRETRAIN_EPOCHS, DEFAULT_TIME_LIMIT, parse_pretrain, parse_time_limit
 from kit.files import OutputError, exit_on_sigterm, remove_if_left_empty
@@ -33,7 +33,7 @@ from kit.variants import OPTIMIZERS, SCHEDULES, VARIANTS, Variant, describe_vari
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m kit.train", description=__doc__.splitlines()[0])
+    parser = cli.ArgumentParser(prog="python -m kit.train", description=__doc__.splitlines()[0])
     parser.add_argument("--variant", choices=sorted(VARIANTS), help="variant to train (see --list)")
     parser.add_argument("--list", action="store_true", help="print the variants and exit")
     parser.add_argument("--data", type=Path, help="folder holding the competition data (default: kit.paths.input_root())")

@@ -28,7 +28,7 @@ from typing import Mapping, NamedTuple, Sequence
 import numpy as np
 import torch
 
-from kit import data, flows, metrics, models, postprocess
+from kit import cli, data, flows, metrics, models, postprocess
 from kit.ensemble import Member, load_ensemble, predict
 from kit.files import OutputError, check_writable_dir, exit_on_sigterm, remove_stale_temporaries
 from kit.image_sets import annotated_images
@@ -59,7 +59,7 @@ class TuneConfig:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m kit.tune", description=__doc__.splitlines()[0])
+    parser = cli.ArgumentParser(prog="python -m kit.tune", description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=None, help="folder holding the competition data")
     parser.add_argument("--weights", required=True, help="a flow variant's weights file from kit.train")
     parser.add_argument("--split", choices=("val", "train"), default="val", help="annotated images to fit on")

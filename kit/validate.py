@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from kit import data, metrics, rle
+from kit import cli, data, metrics, rle
 from kit.files import OutputError, atomic_output, check_writable_dir, write_text_atomic
 from kit.submission import read_submission, validate
 
@@ -28,7 +28,7 @@ _TITLE_HEIGHT = 26
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = cli.ArgumentParser(
         prog="python -m kit.validate", description=__doc__.split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--data", type=Path, default=None,

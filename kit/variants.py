@@ -15,6 +15,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from kit.cli import closest_names
 from kit.competition import CELL_TYPES
 
 TARGETS = ("mask", "flow")
@@ -153,9 +154,12 @@ RECIPE = "hot-flow-unet-plus"
 
 
 def get_variant(name: str) -> Variant:
-    """The registered variant called ``name``; an unknown name is an error listing the valid ones."""
+    """The registered variant called ``name``; an unknown name is an error listing the valid ones,
+    ending with the closest ones."""
     if name not in VARIANTS:
-        raise ValueError(f"unknown variant {name!r}; valid variants: {', '.join(VARIANTS)}")
+        near = closest_names(name, VARIANTS)
+        hint = f"; did you mean {' or '.join(repr(n) for n in near)}?" if near else ""
+        raise ValueError(f"unknown variant {name!r}; valid variants: {', '.join(VARIANTS)}{hint}")
     return VARIANTS[name]
 
 

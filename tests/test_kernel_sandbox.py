@@ -147,3 +147,14 @@ def test_the_staged_kernel_s_weights_make_a_valid_submission(staged_sandbox, sha
     test_ids = sorted(data.test_image_paths(data.find_competition(shared_dir)))
     submission.validate(run.infer_working / "submission.csv", test_ids)
     assert "for 3 test images; valid submission.csv" in printed
+
+
+def test_the_rehearsal_runs_the_kernels_the_default_build_pushes(tmp_path):
+    """``benchmarks.bench_kernels`` without ``--variants`` builds the training kernels that
+    ``python -m kit.build_kernel`` builds by default, not a variant of its own."""
+    pushed = build_kernel.main(build_kernel.get_args_parser().parse_args(["--user", "someone",
+                                                                           "--out", str(tmp_path / "pushed")]))
+    rehearsed = build_kernel.build_kernels("sandbox-user", bench_kernels.training_groups(
+        bench_kernels.get_args_parser().parse_args([]).variants), tmp_path / "rehearsed")
+    assert [folder.name for folder in rehearsed] == [folder.name for folder in pushed]
+    assert bench_kernels.training_groups(["unet", "hot-unet"]) == [("unet", "hot-unet")]
