@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from kit import models
+from kit import cli, models
 from kit.losses import build_loss
 from kit.train_loop import train_step
 from kit.train_setup import build_optimizer
@@ -28,7 +28,7 @@ SETTINGS = {"fp32": (None, torch.contiguous_format), "bf16": (torch.bfloat16, to
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_precision", description=__doc__.splitlines()[0])
+    parser = cli.ArgumentParser(prog="python -m benchmarks.bench_precision", description=__doc__.splitlines()[0])
     parser.add_argument("--variant", choices=sorted(VARIANTS), default="hot-flow-unet")
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--size", type=int, default=256, help="square crop side in pixels")

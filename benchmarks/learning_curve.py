@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from kit import batches, metrics, models, postprocess
+from kit import batches, cli, metrics, models, postprocess
 from kit.competition import CELL_TYPES, IMAGE_SHAPE
 from kit.ensemble import load_ensemble
 from kit.files import atomic_output, write_text_atomic
@@ -43,7 +43,7 @@ KERNEL_HOURS = 8.5  # kit.competition.DEFAULT_TIME_LIMIT
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.learning_curve", description=__doc__.splitlines()[0])
+    parser = cli.ArgumentParser(prog="python -m benchmarks.learning_curve", description=__doc__.splitlines()[0])
     parser.add_argument("--run", type=Path, required=True, help="the kit.train --out folder holding NAME-stepN.pt")
     parser.add_argument("--variant", default="hot-flow-unet", help="the run's variant name (NAME)")
     parser.add_argument("--data", type=Path, default=None, help="the competition data the run trained on")

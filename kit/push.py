@@ -20,6 +20,8 @@ import subprocess
 from pathlib import Path
 from typing import Sequence
 
+from kit import cli
+
 KAGGLE = "kaggle"
 SESSION_LIMIT_HINT = ("Kaggle runs at most 2 GPU sessions at once: wait until one of your running kernels "
                       "has finished (python -m kit.push --status FOLDER) and push this folder again")
@@ -107,7 +109,7 @@ def push(folder: Path, check_sources: bool = True) -> str:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = cli.ArgumentParser(
         prog="python -m kit.push",
         description="Push kernel folders with the kaggle client and stop, with an error, where Kaggle refuses one.")
     parser.add_argument("folders", nargs="+", type=Path, metavar="FOLDER",
