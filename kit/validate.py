@@ -3,11 +3,12 @@
 The test set's annotations are hidden, so a local check scores a submission made for *training*
 images against their ``train.csv`` annotations. Like the leaderboard, it scores a stated set of
 images (the validation split, every annotated image, or ``--ids``), not whatever the submission
-happens to list. The validation split is the one the weights that made the submission were trained
-with (``--weights``, recorded in them: ``kit.split``); without ``--weights`` it is the default split,
-and a note says so. An image the weights trained on is named in a warning wherever it is scored: an image the submission lacks scores 0, and the summary counts them. The
-per-image scores and overlay PNGs of the worst images (image in gray, truth outlines green,
-prediction outlines magenta) go to ``overlays/`` beside the submission.
+happens to list: an image the submission lacks scores 0, and the summary counts them. The
+validation split is the one the weights that made the submission were trained with (``--weights``,
+recorded in them: ``kit.split``); without ``--weights`` it is the default split, and a note says so.
+An image the weights trained on is named in a warning wherever it is scored. The per-image scores
+and overlay PNGs of the worst images (image in gray, truth outlines green, prediction outlines
+magenta) go to ``overlays/`` beside the submission.
 
     python -m kit.validate --data ../shared --submission runs/val/submission.csv --overlays 8
 """
