@@ -28,6 +28,7 @@ import numpy as np  # noqa: E402
 from benchmarks import run_cli  # noqa: E402
 from benchmarks.numpy_twins import numpy_masks_to_flows  # noqa: E402
 from kit import boundary_table, cli, competition, data, flows, metrics, paths, postprocess, rle  # noqa: E402
+from kit.split import split_train_val  # noqa: E402
 
 cv2.setNumThreads(1)
 BLUR_SIGMA = 1.5
@@ -147,7 +148,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> None:
     layout = data.find_competition(args.data or paths.input_root(), need_test=False)
     df = data.read_train_csv(layout.train_csv)
-    train_ids, val_ids = data.split_train_val(data.image_table(df))
+    train_ids, val_ids = split_train_val(data.image_table(df))
     samples = data.load_samples(layout, None, df)
     by_id = {s.id: s for s in samples}
     lut = bench_table([by_id[i] for i in train_ids], [by_id[i] for i in val_ids[:8]])

@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 from benchmarks import run_cli
 from kit import batches, cli, data, models, train_loop, train_setup
 from kit.losses import build_loss
+from kit.split import split_train_val
 from kit.variants import VARIANTS, Variant
 
 
@@ -47,7 +48,7 @@ def main(args: argparse.Namespace) -> None:
     torch.backends.cudnn.benchmark = True  # both loops: fixed shapes
     layout = data.find_competition(args.data, need_test=False)
     df = data.read_train_csv(layout.train_csv)
-    train_ids, _ = data.split_train_val(data.image_table(df))
+    train_ids, _ = split_train_val(data.image_table(df))
     ids = train_ids[: args.images]
     variant = VARIANTS[args.variant]
     split = batches.load_split(layout, ids, variant, device, df=df)

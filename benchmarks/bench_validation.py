@@ -17,6 +17,7 @@ import torch
 from benchmarks import run_cli
 from kit import batches, cli, data, models, train_loop
 from kit.losses import build_loss
+from kit.split import split_train_val
 from kit.variants import VARIANTS
 
 
@@ -32,7 +33,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> dict[str, float]:
     layout = data.find_competition(args.data, need_test=False)
     df = data.read_train_csv(layout.train_csv)
-    _, val_ids = data.split_train_val(data.image_table(df))
+    _, val_ids = split_train_val(data.image_table(df))
     variant = VARIANTS[args.variant]
     split = batches.load_split(layout, val_ids, variant, torch.device("cpu"), df=df)
     torch.manual_seed(0)

@@ -32,6 +32,7 @@ import pandas as pd
 from benchmarks import run_cli
 from kit import cli, data, livecell, rle
 from kit.competition import IMAGE_SHAPE
+from kit.split import split_train_val
 
 DEFAULT_LINES = {"cort": "A172", "astro": "BV2", "shsy5y": "SHSY5Y"}
 SEMI_SUPERVISED_PREFIX = {"astro": "astros[hippo]", "cort": "cort[pre-treat]", "shsy5y": "shsy5y[diff]"}
@@ -148,7 +149,7 @@ def main(args: argparse.Namespace) -> Path:
     if args.out.exists():
         raise ValueError(f"--out {args.out} exists; pass a new folder, or --replace to write it again")
     layout = data.find_competition(args.data, need_test=False)
-    train_ids, _ = data.split_train_val(data.image_table(data.read_train_csv(layout.train_csv)))
+    train_ids, _ = split_train_val(data.image_table(data.read_train_csv(layout.train_csv)))
     folder = competition_with_extras(layout.root, args.out, {"train": train_ids, "val": [], "test": []},
                                      train_ids[: args.semi_supervised])
     print(f"wrote {folder}: LIVECell-format copy of the {len(train_ids)} training-split images, "

@@ -175,9 +175,10 @@ def run_step(command: Sequence[str]) -> tuple[int, float, list[str]]:
 
 def _val_ids(data_dir: Path) -> list[str]:
     from kit import data
+    from kit.split import split_train_val
 
     layout = data.find_competition(data_dir, need_test=False)
-    return data.split_train_val(data.image_table(data.read_train_csv(layout.train_csv)))[1]
+    return split_train_val(data.image_table(data.read_train_csv(layout.train_csv)))[1]
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@
         --keep-steps 250 500 1000 2000 4000 6000
     python -m benchmarks.learning_curve --run runs/curve --variant hot-flow-unet --data DATA --crop 256x256
 
-For every ``RUN/NAME-stepN.pt`` (``kit.train --keep-steps``) the validation images of the run's split are
+For every ``RUN/NAME-stepN.pt`` (``kit.train --keep-steps``) not yet in ``OUT/learning-curve.csv`` (so it can
+follow a run that is still training) the validation images of the run's split (recorded in the weights) are
 predicted once through ``kit.infer``'s own path (``kit.ensemble.predict``, full 520x704 images) and
 scored with the leaderboard metric twice: untuned (``kit.postprocess.output_to_labels`` at the default
 settings, what ``kit.infer`` does with untuned weights) and tuned (``kit.tune.fit_settings``: the best
@@ -31,7 +32,7 @@ import pandas as pd
 
 from kit import batches, cli, metrics, models, postprocess
 from kit.competition import CELL_TYPES, IMAGE_SHAPE
-from kit.ensemble import load_ensemble
+from kit.ensemble import load_ensemble, split_records
 from kit.files import atomic_output, write_text_atomic
 from kit.image_sets import annotated_images
 from kit.tune import fit_settings, predict_outputs
@@ -63,13 +64,15 @@ def main(args: argparse.Namespace) -> pd.DataFrame:
     out = args.out or args.run
     out.mkdir(parents=True, exist_ok=True)
     table_path = out / "learning-curve.csv"
-    if args.table_only:
-        table = pd.read_csv(table_path)
-    else:
-        table = pd.DataFrame([score_checkpoint(path, args.data, args.device, args.crop, args.max_images)
-                              for path in kept_weights(args.run, args.variant)])
-        with atomic_output(table_path) as tmp:
-            table.to_csv(tmp, index=False, float_format="%.4f")
+    table = pd.read_csv(table_path) if table_path.is_file() else pd.DataFrame({"steps": []})
+    if not args.table_only:
+        scored = set(table["steps"].astype(int))  # a rerun scores only the weights kept since (a running run)
+        for path in kept_weights(args.run, args.variant):
+            if steps_of(path) not in scored:
+                row = score_checkpoint(path, args.data, args.device, args.crop, args.max_images)
+                table = pd.concat([table, pd.DataFrame([row])], ignore_index=True).sort_values("steps")
+                with atomic_output(table_path) as tmp:  # each row kept as soon as it is scored
+                    table.to_csv(tmp, index=False, float_format="%.4f")
     kernel_images = args.kernel_hours * 3600 * args.gpu_images_per_s
     report = describe(table, kernel_images, args)
     print(report)
@@ -80,11 +83,15 @@ def main(args: argparse.Namespace) -> pd.DataFrame:
 
 def kept_weights(run: Path, name: str) -> list[Path]:
     """``RUN/NAME-stepN.pt`` in order of N; none is an error saying how to make them."""
-    found = {int(m.group(1)): p for p in run.glob(f"{name}-step*.pt")
-             if (m := re.fullmatch(rf"{re.escape(name)}-step(\d+)\.pt", p.name))}
+    found = sorted(run.glob(f"{name}-step*.pt"), key=steps_of)
     if not found:
         raise SystemExit(f"no {name}-stepN.pt in {run}: train with kit.train --keep-steps N [N ...]")
-    return [found[n] for n in sorted(found)]
+    return found
+
+
+def steps_of(path: Path) -> int:
+    """N of ``NAME-stepN.pt``."""
+    return int(re.search(r"-step(\d+)\.pt$", path.name).group(1))
 
 
 def score_checkpoint(path: Path, data_dir: Path | None, device_name: str, crop,
@@ -94,8 +101,8 @@ def score_checkpoint(path: Path, data_dir: Path | None, device_name: str, crop,
     device = models.resolve_device(device_name)
     ensemble = load_ensemble([path], device)
     variant = ensemble[0].variant
-    steps = int(re.search(r"-step(\d+)\.pt$", path.name).group(1))
-    image_paths, truth, cell_types = annotated_images(data_dir, "val", max_images)
+    steps = steps_of(path)
+    image_paths, truth, cell_types = annotated_images(data_dir, "val", max_images, split_records(ensemble))
     outputs = predict_outputs(ensemble, image_paths, cell_types, device)
     config = postprocess.PostprocessConfig().with_tuned(ensemble[0].settings.postprocess)
     labels = {i: postprocess.output_to_labels(prob, flow, None, cell_types[i], config)

@@ -34,6 +34,7 @@ import numpy as np
 
 from kit import cli, data
 from kit.files import atomic_output, write_text_atomic
+from kit.split import split_train_val
 
 CELLPOSE_VERSION = "3.1.1.3"
 BATCH_SIZE = 8  # train_seg's default
@@ -59,7 +60,7 @@ def main(args: argparse.Namespace) -> dict:
         torch.set_num_threads(args.threads)
     layout = data.find_competition(args.data, need_test=False)
     df = data.read_train_csv(layout.train_csv)
-    train_ids, val_ids = data.split_train_val(data.image_table(df), args.val_fraction, args.seed)
+    train_ids, val_ids = split_train_val(data.image_table(df), args.val_fraction, args.seed)
     train_ids = train_ids[: args.max_images] if args.max_images else train_ids
     samples = data.load_samples(layout, train_ids, df)
     flows = dynamics.labels_to_flows([s.labels.astype(np.int32) for s in samples], device=torch.device("cpu"))

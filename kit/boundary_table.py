@@ -7,8 +7,10 @@ pixels from annotated images, fits and scores both classifiers, and tabulates th
 the 256 x 256 ``kit.postprocess.BoundaryLUT`` that inference applies (scikit-learn is needed
 here only, never at inference).
 
-CLI: ``python -m kit.boundary_table fit --data DIR --out FILE`` fits the table on the annotated
-training images (the training split by default) and reports both classifiers' accuracy.
+CLI: ``python -m kit.boundary_table fit --data DIR --out FILE [--weights FILE ...]`` fits the table on
+the annotated training images (by default those outside the validation split of ``--weights``,
+recorded in them: ``kit.split``; without ``--weights`` the default split's, with a note) and reports
+both classifiers' accuracy.
 """
 from __future__ import annotations
 
@@ -21,10 +23,12 @@ from typing import Sequence
 import numpy as np
 
 from kit import cli, data
+from kit.ensemble import split_records
 from kit.files import OutputError, check_writable_dir
 from kit.postprocess import (BAND_RADIUS, BoundaryLUT, boundary_band, quantised_features,
                              save_boundary_lut)
 from kit.progress import module_logger, show_progress
+from kit.split import DEFAULT_SEED, DEFAULT_VAL_FRACTION, of_weights
 
 logger = module_logger(__name__)
 
@@ -43,6 +47,7 @@ class FitConfig:
     max_images: int = MAX_IMAGES
     pixels_per_image: int = PIXELS_PER_IMAGE
     seed: int = 0
+    weights: tuple[Path, ...] = ()  # the weights the table goes with: their validation split stays unseen
 
 
 def sample_boundary_pixels(samples: Sequence[data.Sample], pixels_per_image: int = PIXELS_PER_IMAGE,
@@ -129,7 +134,10 @@ def get_args_parser() -> argparse.ArgumentParser:
                      help="images to fit on: the training split (keeps validation images unseen) or all")
     fit.add_argument("--max-images", type=int, default=MAX_IMAGES, help="images used at most (the paper: 200)")
     fit.add_argument("--pixels-per-image", type=int, default=PIXELS_PER_IMAGE, help="boundary pixels per image")
-    fit.add_argument("--seed", type=int, default=0)
+    fit.add_argument("--seed", type=int, default=0, help="seed of the image and pixel sampling (not the split)")
+    fit.add_argument("--weights", nargs="+", type=Path, default=[], metavar="FILE",
+                     help="the weights the table will be used with: --split train leaves out the validation "
+                          "split they were trained with (default: the default split, seed 0, val-fraction 0.2)")
     return parser
 
 
@@ -147,7 +155,8 @@ def main(args: argparse.Namespace) -> BoundaryLUT:
 def fit_config(args: argparse.Namespace) -> FitConfig:
     """The frozen settings of a ``fit`` from the parsed command line."""
     return FitConfig(out=Path(args.out), data=None if args.data is None else Path(args.data), split=args.split,
-                     max_images=args.max_images, pixels_per_image=args.pixels_per_image, seed=args.seed)
+                     max_images=args.max_images, pixels_per_image=args.pixels_per_image, seed=args.seed,
+                     weights=tuple(args.weights))
 
 
 def fit_from_folder(config: FitConfig) -> BoundaryLUT:
@@ -155,7 +164,7 @@ def fit_from_folder(config: FitConfig) -> BoundaryLUT:
     layout = data.find_competition(config.data, need_test=False)
     df = data.read_train_csv(layout.train_csv)
     images = data.image_table(df)
-    ids = data.split_train_val(images)[0] if config.split == "train" else sorted(images["id"])
+    ids = training_ids(images, config.weights) if config.split == "train" else sorted(images["id"])
     if len(ids) > config.max_images:
         ids = sorted(np.random.default_rng(config.seed).choice(ids, size=config.max_images, replace=False))
     features, inside = sample_boundary_pixels(data.load_samples(layout, ids, df), config.pixels_per_image,
@@ -169,6 +178,15 @@ def fit_from_folder(config: FitConfig) -> BoundaryLUT:
     save_boundary_lut(config.out, lut)
     logger.info(f"chose {lut.classifier}; wrote {config.out}")
     return lut
+
+
+def training_ids(images, weights: Sequence[Path]) -> list[str]:
+    """The annotated images outside the validation split of ``weights`` (the default split without)."""
+    if not weights:
+        logger.info(f"note: no --weights: the table leaves out the default validation split (seed {DEFAULT_SEED}, "
+                    f"val-fraction {DEFAULT_VAL_FRACTION:g}); pass --weights FILE to leave out the split those "
+                    "weights were trained with")
+    return of_weights(split_records(weights), images).train_ids(images)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The competition's data: find its layout, read ``train.csv``, load images and instances, split.
+"""The competition's data: find its layout, read ``train.csv``, load images and instances (the split: ``kit.split``).
 
 Layout (as Kaggle ships it): ``train.csv``, ``train/<id>.png``, ``test/<id>.png``,
 ``sample_submission.csv`` in one folder, mounted at varying depths below the input root.
@@ -146,24 +146,6 @@ def one_hot(cell_type: str) -> np.ndarray:
     if cell_type not in CELL_TYPES:
         raise ValueError(f"unknown cell type {cell_type!r}; valid: {', '.join(CELL_TYPES)}")
     return np.eye(len(CELL_TYPES), dtype=np.float32)[CELL_TYPES.index(cell_type)]
-
-
-def split_train_val(images: pd.DataFrame, val_fraction: float = 0.2,
-                    seed: int = 0) -> tuple[list[str], list[str]]:
-    """Deterministic split stratified by cell type: ``round(n * val_fraction)`` images of each type.
-
-    ``images`` has columns ``id, cell_type`` (``image_table``); the result does not depend on row order.
-    """
-    if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    rng = np.random.default_rng(seed)
-    train, val = [], []
-    for cell_type in CELL_TYPES:  # fixed order keeps the draws reproducible
-        ids = sorted(images.loc[images["cell_type"] == cell_type, "id"])
-        chosen = set(rng.permutation(len(ids))[: round(len(ids) * val_fraction)].tolist())
-        for i, image_id in enumerate(ids):
-            (val if i in chosen else train).append(image_id)
-    return sorted(train), sorted(val)
 
 
 def cell_diameters(df: pd.DataFrame, ids: Iterable[str] | None = None) -> dict[str, float]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import NamedTuple, Sequence
+from typing import Mapping, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -43,6 +43,13 @@ def load_ensemble(weights: Sequence[str | Path], device: torch.device) -> list[M
         raise ValueError(f"weights of different target types cannot be averaged: {listed}; "
                          "pass only mask variants or only flow variants")
     return ensemble
+
+
+def split_records(weights: Sequence[Member | str | Path]) -> list[tuple[str, Mapping | None]]:
+    """Each weights file's path and recorded validation split, for ``kit.split.of_weights``: a loaded
+    ``Member``'s, or read from the file (``kit.validate``, ``kit.boundary_table``: no model needed)."""
+    return [(str(item.path), item.settings.split) if isinstance(item, Member) else
+            (str(item), models.InferenceSettings.of(models.read_checkpoint(item), item).split) for item in weights]
 
 
 def best_validated(ensemble: Sequence[Member]) -> Member:

@@ -5,35 +5,43 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import pandas as pd
 
 from kit import cell_type_classifier, data
+from kit.split import Split, of_weights, present
 
 logger = logging.getLogger(__name__)
 
 
 def select_images(layout: data.CompetitionLayout, train_df: pd.DataFrame, split: str,
-                  ids: Sequence[str] | None, classifier: cell_type_classifier.CellTypeClassifier | None = None
-                  ) -> tuple[dict[str, Path], dict[str, str]]:
+                  ids: Sequence[str] | None, classifier: cell_type_classifier.CellTypeClassifier | None = None,
+                  held_out: Split | None = None) -> tuple[dict[str, Path], dict[str, str]]:
     """``({id: image path}, {id: cell type})`` of the images to predict, sorted by id.
 
-    Annotated images keep their annotated type; test images get the one ``classifier`` predicts
-    (None: a classifier refitted on the training images of ``layout``).
+    ``held_out``: the weights' validation split (``kit.split.of_weights``), the "val" images; annotated
+    images outside it ("train", ``ids``) are named in a warning. Annotated images keep their annotated
+    type; test images get the one ``classifier`` predicts (None: one refitted on ``layout``'s training images).
     """
     table = data.image_table(train_df)
     known = dict(zip(table["id"], table["cell_type"]))
     if split == "test":
         found = data.test_image_paths(layout)
     else:
-        chosen = sorted(table["id"]) if split == "train" else data.split_train_val(table)[1]
+        if held_out is None:
+            raise ValueError(f"--split {split} needs the weights' validation split (kit.split.of_weights)")
+        chosen = sorted(table["id"]) if split == "train" else present(held_out, table, str(layout.train_csv))
         found = {image_id: layout.train_dir / f"{image_id}.png" for image_id in chosen}
     if ids is not None:
         unknown = sorted(set(ids) - set(found))
         if unknown:
             raise ValueError(f"--ids {unknown[:5]} are not {split} images of {layout.root}")
         found = {image_id: found[image_id] for image_id in sorted(set(ids))}
+    if split != "test":
+        warning = held_out.overlap_warning(found, f"--split {split}{' --ids' if ids is not None else ''}")
+        if warning:
+            logger.warning(warning)
     unlabelled = [image_id for image_id in found if image_id not in known]
     if unlabelled and classifier is None:
         logger.info(f"no cell-type classifier file: fitting one on the training images of {layout.root}")
@@ -45,13 +53,17 @@ def select_images(layout: data.CompetitionLayout, train_df: pd.DataFrame, split:
     return found, {image_id: cell_types[image_id] for image_id in found}
 
 
-def annotated_images(data_dir: str | Path | None, split: str, max_images: int | None = None
+def annotated_images(data_dir: str | Path | None, split: str, max_images: int | None = None,
+                     weights_splits: Sequence[tuple[str, Mapping | None]] = ()
                      ) -> tuple[dict[str, Path], dict[str, list[str]], dict[str, str]]:
-    """``({id: PNG path}, {id: annotation RLEs}, {id: cell type})`` of the kit's ``split`` ("val" or
-    "train"), its first ``max_images``, in ``select_images``' order (``kit.infer --split``'s)."""
+    """``({id: PNG path}, {id: annotation RLEs}, {id: cell type})`` of ``split`` ("val" or "train"),
+    its first ``max_images``, in ``select_images``' order (``kit.infer --split``'s). "val" is the
+    split of the weights whose (path, recorded split) ``weights_splits`` gives (``kit.split.of_weights``;
+    none: the default split)."""
     layout = data.find_competition(data_dir, need_test=False)
     train_df = data.read_train_csv(layout.train_csv)
-    image_paths, cell_types = select_images(layout, train_df, split, None, None)
+    held_out = of_weights(weights_splits, data.image_table(train_df))
+    image_paths, cell_types = select_images(layout, train_df, split, None, None, held_out)
     ids = list(image_paths)[:max_images]
     annotations = train_df.groupby("id")["annotation"].apply(list)
     return ({i: image_paths[i] for i in ids}, {i: annotations[i] for i in ids}, {i: cell_types[i] for i in ids})

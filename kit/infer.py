@@ -32,10 +32,11 @@ import pandas as pd
 import torch
 
 from kit import cell_type_classifier, cli, data, flows, metrics, models, paths, postprocess, rle, submission
-from kit.ensemble import DEFAULT_BATCH_SIZE, Member, best_validated, load_ensemble, predict
+from kit.ensemble import DEFAULT_BATCH_SIZE, Member, best_validated, load_ensemble, predict, split_records
 from kit.files import OutputError, check_writable_dir, exit_on_sigterm, remove_stale_temporaries
 from kit.image_sets import select_images
 from kit.progress import module_logger, show_progress
+from kit.split import of_weights
 
 logger = module_logger(__name__)
 
@@ -68,8 +69,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--weights", nargs="+", required=True, help="weights files from kit.train (one target type)")
     parser.add_argument("--out", default=None, help="submission file (default: <working dir>/submission.csv)")
     parser.add_argument("--split", choices=("test", "train", "val"), default="test",
-                        help="images to predict: the test images, or annotated training images "
-                             "(all of them / the validation split)")
+                        help="images to predict: the test images, or annotated training images (all of them / "
+                             "the validation split the weights were trained with, recorded in them)")
     parser.add_argument("--ids", nargs="+", default=None, help="only these image ids")
     parser.add_argument("--tta", action="store_true", help="average over horizontal/vertical flips")
     parser.add_argument("--select-best", action="store_true",
@@ -130,11 +131,13 @@ def run(config: InferConfig) -> Path:
     classifier = load_cell_type_model(config.cell_type_model, ensemble[0].path)
     layout = data.find_competition(config.data, need_train=True, need_test=config.split == "test")
     train_df = data.read_train_csv(layout.train_csv)
-    image_paths, cell_types = select_images(layout, train_df, config.split, config.ids, classifier)
+    held_out = None if config.split == "test" else of_weights(split_records(ensemble), data.image_table(train_df))
+    image_paths, cell_types = select_images(layout, train_df, config.split, config.ids, classifier, held_out)
     postprocess_config = postprocess.PostprocessConfig(
         boundary=postprocess.load_boundary_lut(config.boundary_lut) if config.boundary_lut else None,
     ).with_tuned(ensemble[0].settings.postprocess)
-    logger.info(f"{len(image_paths)} images ({config.split}), {len(ensemble)} weights file(s) of target "
+    which = f"{config.split}: {held_out.describe()}" if config.split == "val" else config.split
+    logger.info(f"{len(image_paths)} images ({which}), {len(ensemble)} weights file(s) of target "
                 f"{ensemble[0].variant.target!r}, device {device}, tta {'on' if config.tta else 'off'}")
     predictions = predict_labels(ensemble, image_paths, cell_types, device, config.batch_size, config.tta,
                                  postprocess_config, config.flow_threshold)

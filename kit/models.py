@@ -3,7 +3,8 @@
 A checkpoint is a plain dict (tensors, numbers, strings, lists, dicts) so that
 ``torch.load(path, weights_only=True)`` reads it: ``format``, ``variant`` (``Variant.to_dict()``),
 ``model`` (state dict), ``epoch``, ``best_score``, ``history`` (the per-epoch metrics rows), ``inference``
-(``InferenceSettings.to_dict()``: per-type scales, tuned post-processing settings, possibly empty),
+(``InferenceSettings.to_dict()``: per-type scales, tuned post-processing settings, the validation split
+the weights were trained with, possibly empty),
 ``stages`` (a staged run's pretraining / fine-tuning / pseudo-label stages, ``kit.stages``; empty
 before); a
 resumable checkpoint adds ``optimizer``, ``scheduler`` and ``scaler`` states. No random state is
@@ -36,7 +37,8 @@ MIN_IMAGE_STD = 1.0  # grey levels: a flat image is centred, not blown up
 ENCODER_WIDTHS = (32, 64, 128, 256)
 BOTTLENECK_WIDTH = 512
 SIZE_MULTIPLE = 2 ** len(ENCODER_WIDTHS)  # four 2x poolings: H and W are padded to a multiple of 16
-INFERENCE_SETTINGS_VERSION = 1
+# v2 adds ``split`` (older kits then ask for an update instead of naming an unknown entry); v1 files load as ever.
+INFERENCE_SETTINGS_VERSION = 2
 OPTIMIZER_STATE_COPIES = {"sgd": 1, "adam": 2, "adamw": 2}  # weight-sized buffers: momentum; first and second moments
 # Settings that change the network or what it computes; schedule settings may differ on resume.
 ARCHITECTURE_SETTINGS = ("in_channels", "out_channels", "target", "dropout", "flow_scale", "cell_diameter",
@@ -52,13 +54,16 @@ class InferenceSettings:
     training images and the factor each type's images are resampled by (empty: native scale).
     ``postprocess``: ``kit.tune``'s per-type extraction settings, ``{"cell_prob": {type: value},
     "flow_threshold": {...}, "min_size": {...}}`` (empty: untuned). ``validation``: ``kit.tune``'s
-    record of the tuned score (``kit.tune.validation_record``; None: not tuned).
+    record of the tuned score (``kit.tune.validation_record``; None: not tuned). ``split``: the
+    validation split the weights were trained with (``kit.split.Split.to_dict``; None: weights from
+    before it was recorded, taken to have the default split).
     """
 
     cell_diameters: Mapping[str, float] = dataclasses.field(default_factory=dict)
     scales: Mapping[str, float] = dataclasses.field(default_factory=dict)
     postprocess: Mapping[str, Mapping[str, float]] = dataclasses.field(default_factory=dict)
     validation: Mapping[str, Any] | None = None
+    split: Mapping[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dicts and numbers (safe inside a ``weights_only`` checkpoint); empty entries left out."""
@@ -71,6 +76,8 @@ class InferenceSettings:
             settings["postprocess"] = {name: dict(per_type) for name, per_type in self.postprocess.items()}
         if self.validation is not None:
             settings["validation"] = dict(self.validation)
+        if self.split is not None:
+            settings["split"] = dict(self.split)
         return settings
 
     @classmethod
@@ -89,7 +96,8 @@ class InferenceSettings:
         return cls(cell_diameters=dict(settings.get("cell_diameters") or {}),
                    scales=dict(settings.get("scales") or {}),
                    postprocess={k: dict(v) for k, v in (settings.get("postprocess") or {}).items()},
-                   validation=None if settings.get("validation") is None else dict(settings["validation"]))
+                   validation=None if settings.get("validation") is None else dict(settings["validation"]),
+                   split=None if settings.get("split") is None else dict(settings["split"]))
 
     @classmethod
     def of(cls, checkpoint: Mapping[str, Any], path: str | os.PathLike) -> "InferenceSettings":

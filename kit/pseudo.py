@@ -31,6 +31,7 @@ from kit import cli, data, ensemble, models, postprocess, rle
 from kit.competition import DEFAULT_MIN_CONFIDENCE, IMAGE_SHAPE
 from kit.files import OutputError, check_writable_dir, exit_on_sigterm, remove_if_left_empty, write_text_atomic
 from kit.progress import module_logger, show_progress
+from kit.split import of_weights
 
 SEMI_SUPERVISED_DIR = "train_semi_supervised"
 TRAIN_CSV_COLUMNS = ("id", "annotation", "width", "height", "cell_type", "plate_time", "sample_date",
@@ -97,6 +98,7 @@ def run(config: PseudoConfig) -> Path:
     members = ensemble.load_ensemble(config.weights, device)
     check_flow_weights(members)
     layout = data.find_competition(config.data, need_test=False)
+    report_teacher_split(members, layout)
     images = semi_supervised_images(layout.root)
     if config.max_images is not None:
         images = dict(list(images.items())[: max(config.max_images, 0)])
@@ -154,6 +156,21 @@ def predict_rows(members: Sequence[ensemble.Member], images: Mapping[str, tuple[
         logger.info(note)
         raise
     return rows, (kept, found)
+
+
+def report_teacher_split(members: Sequence[ensemble.Member], layout: data.CompetitionLayout) -> None:
+    """Say which validation split the pseudo-labels' networks held out (``kit.split``): a run that
+    trains on the labels keeps it unseen only with the same ``--seed``/``--val-fraction``."""
+    if layout.train_csv is None:
+        return
+    held_out = of_weights(ensemble.split_records(members), data.image_table(data.read_train_csv(layout.train_csv)))
+    if held_out.seed is None:
+        logger.warning(f"kit.pseudo: warning: the weights were trained with different validation splits, so the "
+                       f"labels carry what each learned from images another held out: a run trained on them is "
+                       f"scored honestly only on the {len(held_out.val_ids)} images all of them held out")
+        return
+    logger.info(f"the weights held out the validation split ({held_out.describe()}, {len(held_out.val_ids)} images): "
+                "train on these pseudo-labels with the same --seed and --val-fraction to keep it unseen")
 
 
 def semi_supervised_images(competition_root: str | Path) -> dict[str, tuple[Path, str]]:

@@ -24,6 +24,7 @@ from kit.batches import crop_size
 from kit.competition import DEFAULT_PRETRAIN_EPOCHS, DEFAULT_TIME_LIMIT, parse_pretrain, parse_time_limit
 from kit.files import OutputError, exit_on_sigterm, remove_if_left_empty
 from kit.progress import show_progress
+from kit.split import DEFAULT_SEED, DEFAULT_VAL_FRACTION
 from kit.stages import StageRequest, train_in_stages
 from kit.train_loop import train_epochs
 from kit.train_outputs import prepare_out
@@ -50,7 +51,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="residual blocks and a style vector, as in Cellpose's network (default: the variant's)")
     parser.add_argument("--max-images", type=int,
                         help="smoke runs: the first N training images and N/4 validation images")
-    parser.add_argument("--val-fraction", type=float, default=0.2, help="stratified validation share (default 0.2)")
+    parser.add_argument("--val-fraction", type=float, default=DEFAULT_VAL_FRACTION,
+                        help=f"stratified validation share (default {DEFAULT_VAL_FRACTION:g}); recorded in the weights")
     parser.add_argument("--crop", type=crop_size, metavar="HxW",
                         help="train on random HxW crops and validate on centre crops (default: the variant's "
                              "crop_size, else whole images)")
@@ -66,7 +68,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resume", action="store_true", help="continue from OUT/NAME-last.pt")
     parser.add_argument("--restart", action="store_true",
                         help="start afresh although OUT holds a run of NAME (its files move to OUT/previous/)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the split, initialisation and batches")
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED,
+                        help="seed of the split (recorded in the weights), initialisation and batches")
     parser.add_argument("--keep-steps", type=int, nargs="+", default=[], metavar="N",
                         help="also keep the weights after each N optimiser steps as OUT/NAME-stepN.pt "
                              "(a learning curve: score each with kit.infer --split val --evaluate)")

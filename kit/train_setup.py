@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -17,6 +17,7 @@ from kit import data, models
 from kit.batches import TrainData, load_split, split_from_samples
 from kit.rescale import type_scales
 from kit.losses import build_loss
+from kit.split import Split, some_ids
 from kit.stages import (PRETRAIN, Stage, StageRequest, line_diameters, stage_elapsed, stage_records,
                         start_from_previous, training_samples)
 from kit.variants import Variant
@@ -169,12 +170,16 @@ def load_splits(config: RunConfig, device: torch.device, rank: int
         raise ValueError(f"--val-fraction must be in (0, 1), got {config.val_fraction}")
     layout = data.find_competition(config.data, need_test=False)
     df = data.read_train_csv(layout.train_csv)
-    train_ids, val_ids = data.split_train_val(data.image_table(df), config.val_fraction, config.seed)
-    inference, scales = models.InferenceSettings(), None
+    images = data.image_table(df)
+    held_out = Split.compute(images, config.seed, config.val_fraction)
+    if config.resume:
+        check_resumed_split(config.out / f"{variant.name}-last.pt", held_out)
+    train_ids, val_ids = held_out.train_ids(images), list(held_out.val_ids)
+    inference, scales = models.InferenceSettings(split=held_out.to_dict()), None
     if variant.cell_diameter > 0:  # measured on the whole training split: --max-images may miss a type
         diameters = data.cell_diameters(df, train_ids)
         scales = type_scales(diameters, variant.cell_diameter)
-        inference = models.InferenceSettings(cell_diameters=diameters, scales=scales)
+        inference = replace(inference, cell_diameters=diameters, scales=scales)
     if config.max_images is not None:
         if config.max_images < 1:
             raise ValueError(f"--max-images must be >= 1, got {config.max_images}")
@@ -191,6 +196,22 @@ def load_splits(config: RunConfig, device: torch.device, rank: int
     if rank == 0 and dist.is_initialized():
         dist.barrier()
     return train_data, val_data, inference
+
+
+def check_resumed_split(last: Path, asked: Split) -> None:
+    """A resumed run keeps the split it was trained on: another ``--seed``/``--val-fraction`` would
+    train on some of its validation images. Weights from before the split was recorded pass."""
+    if not last.is_file():
+        return  # resume() says what is missing
+    recorded = models.InferenceSettings.of(models.read_checkpoint(last), last).split
+    if recorded is None or Split.from_dict(recorded).val_ids == asked.val_ids:
+        return
+    before = Split.from_dict(recorded)
+    overlap = sorted(set(before.val_ids) - set(asked.val_ids))
+    raise ValueError(f"--resume: {last} was trained with the split of {before.describe()}; this run asks for "
+                     f"{asked.describe()}, which would train on {len(overlap)} of its validation images "
+                     f"({some_ids(overlap)}): pass --seed {before.seed} "
+                     f"--val-fraction {before.val_fraction:g}, or --restart to start afresh")
 
 
 def _training_scales(config: RunConfig, scales: dict | None, samples) -> dict | None:

@@ -2,7 +2,8 @@
 
 ``python -m kit.tune --data DIR --weights FILE [--split val] [--tta] [--out FILE]``
 
-The network's outputs on the chosen annotated images (the validation split by default) are
+The network's outputs on the chosen annotated images (by default the validation split the weights
+were trained with, recorded in them: ``kit.split``) are
 predicted once, through ``kit.infer``'s own path (``kit.ensemble``, ``kit.image_sets``). Then, for each cell type on its own images, every
 combination of ``GRID`` (cell-probability threshold, flow-error threshold, minimum size as a
 factor of ``kit.postprocess.MIN_SIZE_BY_TYPE``) is scored with the leaderboard metric, and the best one is
@@ -29,7 +30,7 @@ import numpy as np
 import torch
 
 from kit import cli, data, flows, metrics, models, postprocess
-from kit.ensemble import Member, load_ensemble, predict
+from kit.ensemble import Member, load_ensemble, predict, split_records
 from kit.files import OutputError, check_writable_dir, exit_on_sigterm, remove_stale_temporaries
 from kit.image_sets import annotated_images
 from kit.progress import module_logger, show_progress
@@ -62,7 +63,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = cli.ArgumentParser(prog="python -m kit.tune", description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=None, help="folder holding the competition data")
     parser.add_argument("--weights", required=True, help="a flow variant's weights file from kit.train")
-    parser.add_argument("--split", choices=("val", "train"), default="val", help="annotated images to fit on")
+    parser.add_argument("--split", choices=("val", "train"), default="val",
+                        help="annotated images to fit on: the weights' own validation split, or every annotated "
+                             "image (those the weights trained on are named in a warning)")
     parser.add_argument("--tta", action="store_true", help="fit on flip-averaged outputs (then infer with --tta)")
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     parser.add_argument("--out", default=None, help="write the tuned checkpoint here (default: over --weights)")
@@ -94,7 +97,7 @@ def run(config: TuneConfig) -> dict:
     if ensemble[0].variant.target != "flow":
         raise ValueError(f"{config.weights} holds mask variant {ensemble[0].variant.name!r}; kit.tune fits the "
                          "flow variants' extraction")
-    image_paths, truth, cell_types = annotated_images(config.data, config.split)
+    image_paths, truth, cell_types = annotated_images(config.data, config.split, None, split_records(ensemble))
     outputs = predict_outputs(ensemble, image_paths, cell_types, device, config.tta)
     fit = fit_settings(outputs, truth, cell_types)
     validation = validation_record(fit, list(image_paths), config.split, config.tta)

@@ -4,8 +4,11 @@ The test set's annotations are hidden, so a local check scores a submission made
 images against their ``train.csv`` annotations. Like the leaderboard, it scores a stated set of
 images (the validation split, every annotated image, or ``--ids``), not whatever the submission
 happens to list: an image the submission lacks scores 0, and the summary counts them. The
-per-image scores and overlay PNGs of the worst images (image in gray, truth outlines green,
-prediction outlines magenta) go to ``overlays/`` beside the submission.
+validation split is the one the weights that made the submission were trained with (``--weights``,
+recorded in them: ``kit.split``); without ``--weights`` it is the default split, and a note says so.
+An image the weights trained on is named in a warning wherever it is scored. The per-image scores
+and overlay PNGs of the worst images (image in gray, truth outlines green, prediction outlines
+magenta) go to ``overlays/`` beside the submission.
 
     python -m kit.validate --data ../shared --submission runs/val/submission.csv --overlays 8
 """
@@ -19,12 +22,17 @@ import numpy as np
 import pandas as pd
 
 from kit import cli, data, metrics, rle
+from kit.ensemble import split_records
 from kit.files import OutputError, atomic_output, check_writable_dir, write_text_atomic
+from kit.progress import module_logger, show_progress
+from kit.split import DEFAULT_SEED, DEFAULT_VAL_FRACTION, Split, of_weights, present
 from kit.submission import read_submission, validate
 
 TRUTH_COLOUR = (0, 220, 0)  # BGR green
 PRED_COLOUR = (255, 0, 255)  # BGR magenta
 _TITLE_HEIGHT = 26
+
+logger = module_logger(__name__)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -39,6 +47,10 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="images scored: the validation split (as `kit.infer --split val` picks it) "
                              "or every annotated image; each one missing from the submission scores 0")
     parser.add_argument("--ids", nargs="+", default=None, help="score exactly these annotated images instead")
+    parser.add_argument("--weights", nargs="+", type=Path, default=None, metavar="FILE",
+                        help="the weights file(s) that made the submission: --split val scores the validation "
+                             "split they were trained with, and images they trained on are named in a warning "
+                             "(default: the default split, seed 0, val-fraction 0.2)")
     parser.add_argument("--overlays", type=int, default=8, metavar="N",
                         help="write overlay PNGs of the N worst-scoring images (0: none)")
     parser.add_argument("--overlay-dir", type=Path, default=None,
@@ -50,12 +62,14 @@ def main(args: argparse.Namespace) -> metrics.ScoreReport:
     """Validate and score the submission, print the tables, write per-image scores and overlays."""
     if args.overlays < 0:
         raise SystemExit(f"kit.validate: error: --overlays must be >= 0, got {args.overlays}")
+    show_progress()
     try:
         layout = data.find_competition(args.data, need_test=False)
         train = data.read_train_csv(layout.train_csv)
         submission = read_submission(args.submission)
         validate(args.submission, submission["id"].unique())
-        stated, what = _stated_ids(train, args.split, args.ids, layout.train_csv)
+        held_out = weights_split(args.weights, data.image_table(train))
+        stated, what = _stated_ids(train, args.split, args.ids, layout.train_csv, held_out)
         missing, unscored = _compare_ids(stated, submission, args.submission, train, what)
         out_dir = check_writable_dir(args.overlay_dir or args.submission.parent / "overlays", "--overlay-dir")
     except (FileNotFoundError, ValueError, OutputError) as err:  # SubmissionError is a ValueError
@@ -74,18 +88,37 @@ def main(args: argparse.Namespace) -> metrics.ScoreReport:
     return report
 
 
-def _stated_ids(train: pd.DataFrame, split: str, ids: list[str] | None,
-                train_csv: Path) -> tuple[list[str], str]:
-    """(the sorted ids to score, their description for the summary)."""
+def weights_split(weights: list[Path] | None, images: pd.DataFrame) -> Split | None:
+    """The validation split recorded in ``weights`` (``kit.split.of_weights``); None without weights."""
+    if not weights:
+        return None
+    return of_weights(split_records(weights), images)
+
+
+def _stated_ids(train: pd.DataFrame, split: str, ids: list[str] | None, train_csv: Path,
+                held_out: Split | None) -> tuple[list[str], str]:
+    """(the sorted ids to score, their description for the summary); images outside ``held_out``
+    (the weights' validation split) are named in a warning."""
     annotated = set(train["id"])
     if ids is not None:
         unknown = sorted(set(ids) - annotated)
         if unknown:
             raise ValueError(f"--ids {unknown[:5]} are not annotated in {train_csv}; pass training image ids")
-        return sorted(set(ids)), f"--ids of {train_csv}"
-    if split == "train":
-        return sorted(annotated), f"every annotated image of {train_csv}"
-    return data.split_train_val(data.image_table(train))[1], f"the validation split of {train_csv}"
+        stated, what, asked = sorted(set(ids)), f"--ids of {train_csv}", "--ids"
+    elif split == "train":
+        stated, what, asked = sorted(annotated), f"every annotated image of {train_csv}", "--split train"
+    else:
+        if held_out is None:
+            logger.info(f"note: no --weights: scoring the default validation split (seed {DEFAULT_SEED}, "
+                        f"val-fraction {DEFAULT_VAL_FRACTION:g}); pass --weights FILE to score the split "
+                        "those weights were trained with")
+            held_out = of_weights((), data.image_table(train))
+        stated = present(held_out, data.image_table(train), str(train_csv))
+        return stated, f"the validation split of {train_csv} ({held_out.describe()})"
+    warning = held_out.overlap_warning(stated, asked) if held_out is not None else None
+    if warning:
+        logger.warning(warning)
+    return stated, what
 
 
 def _compare_ids(stated: list[str], submission: pd.DataFrame, sub_path: Path, train: pd.DataFrame,

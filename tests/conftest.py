@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from kit import competition, data
+from kit.split import split_train_val
 
 SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "sartorius"
 
@@ -50,7 +51,7 @@ def extras_dir(shared_dir, tmp_path_factory) -> Path:
 
     layout = data.find_competition(shared_dir)
     table = data.image_table(data.read_train_csv(layout.train_csv))
-    train_ids, _ = data.split_train_val(table)
+    train_ids, _ = split_train_val(table)
     by_type = {t: sorted(table.loc[table.cell_type == t, "id"]) for t in competition.CELL_TYPES}
     livecell_splits = {"train": [*by_type["shsy5y"][:2], by_type["cort"][0]], "val": [by_type["astro"][0]],
                        "test": [by_type["shsy5y"][2]]}

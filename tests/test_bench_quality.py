@@ -10,6 +10,7 @@ import pytest
 
 from benchmarks import bench_quality
 from kit import competition, data, rle
+from kit.split import split_train_val
 
 
 @pytest.fixture(scope="module")
@@ -17,7 +18,7 @@ def val_truth(shared_dir):
     layout = data.find_competition(shared_dir, need_test=False)
     df = data.read_train_csv(layout.train_csv)
     table = data.image_table(df)
-    val_ids = data.split_train_val(table)[1]
+    val_ids = split_train_val(table)[1]
     annotations = df.groupby("id")["annotation"].apply(list)
     types = dict(zip(table["id"], table["cell_type"]))
     return {i: annotations[i] for i in val_ids}, {i: types[i] for i in val_ids}

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from kit import cell_type_classifier as ctc, data
+from kit.split import split_train_val
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +22,7 @@ def test_cell_type_classifier_on_held_out_shared_images(shared_dir):
     """Fitted on the training split's images, it names the validation images' types (cort always)."""
     layout = data.find_competition(shared_dir)
     df = data.read_train_csv(layout.train_csv)
-    train_ids, val_ids = data.split_train_val(data.image_table(df))
+    train_ids, val_ids = split_train_val(data.image_table(df))
     fit_df = df[df["id"].isin(train_ids)]
     truth = data.image_table(df).set_index("id").loc[val_ids, "cell_type"].tolist()
     got = ctc.predict_cell_types(layout, fit_df, [layout.train_dir / f"{i}.png" for i in val_ids])

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from kit import competition, data, rle
+from kit.split import split_train_val
 
 
 def test_finds_the_layout_below_a_deeper_root(shared_dir, tmp_path):
@@ -98,12 +99,12 @@ def test_one_hot_order_and_unknown_type():
 
 def test_split_is_stratified_deterministic_and_order_free(shared_dir):
     table = data.image_table(data.read_train_csv(shared_dir / "train.csv"))
-    train, val = data.split_train_val(table)
+    train, val = split_train_val(table)
     assert (len(train), len(val)) == (96, 24)
     assert not set(train) & set(val)
     assert table.set_index("id").loc[val, "cell_type"].value_counts().to_dict() == {"cort": 8, "astro": 8, "shsy5y": 8}
-    assert data.split_train_val(table.sample(frac=1, random_state=3)) == (train, val)
-    assert data.split_train_val(table, seed=1) != (train, val)
+    assert split_train_val(table.sample(frac=1, random_state=3)) == (train, val)
+    assert split_train_val(table, seed=1) != (train, val)
 
 
 def test_samples_hold_image_labels_and_original_annotations(shared_dir):

@@ -22,6 +22,7 @@ import torch
 
 from kit import (build_kernel, data, files, infer, models, progress, rle, train, train_loop, train_outputs, train_setup,
                  validate, variants)
+from kit.split import split_train_val
 from kit.submission import write_submission
 
 REPO = Path(__file__).resolve().parent.parent
@@ -163,7 +164,7 @@ def test_bench_train_on_a_missing_gpu_is_one_line():
 def test_validate_scores_missing_images_as_zero(shared_dir, tmp_path, capsys):
     layout = data.find_competition(shared_dir, need_test=False)
     frame = data.read_train_csv(layout.train_csv)
-    val_ids = data.split_train_val(data.image_table(frame))[1]
+    val_ids = split_train_val(data.image_table(frame))[1]
     labels = {i: rle.decode_labels(frame.loc[frame["id"] == i, "annotation"].tolist()) for i in val_ids}
     for image_id in val_ids[::2]:  # imperfect predictions: every other image loses its odd labels
         labels[image_id] = np.where(labels[image_id] % 2 == 1, 0, labels[image_id])

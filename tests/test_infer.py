@@ -155,6 +155,7 @@ def test_cpu_prediction_opens_no_autocast_that_older_torch_refuses(monkeypatch):
             return torch.full_like(x[:, :1], 1.0)
 
     monkeypatch.setattr(torch, "autocast", OldTorchAutocast)
+    monkeypatch.setattr(models, "_this_cpu_has_native_bf16", lambda: False)  # a CPU that predicts in fp32
     images = np.zeros((2, 4, 5), np.uint8)
     member = kit_ensemble.Member(Constant(), variants.get_variant("unet"), Path("a.pt"))
     prob, _ = kit_ensemble.predict([member], images, ["cort"] * 2, torch.device("cpu"), tta=True)

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections import deque
-from types import SimpleNamespace
 
 import cv2
 import numpy as np
@@ -150,10 +149,11 @@ def test_lut_save_load_round_trip_and_bad_files(tmp_path):
 
 
 def test_fit_cli_writes_a_table(shared_dir, tmp_path, capsys):
-    args = SimpleNamespace(data=str(shared_dir), out=str(tmp_path / "lut.npz"), split="train",
-                           max_images=6, pixels_per_image=20, seed=0)
+    args = bt.get_args_parser().parse_args(["fit", "--data", str(shared_dir), "--out", str(tmp_path / "lut.npz"),
+                                            "--max-images", "6", "--pixels-per-image", "20", "--seed", "0"])
     lut = bt.main(args)
     printed = capsys.readouterr().out
+    assert "note: no --weights: the table leaves out the default validation split (seed 0" in printed
     assert "boundary pixels: 120 from 6 images" in printed
     assert "svm" in printed and "naive-bayes" in printed and "10 random 80/20 splits" in printed
     np.testing.assert_array_equal(pp.load_boundary_lut(tmp_path / "lut.npz").table, lut.table)

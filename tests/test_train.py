@@ -21,6 +21,7 @@ from torch import nn
 from kit import batches, competition, data, flows, rle, train, train_loop, train_outputs, train_setup
 from kit.losses import FlowLoss, MaskLoss, build_loss, flow_loss, mask_loss
 from kit.models import build_model, load_checkpoint, model_input, save_checkpoint
+from kit.split import split_train_val
 from kit.variants import VARIANTS
 
 CROP = ["--crop", "96x128"]  # small enough for CPU, large enough to hold cells
@@ -206,7 +207,7 @@ def layout(shared_dir):
 
 @pytest.fixture(scope="module")
 def four_ids(layout):
-    train_ids, _ = data.split_train_val(data.image_table(data.read_train_csv(layout.train_csv)))
+    train_ids, _ = split_train_val(data.image_table(data.read_train_csv(layout.train_csv)))
     return train_ids[:4]
 
 
@@ -363,7 +364,7 @@ def test_bf16_autocast_the_gpus_use_runs_end_to_end(shared_dir, layout, tmp_path
     weights = torch.load(tmp_path / "hot-flow-unet.pt", weights_only=True)["model"]
     assert {tensor.dtype for tensor in weights.values() if tensor.is_floating_point()} == {torch.float32}
     model, variant, _ = load_checkpoint(tmp_path / "hot-flow-unet.pt")
-    _, val_ids = data.split_train_val(data.image_table(data.read_train_csv(layout.train_csv)), seed=1)
+    _, val_ids = split_train_val(data.image_table(data.read_train_csv(layout.train_csv)), seed=1)
     split = batches.load_split(layout, val_ids[:1], variant, torch.device("cpu"))
     criterion, crop = build_loss(variant), (96, 128)
     bf16 = train_loop.evaluate(model, split, variant, criterion, torch.bfloat16, crop)
