@@ -186,7 +186,8 @@ class _ParsedFile:
     split: str
     names: list[str]  # per image id slot, its file name
     owner: np.ndarray  # int64 per slot: the slot whose annotations stand for its file name (duplicates read once)
-    annotation_ids: list
+    int_ids: np.ndarray  # int64[A]: each annotation's id (where it is an int)
+    other_ids: dict  # {annotation index: id} where it is not an int
     annotation_slot: np.ndarray  # int64[A]: image id slot, -1 where the image entry is missing
     problem: list  # per annotation, a SKIP_REASONS key found while parsing, or None
     part_ends: np.ndarray  # int64[A]: annotation a's parts are parts[part_ends[a - 1]:part_ends[a]]
@@ -202,6 +203,9 @@ class _ParsedFile:
         """The annotation indexes of image slot ``slot``, in the file's order."""
         order, slots = self._by_slot
         return order[np.searchsorted(slots, slot, "left"):np.searchsorted(slots, slot, "right")]
+
+    def annotation_id(self, index: int) -> int | str:
+        return self.other_ids.get(index, int(self.int_ids[index]))
 
     def annotated_slots(self) -> list[int]:
         """The owner slots that hold at least one annotation, in image-entry order."""
@@ -325,11 +329,11 @@ def _checked_polygons(one: _ParsedFile, slot: int, summary: ReadSummary) -> Imag
                 else:
                     good.append(points)
         if not good:
-            summary.skip(reason, one.annotation_ids[a])
+            summary.skip(reason, one.annotation_id(a))
             continue
         cells += [len(ids)] * len(good)
         parts += good
-        ids.append(one.annotation_ids[a])
+        ids.append(one.annotation_id(a))
         summary.kept += 1
         summary.crossing += any(_crosses(points) for points in good)
     if not ids:
@@ -376,30 +380,36 @@ def _parse(path: Path, split: str) -> tuple[_ParsedFile, ReadSummary]:
     for name in set(names):
         cell_line(name, path)
     coords, coord_ends, part_ends, image_slots = array("f"), array("q"), array("q"), array("q")
-    annotation_ids, problem = [], {}
+    # ids as values, not the parsed int objects: 1 M of those, kept, would pin every block of the freed json
+    int_ids, other_ids, problem = array("q"), {}, {}
     for key in (range(len(raw)) if isinstance(raw, list) else list(raw)):
         annotation, raw[key] = raw[key], None
         if not isinstance(annotation, dict):
             raise LivecellError(f"{path}: annotation {key}: expected an object, found {type(annotation).__name__}")
-        annotation_ids.append(annotation.get("id", key))
+        annotation_id = annotation.get("id", key)
+        if type(annotation_id) is int:
+            int_ids.append(annotation_id)
+        else:
+            other_ids[len(int_ids)] = str(annotation_id)
+            int_ids.append(0)
         image_id = annotation.get("image_id")
         image_slots.append(slots.get(image_id, -1) if isinstance(image_id, (int, str)) else -1)
         reason = "no_image" if image_slots[-1] < 0 else _copy_parts(annotation.get("segmentation"),
                                                                    annotation.get("iscrowd"), coords, coord_ends)
         if reason:
-            problem[len(annotation_ids) - 1] = reason
+            problem[len(int_ids) - 1] = reason
         part_ends.append(len(coord_ends))
     del raw
     _return_freed_memory()
-    one = _ParsedFile(path, split, names, np.arange(len(names)), annotation_ids, np.frombuffer(image_slots, np.int64),
-                      problem, np.frombuffer(part_ends, np.int64), np.frombuffer(coord_ends, np.int64),
+    one = _ParsedFile(path, split, names, np.arange(len(names)), np.frombuffer(int_ids, np.int64), other_ids,
+                      np.frombuffer(image_slots, np.int64), problem, np.frombuffer(part_ends, np.int64), np.frombuffer(coord_ends, np.int64),
                       np.frombuffer(coords, np.float32))
-    summary = ReadSummary(path, annotations=len(annotation_ids))
+    summary = ReadSummary(path, annotations=len(int_ids))
     for index, reason in problem.items():
         if reason == "no_image":
-            summary.skip(reason, annotation_ids[index])
-    if summary.skipped["no_image"] > MAX_UNUSABLE_SHARE * max(len(annotation_ids), 1):
-        raise LivecellError(f"{path}: {summary.skipped['no_image']:,} of {len(annotation_ids):,} annotations have "
+            summary.skip(reason, one.annotation_id(index))
+    if summary.skipped["no_image"] > MAX_UNUSABLE_SHARE * max(len(int_ids), 1):
+        raise LivecellError(f"{path}: {summary.skipped['no_image']:,} of {len(int_ids):,} annotations have "
                             f"an image_id not in 'images' (ids {summary.first_ids['no_image']}); {_REPLACE}")
     _read_duplicates_once(one, summary)
     return one, summary
