@@ -6,7 +6,8 @@
 Without ``--livecell`` the benchmark writes a LIVECell-format copy of the competition slice's images
 and annotations (``benchmarks.fixture_data``: one polygon per annotation) into a temporary folder and
 reads its COCO training file; with it, any ``livecell_coco_*.json`` (or single-cells file) of a real
-tree. Times per 1,000 annotations: kit's json reading with its checks (both sides read the same json,
+tree, e.g. ``--livecell ../shared/livecell-real/LIVECell_dataset_2021/annotations/LIVECell/livecell_coco_val.json``
+(the real slice: self-crossing polygons are read and drawn as they are). Times per 1,000 annotations: kit's json reading with its checks (both sides read the same json,
 so pycocotools is timed from the parsed polygons on), kit's rasterising of every image's label image,
 and pycocotools' ``frPyObjects`` + ``decode`` of the same polygons into masks. Also how well the two
 agree: the mean IoU of each cell's two masks over a sample of cells, and their total areas, for those
@@ -51,7 +52,7 @@ def main(args: argparse.Namespace) -> dict:
         read_s = _best(lambda: livecell.read_annotations(path), args.repeat)
         images = livecell.read_annotations(path)
     n = sum(len(image.annotation_ids) for image in images)
-    kit_s = _best(lambda: [livecell.label_image(image.polygons) for image in images], args.repeat)
+    kit_s = _best(lambda: [image.labels() for image in images], args.repeat)
     coco_s = _best(lambda: [_coco_masks(coco_mask, image) for image in images], args.repeat)
     ious, kit_area, coco_area = _agreement(coco_mask, images, args.agreement_cells)
     stars = _star_images(args.agreement_cells)
@@ -60,7 +61,7 @@ def main(args: argparse.Namespace) -> dict:
     per_k = 1000.0 / n
     print(f"{path}: {len(images)} images, {n} annotations; per 1,000 annotations (best of {args.repeat}):")
     print(f"  kit.livecell.read_annotations (json + checks)          {read_s * per_k * 1e3:8.1f} ms")
-    print(f"  kit.livecell.label_image (skimage.draw.polygon)        {kit_s * per_k * 1e3:8.1f} ms")
+    print(f"  kit.livecell ImageAnnotations.labels (skimage.draw)    {kit_s * per_k * 1e3:8.1f} ms")
     print(f"  pycocotools frPyObjects + decode                       {coco_s * per_k * 1e3:8.1f} ms")
     print(f"  rasterising: pycocotools / kit                         {coco_s / kit_s:8.2f}x")
     print(f"  read + rasterise, kit                                  {(read_s + kit_s) * per_k * 1e3:8.1f} ms")
@@ -119,7 +120,7 @@ def _star_images(n_cells: int, seed: int = 0) -> list[livecell.ImageAnnotations]
         radii = rng.uniform(5.0, 15.0) * (1.0 + 0.2 * rng.standard_normal(n)).clip(0.5)
         centre = rng.uniform(30.0, 480.0, 2)
         points = np.stack([centre[0] + radii * np.cos(angles), centre[1] + radii * np.sin(angles)], axis=1)
-        images.append(livecell.ImageAnnotations(f"A172_star_{k}.tif", "a172", (k,), ((points,),)))
+        images.append(livecell.ImageAnnotations.from_polygons(f"A172_star_{k}.tif", (k,), ((points,),)))
     return images
 
 

@@ -44,7 +44,8 @@ class TrainData:
     (dy, dx, cell mask) for the flow target; ``annotations``: each image's original RLEs;
     ``scales``: float32[N] resampling factor of each image (1 at native scale, see
     ``kit.rescale.type_scales``); ``labels``: int32[N, H, W] instances, kept only where validation crops
-    rescaled images (their truth is cut from them).
+    rescaled images (their truth is cut from them); ``shards``: the DDP ranks each of which holds only its
+    own share of the images (LIVECell pretraining), 1 where every rank holds them all.
     """
 
     ids: list[str]
@@ -54,6 +55,7 @@ class TrainData:
     annotations: list[list[str]]
     scales: torch.Tensor | None = None
     labels: torch.Tensor | None = None
+    shards: int = 1
     _truth: dict = field(default_factory=dict, repr=False)
 
     def __len__(self) -> int:

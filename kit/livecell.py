@@ -12,6 +12,20 @@ File names are flat (``SHSY5Y_Phase_A10_1_00d04h00m_1.tif``); the image's subfol
 line are the name's prefix before the first ``_``. The images are 8-bit grayscale 704 wide x 520
 high, the competition's own size.
 
+Reading (``read_livecell``) goes in the order that keeps a real-size read cheap: each json is parsed,
+its polygons copied into flat float32 arrays as the parsed objects are freed one by one, and the
+parsed json dropped; then the images are chosen (``max_images``, a DDP rank's share) from names
+alone; then only the chosen images' polygons are checked, and their files' TIFF headers (size and
+bit depth, no pixel decoded); only then is anything drawn (``LivecellSet.samples``).
+
+LIVECell as it really is: about 0.45 % of its polygons cross themselves (tiny twists); they are drawn
+as they are, as pycocotools draws them. What cannot become a cell (fewer than 3 distinct points, no
+area, an RLE/crowd segmentation, no image entry, an image file missing) is skipped and counted, and
+each file's read ends with one summary line (``ReadSummary.line``) in the progress output and in the
+checkpoint's stage record. An image listed twice (same file name, another id, or in two files) is
+read once. A file that cannot be parsed, of another shape, or with more than ``MAX_UNUSABLE_SHARE``
+of its annotations or images unusable stops with a ``LivecellError`` naming it.
+
 Each annotation's polygon(s) are drawn into a label image where, as for ``train.csv``
 (``kit.rle.decode_labels``), an overlapped pixel belongs to the first-listed cell; a
 ``kit.data.Sample`` then takes the same path as a competition image (flow targets, crops,
@@ -22,14 +36,17 @@ and it draws the cells pycocotools draws (mean IoU 0.98, the same area), where `
 also fills every pixel the outline touches (cells 14 % larger, mean IoU 0.86 against pycocotools),
 which on LIVECell's small cells would teach the network fat outlines (``benchmarks.bench_livecell``
 measures the three side by side, and the time per 1,000 annotations).
-
-Bad input raises ``LivecellError`` naming the file and the annotation id: a json of another shape,
-a missing image, a polygon with fewer than 3 distinct points or no area, a self-crossing polygon.
 """
 from __future__ import annotations
 
+import ctypes
+import functools
 import json
-from dataclasses import dataclass
+import logging
+import struct
+from array import array
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -40,25 +57,160 @@ import skimage.draw
 from kit import data, rle
 from kit.competition import IMAGE_SHAPE, LIVECELL_CELL_LINES
 
+logger = logging.getLogger(__name__)
+
 LIVECELL_DIR = "LIVECell_dataset_2021"
 SPLITS = ("train", "val", "test")
 PRETRAIN_SPLITS = ("train", "val")  # the kit validates on the competition's own split, so LIVECell's val trains
+# Real LIVECell loses ~0 % (crossings are drawn); more than this share unusable means another file or a broken copy.
+MAX_UNUSABLE_SHARE = 0.05
+FIRST_IDS = 3  # ids the summary names per reason
+SKIP_REASONS = {  # why an annotation cannot become a cell, in the summary's words
+    "points": "fewer than 3 distinct points",
+    "area": "no area (collinear points)",
+    "crowd": "RLE/crowd segmentation",
+    "malformed": "not a flat list of x, y numbers",
+    "no_image": "image_id not in 'images'",
+}
 _HINT = ("the competition's input ships LIVECell_dataset_2021/ beside train.csv (kaggle competitions download "
          "-c sartorius-cell-instance-segmentation); drop --pretrain to train without it")
+_REPLACE = ("not LIVECell as the competition ships it: check that --data is the competition's input, or drop "
+            "--pretrain (or pick other lines with --pretrain livecell:LINE,...)")
 
 
 class LivecellError(ValueError):
-    """A LIVECell file that cannot be read as the competition ships it; the message names file and annotation."""
+    """A LIVECell file that cannot be read as the competition ships it; the message names the file."""
 
 
 @dataclass(frozen=True)
 class ImageAnnotations:
-    """One LIVECell image of an annotation file and its cells' polygons, in the file's order."""
+    """One LIVECell image and its usable cells, compact: every part's vertices in one float32 array.
+
+    Part k is ``points[starts[k]:starts[k + 1]]`` and outlines cell ``part_cells[k]`` (an index into
+    ``annotation_ids``, in the file's order)."""
 
     file_name: str
     cell_line: str  # one of LIVECELL_CELL_LINES
     annotation_ids: tuple[int | str, ...]
-    polygons: tuple[tuple[np.ndarray, ...], ...]  # per annotation, its parts as float64[n, 2] (x, y)
+    points: np.ndarray  # float32[N, 2] (x, y)
+    starts: np.ndarray  # int64[P + 1]
+    part_cells: np.ndarray  # int32[P]
+    split: str = "train"
+
+    @classmethod
+    def from_polygons(cls, file_name: str, annotation_ids: Sequence, polygons: Sequence[Sequence[np.ndarray]],
+                      split: str = "train") -> "ImageAnnotations":
+        """From per-cell lists of float[n, 2] parts (tests, benchmarks)."""
+        parts = [(k, np.asarray(p, np.float32).reshape(-1, 2)) for k, cell in enumerate(polygons) for p in cell]
+        starts = np.cumsum([0, *(len(p) for _, p in parts)]).astype(np.int64)
+        points = np.concatenate([p for _, p in parts]) if parts else np.zeros((0, 2), np.float32)
+        return cls(file_name, cell_line(file_name), tuple(annotation_ids), points, starts,
+                   np.array([k for k, _ in parts], np.int32), split)
+
+    @property
+    def polygons(self) -> tuple[tuple[np.ndarray, ...], ...]:
+        """Per cell, its parts as float64[n, 2] (x, y)."""
+        cells: list[list[np.ndarray]] = [[] for _ in self.annotation_ids]
+        for k, cell in enumerate(self.part_cells):
+            cells[cell].append(self.points[self.starts[k]:self.starts[k + 1]].astype(np.float64))
+        return tuple(tuple(parts) for parts in cells)
+
+    def labels(self, shape: tuple[int, int] = IMAGE_SHAPE) -> np.ndarray:
+        """int32[H, W] label image (``label_image``'s rule), drawn from the compact arrays."""
+        labels = np.zeros(shape, np.int32)
+        for k in range(len(self.part_cells) - 1, -1, -1):
+            part = self.points[self.starts[k]:self.starts[k + 1]]
+            rows, cols = skimage.draw.polygon(part[:, 1] - 0.5, part[:, 0] - 0.5, shape)
+            labels[rows, cols] = self.part_cells[k] + 1
+        return labels
+
+
+@dataclass
+class ReadSummary:
+    """What one annotation file gave: cells kept, annotations skipped by reason (with the first ids)."""
+
+    path: Path
+    annotations: int = 0  # in the file
+    images: int = 0  # distinct annotated images in the file
+    chosen: int = 0  # of them, those this run reads (max_images, a DDP rank's share)
+    kept: int = 0
+    crossing: int = 0  # kept polygons that cross themselves, drawn as they are
+    skipped: Counter = field(default_factory=Counter)
+    first_ids: dict = field(default_factory=dict)
+    duplicates: int = 0  # image entries read once: another id, or an earlier file, has the same file name
+    missing_files: list = field(default_factory=list)
+
+    def skip(self, reason: str, annotation_id, count: int = 1) -> None:
+        self.skipped[reason] += count
+        ids = self.first_ids.setdefault(reason, [])
+        if len(ids) < FIRST_IDS:
+            ids.append(annotation_id)
+
+    def line(self) -> str:
+        """The one progress line that ends the file's read."""
+        which = "" if self.chosen == self.images else f" (the {self.chosen:,} chosen of {self.images:,})"
+        skipped = "; ".join(f"{n:,} {SKIP_REASONS.get(r, r)} (ids {', '.join(map(str, self.first_ids[r]))}"
+                            f"{', ...' if n > len(self.first_ids[r]) else ''})" for r, n in self.skipped.items())
+        missing = (f"; {len(self.missing_files):,} image file(s) missing, their cells skipped "
+                   f"({', '.join(self.missing_files[:FIRST_IDS])})" if self.missing_files else "")
+        return (f"{self.path.name}: {self.annotations:,} annotations on {self.images:,} images{which}: "
+                f"kept {self.kept:,} cells ({self.crossing:,} self-crossing, drawn as they are); "
+                f"skipped {sum(self.skipped.values()):,}{': ' + skipped if skipped else ''}{missing}; "
+                f"{self.duplicates:,} duplicate image entries read once")
+
+
+@dataclass
+class LivecellSet:
+    """The chosen LIVECell images (checked: polygons, file present, TIFF header) and each file's summary."""
+
+    root: Path
+    images: list[ImageAnnotations]
+    summaries: list[ReadSummary]
+
+    def samples(self) -> list[data.Sample]:
+        """The images drawn as ``kit.data.Sample``s whose cell type is their line."""
+        samples = []
+        for image in self.images:
+            labels = image.labels()
+            samples.append(data.Sample(Path(image.file_name).stem, image.cell_line,
+                                       data.load_image(image_path(self.root, image.file_name, image.split)),
+                                       labels, [run for run in rle.encode_labels(labels) if run]))
+        return samples
+
+
+@dataclass
+class _ParsedFile:
+    """One json, parsed and freed: its annotations' polygons flat (float32, unchecked), by image id slot."""
+
+    path: Path
+    split: str
+    names: list[str]  # per image id slot, its file name
+    owner: np.ndarray  # int64 per slot: the slot whose annotations stand for its file name (duplicates read once)
+    int_ids: np.ndarray  # int64[A]: each annotation's id (where it is an int)
+    other_ids: dict  # {annotation index: id} where it is not an int
+    annotation_slot: np.ndarray  # int64[A]: image id slot, -1 where the image entry is missing
+    problem: list  # per annotation, a SKIP_REASONS key found while parsing, or None
+    part_ends: np.ndarray  # int64[A]: annotation a's parts are parts[part_ends[a - 1]:part_ends[a]]
+    coord_ends: np.ndarray  # int64[P]: part k's coordinates are coords[coord_ends[k - 1]:coord_ends[k]]
+    coords: np.ndarray  # float32[F], x0, y0, x1, y1, ... of every part
+
+    @functools.cached_property
+    def _by_slot(self) -> tuple[np.ndarray, np.ndarray]:
+        order = np.argsort(self.annotation_slot, kind="stable")
+        return order, self.annotation_slot[order]
+
+    def annotations_of(self, slot: int) -> np.ndarray:
+        """The annotation indexes of image slot ``slot``, in the file's order."""
+        order, slots = self._by_slot
+        return order[np.searchsorted(slots, slot, "left"):np.searchsorted(slots, slot, "right")]
+
+    def annotation_id(self, index: int) -> int | str:
+        return self.other_ids.get(index, int(self.int_ids[index]))
+
+    def annotated_slots(self) -> list[int]:
+        """The owner slots that hold at least one annotation, in image-entry order."""
+        counts = np.bincount(self.annotation_slot[self.annotation_slot >= 0], minlength=len(self.names))
+        return [slot for slot in range(len(self.names)) if counts[slot] and self.owner[slot] == slot]
 
 
 def find_livecell(competition_root: str | Path) -> Path:
@@ -86,53 +238,261 @@ def annotation_files(livecell_root: str | Path, cell_lines: Sequence[str] | None
     return files
 
 
-def read_annotations(path: str | Path) -> list[ImageAnnotations]:
-    """The annotated images of one LIVECell json (either shape), sorted by file name; every
-    polygon checked (``check_polygon``). Images without annotations are left out."""
-    path = Path(path)
-    try:
-        with open(path, encoding="utf-8") as handle:
-            document = json.load(handle)
-    except (OSError, ValueError) as err:
-        raise LivecellError(f"{path}: not readable as json ({err})") from None
-    images, annotations = _images_and_annotations(document, path)
-    cells: dict[int | str, list] = {image_id: [] for image_id in images}
-    for key, annotation in annotations:
-        annotation_id = annotation.get("id", key)
-        image_id = annotation.get("image_id")
-        if image_id not in cells:
-            raise LivecellError(f"{path}: annotation {annotation_id}: image_id {image_id!r} is not in 'images'")
-        parts = _polygon_parts(annotation.get("segmentation"), path, annotation_id)
-        cells[image_id].append((annotation_id, tuple(check_polygon(p, path, annotation_id) for p in parts)))
-    found = [ImageAnnotations(name, cell_line(name, path), tuple(a for a, _ in cells[i]), tuple(p for _, p in cells[i]))
-             for i, name in images.items() if cells[i]]
-    return sorted(found, key=lambda image: image.file_name)
+def read_livecell(livecell_root: str | Path, cell_lines: Sequence[str] | None = None,
+                  splits: Iterable[str] = PRETRAIN_SPLITS, max_images: int | None = None,
+                  rank: int = 0, world: int = 1) -> LivecellSet:
+    """The LIVECell images of ``cell_lines`` (None: all, from the COCO files) in ``splits``, chosen and
+    checked, nothing drawn yet. ``max_images`` keeps that many, taken in turn from each line so that
+    every line stays; under DDP (``world`` > 1) rank ``rank`` gets every ``world``-th of them (an
+    equal share: the last few may be left out), so no rank holds the whole set. Each file's summary
+    line is logged; a ``LivecellError`` names a file that is not LIVECell as the competition ships it."""
+    if max_images is not None and max_images < 1:
+        raise ValueError(f"LIVECell max images must be >= 1, got {max_images}")
+    root = Path(livecell_root)
+    files = [(path, split) for split in splits for path in annotation_files(root, cell_lines, split)]
+    parsed, summaries, candidates, seen = [], [], [], set()
+    for path, split in files:
+        one, summary = _parse(path, split)
+        for slot in one.annotated_slots():
+            if one.names[slot] in seen:  # LIVECell's train and val files share a few images
+                summary.duplicates += 1
+                continue
+            seen.add(one.names[slot])
+            candidates.append((one.names[slot], len(parsed), slot))
+        summary.images = sum(1 for _, f, _ in candidates if f == len(parsed))
+        parsed.append(one)
+        summaries.append(summary)
+    chosen = _round_robin(candidates, max_images) if max_images is not None else candidates
+    if world > 1:
+        chosen = chosen[rank::world][: len(chosen) // world]
+    images = _checked_images(root, chosen, parsed, summaries)
+    for summary in summaries:
+        logger.info(f"LIVECell {summary.line()}")
+    return LivecellSet(root, images, summaries)
 
 
-def check_polygon(flat: Sequence[float], path: Path, annotation_id) -> np.ndarray:
-    """float64[n, 2] (x, y) vertices of a COCO polygon ``[x0, y0, x1, y1, ...]``, repeated
-    consecutive points dropped; an error naming ``path`` and ``annotation_id`` if it has an odd or
-    non-numeric coordinate list, fewer than 3 distinct points, crosses itself, or has no area
-    (a polygon that does not cross itself has none only when its points are collinear)."""
-    where = f"{path}: annotation {annotation_id}"
-    try:
-        points = np.asarray(flat, dtype=np.float64).reshape(-1, 2)
-    except (TypeError, ValueError):
-        raise LivecellError(f"{where}: a polygon must be a flat list of x, y numbers (an even count)") from None
+def load_samples(livecell_root: str | Path, cell_lines: Sequence[str] | None = None,
+                 splits: Iterable[str] = PRETRAIN_SPLITS, max_images: int | None = None) -> list[data.Sample]:
+    """``read_livecell``'s images drawn as ``kit.data.Sample``s whose cell type is their line."""
+    return read_livecell(livecell_root, cell_lines, splits, max_images).samples()
+
+
+def read_annotations(path: str | Path, split: str = "train") -> list[ImageAnnotations]:
+    """Every usable image of one LIVECell json (either shape), sorted by file name, its summary logged
+    (image files are not looked at: ``read_livecell`` does that for the images it chooses)."""
+    one, summary = _parse(Path(path), split)
+    slots = sorted(one.annotated_slots(), key=lambda slot: one.names[slot])
+    summary.images = summary.chosen = len(slots)
+    images = [image for image in (_checked_polygons(one, slot, summary) for slot in slots) if image is not None]
+    _refuse_unusable(summary)
+    logger.info(f"LIVECell {summary.line()}")
+    return images
+
+
+def _checked_images(root: Path, chosen: list, parsed: list[_ParsedFile],
+                    summaries: list[ReadSummary]) -> list[ImageAnnotations]:
+    """The chosen images whose file is there (headers checked) and that keep a cell, before any is drawn."""
+    present = []
+    for name, file_index, slot in chosen:
+        one, summary = parsed[file_index], summaries[file_index]
+        summary.chosen += 1
+        path = image_path(root, name, one.split)
+        if not path.is_file():
+            summary.missing_files.append(name)
+            continue
+        check_image_header(path)
+        present.append((file_index, slot))
+    for one, summary in zip(parsed, summaries):
+        if summary.missing_files and len(summary.missing_files) > MAX_UNUSABLE_SHARE * summary.chosen:
+            first = image_path(root, summary.missing_files[0], one.split)
+            raise LivecellError(f"LIVECell image {first} is missing, and so are {len(summary.missing_files) - 1} "
+                                f"more of the {summary.chosen} images chosen from {one.path}: {_REPLACE}")
+    images = [_checked_polygons(parsed[f], slot, summaries[f]) for f, slot in present]
+    for summary in summaries:
+        _refuse_unusable(summary)
+    return [image for image in images if image is not None]
+
+
+def _checked_polygons(one: _ParsedFile, slot: int, summary: ReadSummary) -> ImageAnnotations | None:
+    """The image of ``slot`` with its usable parts (repeated points dropped; crossings kept), its
+    skipped annotations counted in ``summary``; None when no cell is left."""
+    ids, parts, cells = [], [], []
+    for a in one.annotations_of(slot):
+        reason = one.problem.get(a)
+        good = []
+        if reason is None:
+            for k in range(one.part_ends[a - 1] if a else 0, one.part_ends[a]):
+                start = one.coord_ends[k - 1] if k else 0
+                points, status = _clean_part(one.coords[start:one.coord_ends[k]].reshape(-1, 2))
+                if status:
+                    reason = reason or _PART_PROBLEMS[status]
+                else:
+                    good.append(points)
+        if not good:
+            summary.skip(reason, one.annotation_id(a))
+            continue
+        cells += [len(ids)] * len(good)
+        parts += good
+        ids.append(one.annotation_id(a))
+        summary.kept += 1
+        summary.crossing += any(_crosses(points) for points in good)
+    if not ids:
+        return None
+    starts = np.cumsum([0, *map(len, parts)]).astype(np.int64)
+    return ImageAnnotations(one.names[slot], cell_line(one.names[slot]), tuple(ids),
+                            np.concatenate(parts).astype(np.float32), starts, np.array(cells, np.int32), one.split)
+
+
+def _refuse_unusable(summary: ReadSummary) -> None:
+    skipped = sum(summary.skipped.values())
+    if skipped > MAX_UNUSABLE_SHARE * max(summary.kept + skipped, 1):
+        raise LivecellError(f"{summary.path}: {skipped:,} of {summary.kept + skipped:,} annotations read cannot "
+                            f"become a cell ({summary.line()}); {_REPLACE}")
+
+
+_PART_PROBLEMS = {1: "points", 2: "area", 3: "malformed"}
+
+
+@numba.njit(cache=True)
+def _clean_part(flat_points):
+    """(float64[n, 2] without repeated consecutive points, status): 0 usable, 1 fewer than 3
+    distinct points, 2 no area, 3 a non-finite coordinate."""
+    points = flat_points.astype(np.float64)
     if not np.isfinite(points).all():
-        raise LivecellError(f"{where}: the polygon holds a non-finite coordinate")
+        return points, 3
     points = _without_repeats(points)
-    distinct = _distinct_points(points)
-    if distinct < 3:
-        raise LivecellError(f"{where}: empty polygon ({distinct} distinct point(s), a cell needs at least 3); "
-                            "remove the annotation from the file")
-    if _crosses(points):
-        raise LivecellError(f"{where}: the polygon crosses itself, so its inside is ambiguous; redraw or "
-                            "remove the annotation")
-    if _twice_area(points) == 0.0:
-        raise LivecellError(f"{where}: empty polygon (its {len(points)} points are collinear: no area); "
-                            "remove the annotation from the file")
-    return points
+    if _distinct_points(points) < 3:
+        return points, 1
+    if _collinear(points):  # not the shoelace sum: a figure-eight's is 0, yet it is drawn with area
+        return points, 2
+    return points, 0
+
+
+def _parse(path: Path, split: str) -> tuple[_ParsedFile, ReadSummary]:
+    """One json parsed, its polygons copied flat (float32) while each parsed annotation is dropped,
+    then the parsed json freed: a real train file's 1 M annotations held as Python objects cost
+    gigabytes, as flat arrays a few hundred megabytes."""
+    document = _load_json(path)
+    ids_to_names, raw = _images_and_annotations(document, path)
+    del document  # ``raw`` now holds the only reference to the annotations, dropped one by one below
+    slots = {image_id: k for k, image_id in enumerate(ids_to_names)}
+    names = list(ids_to_names.values())
+    for name in set(names):
+        cell_line(name, path)
+    coords, coord_ends, part_ends, image_slots = array("f"), array("q"), array("q"), array("q")
+    # ids as values, not the parsed int objects: 1 M of those, kept, would pin every block of the freed json
+    int_ids, other_ids, problem = array("q"), {}, {}
+    for key in (range(len(raw)) if isinstance(raw, list) else list(raw)):
+        annotation, raw[key] = raw[key], None
+        if not isinstance(annotation, dict):
+            raise LivecellError(f"{path}: annotation {key}: expected an object, found {type(annotation).__name__}")
+        annotation_id = annotation.get("id", key)
+        if type(annotation_id) is int:
+            int_ids.append(annotation_id)
+        else:
+            other_ids[len(int_ids)] = str(annotation_id)
+            int_ids.append(0)
+        image_id = annotation.get("image_id")
+        image_slots.append(slots.get(image_id, -1) if isinstance(image_id, (int, str)) else -1)
+        reason = "no_image" if image_slots[-1] < 0 else _copy_parts(annotation.get("segmentation"),
+                                                                   annotation.get("iscrowd"), coords, coord_ends)
+        if reason:
+            problem[len(int_ids) - 1] = reason
+        part_ends.append(len(coord_ends))
+    del raw
+    _return_freed_memory()
+    one = _ParsedFile(path, split, names, np.arange(len(names)), np.frombuffer(int_ids, np.int64), other_ids,
+                      np.frombuffer(image_slots, np.int64), problem, np.frombuffer(part_ends, np.int64), np.frombuffer(coord_ends, np.int64),
+                      np.frombuffer(coords, np.float32))
+    summary = ReadSummary(path, annotations=len(int_ids))
+    for index, reason in problem.items():
+        if reason == "no_image":
+            summary.skip(reason, one.annotation_id(index))
+    if summary.skipped["no_image"] > MAX_UNUSABLE_SHARE * max(len(int_ids), 1):
+        raise LivecellError(f"{path}: {summary.skipped['no_image']:,} of {len(int_ids):,} annotations have "
+                            f"an image_id not in 'images' (ids {summary.first_ids['no_image']}); {_REPLACE}")
+    _read_duplicates_once(one, summary)
+    return one, summary
+
+
+def _copy_parts(segmentation, crowd, coords: array, coord_ends: array) -> str | None:
+    """Append the parts of one ``segmentation`` to the flat arrays; a ``SKIP_REASONS`` key where it
+    has no polygon (nothing appended then)."""
+    if crowd or isinstance(segmentation, dict):
+        return "crowd"
+    if not isinstance(segmentation, list) or not all(isinstance(part, list) for part in segmentation):
+        return "malformed"
+    if not segmentation:
+        return "points"
+    n_coords, n_parts = len(coords), len(coord_ends)
+    for part in segmentation:
+        try:
+            if len(part) % 2:
+                raise TypeError("an odd count")
+            coords.extend(part)
+        except TypeError:  # not numbers (array('f') takes ints, floats and bools only)
+            del coords[n_coords:], coord_ends[n_parts:]
+            return "malformed"
+        coord_ends.append(len(coords))
+    return None
+
+
+def _read_duplicates_once(one: _ParsedFile, summary: ReadSummary) -> None:
+    """An image listed under several ids is read once, from the first of them that has annotations."""
+    counts = np.bincount(one.annotation_slot[one.annotation_slot >= 0], minlength=len(one.names))
+    first: dict[str, int] = {}
+    for slot in np.argsort(counts == 0, kind="stable"):  # entries with annotations first, in file order
+        first.setdefault(one.names[slot], int(slot))
+    one.owner = np.array([first[name] for name in one.names], np.int64)
+    summary.duplicates += int((one.owner != np.arange(len(one.names))).sum())
+
+
+def check_image_header(path: Path, shape: tuple[int, int] = IMAGE_SHAPE) -> None:
+    """Refuse a LIVECell image whose TIFF header is not 8-bit grayscale of ``shape``, naming it,
+    before anything is drawn (no pixel is decoded)."""
+    try:
+        width, height, bits, channels = tiff_header(path)
+    except (OSError, ValueError, struct.error) as err:
+        raise LivecellError(f"LIVECell image {path}: not a readable TIFF ({err}); {_REPLACE}") from None
+    if (height, width, bits, channels) != (*shape, 8, 1):
+        raise LivecellError(f"LIVECell image {path}: its TIFF header says {width}x{height}, {bits}-bit, "
+                            f"{channels} channel(s); LIVECell's are {shape[1]}x{shape[0]} 8-bit grayscale: {_REPLACE}")
+
+
+def tiff_header(path: Path) -> tuple[int, int, int, int]:
+    """(width, height, bits per sample, samples per pixel) from a classic TIFF's first directory."""
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+        order = {b"II": "<", b"MM": ">"}.get(head[:2])
+        if order is None or struct.unpack(order + "H", head[2:4])[0] != 42:
+            raise ValueError("no TIFF signature")
+        handle.seek(struct.unpack(order + "I", head[4:8])[0])
+        (count,) = struct.unpack(order + "H", handle.read(2))
+        entries = handle.read(12 * count)
+    tags = {256: None, 257: None, 258: 1, 277: 1}  # baseline defaults: 1 bit, 1 sample
+    for k in range(count):
+        tag, kind, n, value = struct.unpack(order + "HHI4s", entries[12 * k:12 * k + 12])
+        if tag in tags:  # SHORT or LONG; for BitsPerSample of several samples their first (all equal in practice)
+            tags[tag] = struct.unpack(order + ("H" if kind == 3 else "I"), value[:2 if kind == 3 else 4])[0] \
+                if n * (2 if kind == 3 else 4) <= 4 else _first_short(path, order, value)
+    if tags[256] is None or tags[257] is None:
+        raise ValueError("no image width or length tag")
+    return tags[256], tags[257], tags[258], tags[277]
+
+
+def _first_short(path: Path, order: str, offset: bytes) -> int:
+    with open(path, "rb") as handle:
+        handle.seek(struct.unpack(order + "I", offset)[0])
+        return struct.unpack(order + "H", handle.read(2))[0]
+
+
+def _return_freed_memory() -> None:
+    """glibc keeps much of a freed heap (the parsed json's) mapped; ``malloc_trim`` hands it back to
+    the system, so that what a read leaves is what it keeps. Nothing where there is no glibc."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError, TypeError):
+        pass
 
 
 def polygon_area(points: np.ndarray) -> float:
@@ -177,6 +537,21 @@ def _distinct_points(points):
     return count
 
 
+@numba.njit(cache=True)
+def _collinear(points):
+    """Whether every point lies on the line through the first two distinct ones."""
+    ax, ay = points[0, 0], points[0, 1]
+    k = 1
+    while k < len(points) and points[k, 0] == ax and points[k, 1] == ay:
+        k += 1
+    if k == len(points):
+        return True
+    for i in range(k + 1, len(points)):
+        if (points[k, 0] - ax) * (points[i, 1] - ay) != (points[k, 1] - ay) * (points[i, 0] - ax):
+            return False
+    return True
+
+
 @numba.njit(cache=True, inline="always")
 def _turn(ax, ay, bx, by, cx, cy):
     cross = (bx - ax) * (cy - ay) - (by - ay) * (cx - ax)
@@ -211,7 +586,8 @@ def _twice_area(points):
 
 def label_image(polygons: Sequence[Sequence[np.ndarray]], shape: tuple[int, int] = IMAGE_SHAPE) -> np.ndarray:
     """int32[H, W]: cell k + 1 where polygon k covers a pixel's centre; an overlapped pixel goes to
-    the first-listed cell, as ``kit.rle.decode_labels`` resolves ``train.csv``'s overlaps.
+    the first-listed cell, as ``kit.rle.decode_labels`` resolves ``train.csv``'s overlaps. A
+    self-crossing polygon is drawn as it is (even-odd, as pycocotools draws it).
 
     Vertices are COCO's (x, y), where pixel i spans [i, i + 1): pixel (r, c) is inside when
     (c + 0.5, r + 0.5) is. Painted last to first, so the first-listed cell is painted over nothing.
@@ -240,42 +616,28 @@ def image_path(livecell_root: str | Path, file_name: str, split: str) -> Path:
     return Path(livecell_root) / "images" / folder / file_name.split("_", 1)[0] / file_name
 
 
-def load_samples(livecell_root: str | Path, cell_lines: Sequence[str] | None = None,
-                 splits: Iterable[str] = PRETRAIN_SPLITS, max_images: int | None = None) -> list[data.Sample]:
-    """LIVECell images of ``cell_lines`` (None: all, from the COCO files) as ``kit.data.Sample``s
-    whose cell type is their line (``LIVECELL_CELL_LINES``). ``max_images`` keeps that many, taken
-    in turn from each line so that every line stays. Errors name the file and the annotation."""
-    chosen = [(image, split) for split in splits for path in annotation_files(livecell_root, cell_lines, split)
-              for image in read_annotations(path)]
-    if max_images is not None:
-        chosen = _round_robin(chosen, max_images)
-    samples = []
-    for image, split in chosen:
-        path = image_path(livecell_root, image.file_name, split)
-        if not path.is_file():
-            raise LivecellError(f"LIVECell image {path} is missing (annotation {image.annotation_ids[0]} and "
-                                f"{len(image.annotation_ids) - 1} more refer to it); {_HINT}")
-        labels = label_image(image.polygons)
-        samples.append(data.Sample(Path(image.file_name).stem, image.cell_line, data.load_image(path), labels,
-                                   [run for run in rle.encode_labels(labels) if run]))
-    return samples
-
-
 def _round_robin(chosen: list, max_images: int) -> list:
-    """At most ``max_images`` of ``chosen``, one line after another, in file-name order within a line."""
-    if max_images < 1:
-        raise ValueError(f"LIVECell max images must be >= 1, got {max_images}")
+    """At most ``max_images`` of ``chosen`` ((file name, ...) tuples), one line after another, in
+    file-name order within a line."""
     by_line: dict[str, list] = {}
-    for item in sorted(chosen, key=lambda item: item[0].file_name):
-        by_line.setdefault(item[0].cell_line, []).append(item)
+    for item in sorted(chosen, key=lambda item: item[0]):
+        by_line.setdefault(cell_line(item[0]), []).append(item)
     order = [line[k] for k in range(max(map(len, by_line.values()), default=0))
              for line in by_line.values() if k < len(line)]
     return order[:max_images]
 
 
-def _images_and_annotations(document, path: Path) -> tuple[dict, list]:
-    """``({image id: file name}, [(key, annotation dict)])`` of both json shapes: ``annotations`` a
-    list (the COCO files) or a dict keyed by id (the single-cells files)."""
+def _load_json(path: Path):
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except (OSError, ValueError) as err:
+        raise LivecellError(f"{path}: not readable as json ({err}); {_REPLACE}") from None
+
+
+def _images_and_annotations(document, path: Path) -> tuple[dict, list | dict]:
+    """``({image id: file name}, annotations)`` of both json shapes: ``annotations`` a list (the
+    COCO files) or a dict keyed by id (the single-cells files)."""
     if not isinstance(document, dict) or "images" not in document or "annotations" not in document:
         found = sorted(document) if isinstance(document, dict) else type(document).__name__
         raise LivecellError(f"{path}: not a LIVECell annotation file: expected a json object with 'images' and "
@@ -286,25 +648,7 @@ def _images_and_annotations(document, path: Path) -> tuple[dict, list]:
     if not isinstance(raw_images, list) or not all(isinstance(i, dict) and "id" in i and "file_name" in i
                                                    for i in raw_images):
         raise LivecellError(f"{path}: 'images' must be a list of objects with 'id' and 'file_name'")
-    if isinstance(raw, list):
-        annotations = list(enumerate(raw))
-    elif isinstance(raw, dict):
-        annotations = list(raw.items())
-    else:
+    if not isinstance(raw, (list, dict)):
         raise LivecellError(f"{path}: 'annotations' must be a list (COCO files) or an object keyed by id "
                             f"(single-cells files), found {type(raw).__name__}")
-    for key, annotation in annotations:
-        if not isinstance(annotation, dict):
-            raise LivecellError(f"{path}: annotation {key}: expected an object, found {type(annotation).__name__}")
-    return {image["id"]: image["file_name"] for image in raw_images}, annotations
-
-
-def _polygon_parts(segmentation, path: Path, annotation_id) -> list:
-    """The polygon(s) of one annotation's ``segmentation``: ``[[x0, y0, ...], ...]``."""
-    if isinstance(segmentation, list) and segmentation and all(isinstance(p, list) for p in segmentation):
-        return segmentation
-    if isinstance(segmentation, list) and not segmentation:
-        raise LivecellError(f"{path}: annotation {annotation_id}: empty polygon (segmentation []); "
-                            "remove the annotation from the file")
-    kind = "an RLE (crowd) mask" if isinstance(segmentation, dict) else type(segmentation).__name__
-    raise LivecellError(f"{path}: annotation {annotation_id}: segmentation is {kind}, not a list of polygons")
+    return {image["id"]: image["file_name"] for image in raw_images}, raw

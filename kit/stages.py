@@ -50,6 +50,7 @@ class Stage:
     pretrain_max_images: int | None = None
     extra_data: tuple[str, ...] = ()  # pseudo-label CSVs trained on beside the split (kit.pseudo)
     fresh: bool = True
+    read_summary: tuple[str, ...] = ()  # pretrain: each LIVECell file's summary line (kit.livecell.ReadSummary)
 
     @property
     def last_epoch(self) -> int:
@@ -58,9 +59,10 @@ class Stage:
     def record(self) -> dict:
         """What the checkpoint keeps of the stage (``stages``)."""
         source = "livecell" if self.pretrain_lines is None else "livecell:" + ",".join(self.pretrain_lines)
-        return {"name": self.name, "first_epoch": self.first_epoch, "epochs": self.epochs,
-                "data": source if self.name == PRETRAIN else "competition",
-                "extra_data": [Path(p).name for p in self.extra_data], "max_images": self.pretrain_max_images}
+        record = {"name": self.name, "first_epoch": self.first_epoch, "epochs": self.epochs,
+                  "data": source if self.name == PRETRAIN else "competition",
+                  "extra_data": [Path(p).name for p in self.extra_data], "max_images": self.pretrain_max_images}
+        return {**record, "livecell_read": list(self.read_summary)} if self.name == PRETRAIN else record
 
 
 @dataclass(frozen=True)
@@ -130,22 +132,25 @@ def start_from_previous(path: Path, variant, model: torch.nn.Module) -> list[dic
 
 
 def training_samples(stage: Stage | None, layout: data.CompetitionLayout, train_ids: Sequence[str], df,
-                     max_images: int | None = None) -> list[data.Sample]:
-    """The training images of ``stage``: LIVECell's (pretraining; at most ``stage.pretrain_max_images``,
-    else ``max_images``, a smoke run's ``--max-images``), else the split's with the stage's
-    pseudo-labelled images after them."""
+                     max_images: int | None = None, rank: int = 0, world: int = 1
+                     ) -> tuple[list[data.Sample], Stage | None]:
+    """The training images of ``stage`` and the stage as read: LIVECell's for pretraining (at most
+    ``stage.pretrain_max_images``, else ``max_images``, a smoke run's ``--max-images``; under DDP
+    this rank's share only, ``kit.livecell.read_livecell``), with each file's summary line in its
+    ``read_summary``; else the split's with the stage's pseudo-labelled images after them."""
     if stage is not None and stage.name == PRETRAIN:
-        samples = livecell.load_samples(livecell.find_livecell(layout.root), stage.pretrain_lines,
-                                        max_images=stage.pretrain_max_images or max_images)
-        if not samples:
+        chosen = livecell.read_livecell(livecell.find_livecell(layout.root), stage.pretrain_lines,
+                                        max_images=stage.pretrain_max_images or max_images, rank=rank, world=world)
+        if not chosen.images:
             raise ValueError(f"{layout.root / livecell.LIVECELL_DIR} holds no annotated LIVECell image of "
-                             f"{stage.record()['data']}")
-        return samples
+                             f"{stage.record()['data']}{f' for rank {rank} of {world}' if world > 1 else ''}")
+        read = dataclasses.replace(stage, read_summary=tuple(summary.line() for summary in chosen.summaries))
+        return chosen.samples(), read
     samples = data.load_samples(layout, train_ids, df)
     known = set(df["id"])
     for path in (() if stage is None else stage.extra_data):
         samples += pseudo.load_extra_samples(layout.root, path, known)
-    return samples
+    return samples, stage
 
 
 def line_diameters(samples: Sequence[data.Sample]) -> dict[str, float]:

@@ -17,6 +17,7 @@ loop and evaluation ``kit.train_loop``, the run folder's outputs and guards ``ki
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 from kit import cli, paths
@@ -131,8 +132,9 @@ def train(config: RunConfig) -> Path:
     check_options(config, device)
     if rank == 0:
         prepare_out(config.out, config.variant, config.resume, config.restart)
-    train_data, val_data, inference = load_splits(config, device, rank)
-    state = training_state(config, device, world, inference, budget, len(train_data))
+    train_data, val_data, inference, stage = load_splits(config, device, rank)
+    state = training_state(dataclasses.replace(config, stage=stage), device, world, inference, budget,
+                           len(train_data) * train_data.shards)
     train_epochs(state, config, device, train_data, val_data)
     teardown_distributed(world)
     return config.out / f"{config.variant.name}.pt"

@@ -35,8 +35,8 @@ def train_epochs(state: TrainingState, config: RunConfig, device: torch.device, 
     else:
         if state.stage is not None and (state.stage.name != FINETUNE or state.stage.extra_data
                                         or state.stage.first_epoch > 1):  # a run with stages
-            log(describe(state.stage, len(train_data)))
-        log(f"{variant.name}: {len(train_data)} train / {len(val_data or ())} val images on {device}"
+            log(describe(state.stage, len(train_data) * train_data.shards))
+        log(f"{variant.name}: {len(train_data) * train_data.shards} train / {len(val_data or ())} val images on {device}"
             f"{f' x{state.world}' if state.world > 1 else ''}, {precision_name(state.amp_dtype)}, batch "
             f"{variant.batch_size}, epochs {done + 1}-{last}; validation instances: {instance_method(variant)}")
     epoch_seconds: list[float] = []
@@ -71,7 +71,9 @@ def run_epoch(state: TrainingState, epoch: int, train_data: TrainData, val_data:
     """Train one epoch; on rank 0 also validate and write the outputs. Returns rank 0's metrics row."""
     epoch_start = time.monotonic()
     lr = state.optimizer.param_groups[0]["lr"]
-    order = epoch_order(len(train_data), seed, epoch, state.rank, state.world)
+    # a sharded split (each rank its own images) is walked whole by each rank; else each takes its share
+    shared = (0, 1) if train_data.shards > 1 else (state.rank, state.world)
+    order = epoch_order(len(train_data), seed, epoch, *shared)
     train_loss, images_per_s = train_epoch(state.model, train_data, order, state.variant, state.criterion,
                                            state.optimizer, state.scaler, state.amp_dtype,
                                            epoch_generator(seed, epoch, 1 + state.rank), state.crop,

@@ -159,11 +159,12 @@ def teardown_distributed(world: int) -> None:
 
 
 def load_splits(config: RunConfig, device: torch.device, rank: int
-                ) -> tuple[TrainData, TrainData | None, models.InferenceSettings]:
+                ) -> tuple[TrainData, TrainData | None, models.InferenceSettings, Stage | None]:
     """The stratified split (or its ``--max-images`` head), decoded; validation on rank 0 only.
 
-    Also returns the checkpoint's inference settings: for a rescaling variant, the training
-    images' median cell diameter per type and the resulting scales.
+    Also returns the checkpoint's inference settings (for a rescaling variant, the training
+    images' median cell diameter per type and the resulting scales) and the stage as read (its
+    LIVECell summary lines). Under DDP each rank holds only its share of LIVECell's images.
     """
     variant, cache_dir = config.variant, config.out / "cache"
     if not 0.0 < config.val_fraction < 1.0:
@@ -189,13 +190,17 @@ def load_splits(config: RunConfig, device: torch.device, rank: int
         raise ValueError(f"{layout.train_csv}: the split leaves no validation image; raise --val-fraction")
     if rank != 0:
         dist.barrier()  # rank 0 fills the flow cache first; the others then read it
-    samples = training_samples(config.stage, layout, train_ids, df, config.max_images)
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    samples, stage = training_samples(config.stage, layout, train_ids, df, config.max_images, rank, world)
     train_data = split_from_samples(samples, variant, device, cache_dir, _training_scales(config, scales, samples))
+    del samples  # the host copies: the split now lives on the device
+    if stage is not None and stage.name == PRETRAIN:
+        train_data.shards = world
     val_data = load_split(layout, val_ids, variant, device, cache_dir, df, scales,
                           keep_labels=scales is not None) if rank == 0 else None
     if rank == 0 and dist.is_initialized():
         dist.barrier()
-    return train_data, val_data, inference
+    return train_data, val_data, inference, stage
 
 
 def check_resumed_split(last: Path, asked: Split) -> None:

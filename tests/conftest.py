@@ -14,15 +14,27 @@ from kit import competition, data
 from kit.split import split_train_val
 
 SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "sartorius"
+LIVECELL_REAL = SHARED.parent / "livecell-real"
 
 
-def _require_shared() -> Path:
-    if (SHARED / "train.csv").is_file():
-        return SHARED
-    message = f"competition slice not found at {SHARED} (expected train.csv, train/, test/)"
+def _require(folder: Path, needed: str, what: str) -> Path:
+    if (folder / needed).exists():
+        return folder
+    message = f"{what} not found at {folder} (expected {needed})"
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(message + "; CI must run the real-data tests")
     pytest.skip(message)
+
+
+def _require_shared() -> Path:
+    return _require(SHARED, "train.csv", "competition slice")
+
+
+@pytest.fixture(scope="session")
+def livecell_real_dir() -> Path:
+    """The real LIVECell slice (its README.md says what each file is)."""
+    return _require(LIVECELL_REAL, "LIVECell_dataset_2021/annotations/LIVECell/livecell_coco_val.json",
+                    "real LIVECell slice")
 
 
 @pytest.fixture(scope="session")

@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import sys
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
+import skimage.draw
 
 from kit import competition, data, livecell, rle
 
@@ -121,32 +124,88 @@ def test_self_crossing_agrees_with_a_pairwise_loop_on_random_polygons():
     assert not livecell.self_crossing(star)
 
 
-@pytest.mark.parametrize("segmentation, problem", [
-    ([[5.0, 5.0, 9.0, 9.0]], "empty polygon \\(2 distinct point"),
-    ([[5.0, 5.0, 9.0, 9.0, 5.0, 5.0, 9.0, 9.0]], "empty polygon \\(2 distinct point"),
-    ([[0.0, 0.0, 5.0, 5.0, 10.0, 10.0]], "empty polygon \\(its 3 points are collinear: no area\\)"),
-    ([], "empty polygon \\(segmentation \\[\\]\\)"),
-    ([[0.0, 0.0, 10.0, 10.0, 10.0, 0.0, 0.0, 10.0]], "the polygon crosses itself"),
-    ([[1.0, 2.0, 3.0]], "a polygon must be a flat list of x, y numbers \\(an even count\\)"),
-    ({"counts": "abc", "size": [520, 704]}, "segmentation is an RLE \\(crowd\\) mask, not a list of polygons"),
+def _summary(tree, lines=("shsy5y",), splits=("train",), **options) -> livecell.ReadSummary:
+    return livecell.read_livecell(tree, lines, splits, **options).summaries[0]
+
+
+@pytest.mark.parametrize("segmentation, reason", [
+    ([[5.0, 5.0, 9.0, 9.0]], "fewer than 3 distinct points"),
+    ([[5.0, 5.0, 9.0, 9.0, 5.0, 5.0, 9.0, 9.0]], "fewer than 3 distinct points"),
+    ([], "fewer than 3 distinct points"),
+    ([[0.0, 0.0, 5.0, 5.0, 10.0, 10.0]], "no area \\(collinear points\\)"),
+    ([[1.0, 2.0, 3.0]], "not a flat list of x, y numbers"),
+    ([[1.0, "2", 3.0, 4.0, 5.0, 1.0]], "not a flat list of x, y numbers"),
+    ([[1.0, 2.0, float("nan"), 4.0, 5.0, 1.0]], "not a flat list of x, y numbers"),
+    ({"counts": "abc", "size": [520, 704]}, "RLE/crowd segmentation"),
 ])
-def test_a_bad_polygon_names_the_file_and_the_annotation(tree, segmentation, problem):
+def test_what_cannot_become_a_cell_is_skipped_counted_and_named_in_the_summary(tree, segmentation, reason, caplog):
     path = _single(tree, "shsy5y")
+    before = livecell.read_annotations(path)
     document = _edit(path, lambda d: d["annotations"][next(iter(d["annotations"]))].update(segmentation=segmentation))
-    first = next(iter(document["annotations"]))
-    with pytest.raises(livecell.LivecellError, match=f"{path}: annotation {first}: {problem}"):
-        livecell.read_annotations(path)
-    coco = _coco(tree)
-    document = _edit(coco, lambda d: d["annotations"][3].update(segmentation=segmentation))
-    with pytest.raises(livecell.LivecellError, match=f"{coco}: annotation {document['annotations'][3]['id']}: {problem}"):
+    first, n = next(iter(document["annotations"])), len(document["annotations"])
+    caplog.set_level("INFO", logger="kit.livecell")
+    summary = _summary(tree)
+    assert (summary.annotations, summary.kept, dict(summary.skipped)) == (n, n - 1, {summary.skipped.most_common(1)[0][0]: 1})
+    assert re.search(f"skipped 1: 1 {reason} \\(ids {first}\\)", summary.line())
+    assert summary.line() in caplog.text  # the progress output
+    after = livecell.read_annotations(path)
+    assert sum(len(i.annotation_ids) for i in after) == sum(len(i.annotation_ids) for i in before) - 1
+
+
+def test_a_self_crossing_polygon_is_drawn_as_it_is(tree):
+    bowtie = [0.0, 0.0, 10.0, 10.0, 10.0, 0.0, 0.0, 10.0]  # shoelace 0, yet two triangles are drawn
+    path = _single(tree, "shsy5y")
+    document = _edit(path, lambda d: d["annotations"][next(iter(d["annotations"]))].update(segmentation=[bowtie]))
+    summary = _summary(tree)
+    assert summary.kept == len(document["annotations"]) and not summary.skipped and summary.crossing >= 1
+    drawn = livecell.label_image([[np.reshape(bowtie, (-1, 2))]]) > 0
+    rows, cols = skimage.draw.polygon(np.array(bowtie[1::2]) - 0.5, np.array(bowtie[0::2]) - 0.5, (520, 704))
+    assert drawn.sum() == len(rows) > 0 and drawn[rows, cols].all()
+
+
+def test_fixture_polygons_cross_themselves_as_real_ones_do(extras_dir):
+    summary = _summary(livecell.find_livecell(extras_dir), None, ("train",))
+    assert summary.crossing >= 3 and summary.kept > 500
+    assert sum(summary.skipped.values()) <= 0.01 * summary.annotations
+
+
+def test_too_many_unusable_annotations_stop_with_one_line_naming_the_file(tree):
+    path = _coco(tree)
+    _edit(path, lambda d: [a.update(segmentation=[[1.0, 1.0, 2.0, 2.0]]) for a in d["annotations"][::10]])
+    with pytest.raises(livecell.LivecellError, match=f"^{path}: \\d+ of \\d+ annotations read cannot become a "
+                                                     "cell .* check that --data is the competition's input") as raised:
         livecell.load_samples(tree)
+    assert "\n" not in str(raised.value) and "remove" not in str(raised.value) and "edit" not in str(raised.value)
+
+
+def test_duplicate_image_entries_are_read_once(tree):
+    path = _coco(tree)
+    document = json.loads(path.read_text())
+    first = document["images"][0]
+    twin = {**first, "id": 999}
+    cells = [a for a in document["annotations"] if a["image_id"] == first["id"]]
+    document["images"].append(twin)
+    document["annotations"] += [{**a, "id": 10_000 + k, "image_id": 999} for k, a in enumerate(cells)]
+    path.write_text(json.dumps(document))
+    images = livecell.read_annotations(path)
+    assert [i.file_name for i in images].count(first["file_name"]) == 1
+    assert next(i for i in images if i.file_name == first["file_name"]).annotation_ids == tuple(a["id"] for a in cells)
+    chosen = livecell.read_livecell(tree)  # train + val: the val file's image listed in train too
+    val = json.loads(_coco(tree, "val").read_text())
+    _edit(_coco(tree, "val"), lambda d: d["images"].append({**first, "id": 4242}) or d["annotations"].append(
+        {**cells[0], "id": 77_777, "image_id": 4242}))
+    again = livecell.read_livecell(tree)
+    assert len(again.images) == len(chosen.images) and again.summaries[0].duplicates == 1
+    assert again.summaries[1].duplicates == 1 and len(val["images"]) == 1
+    assert "1 duplicate image entries read once" in again.summaries[1].line()
 
 
 @pytest.mark.parametrize("change, problem", [
     (lambda d: d.clear(), "expected a json object with 'images' and 'annotations', found \\[\\]"),
     (lambda d: d.update(annotations="cells"), "'annotations' must be a list \\(COCO files\\) or an object keyed by id"),
     (lambda d: d.update(images=[{"file": "x.tif"}]), "'images' must be a list of objects with 'id' and 'file_name'"),
-    (lambda d: d["annotations"][0].update(image_id=999), "annotation \\d+: image_id 999 is not in 'images'"),
+    (lambda d: d["annotations"].append(7), "annotation \\d+: expected an object, found int"),
+    (lambda d: [a.update(image_id=999) for a in d["annotations"]], "annotations have an image_id not in 'images'"),
     (lambda d: d["images"][0].update(file_name="HELA_Phase_x_1.tif"), "prefix 'HELA' is none of LIVECell's"),
 ])
 def test_a_json_of_another_shape_is_named(tree, change, problem):
@@ -154,21 +213,69 @@ def test_a_json_of_another_shape_is_named(tree, change, problem):
     _edit(path, change)
     with pytest.raises(livecell.LivecellError, match=problem) as raised:
         livecell.read_annotations(path)
-    assert str(path) in str(raised.value)
+    assert str(path) in str(raised.value) and "\n" not in str(raised.value)
     path.write_text("{not json")
     with pytest.raises(livecell.LivecellError, match="not readable as json"):
         livecell.read_annotations(path)
 
 
-def test_a_missing_image_or_file_or_tree_is_named(tree, tmp_path):
-    image = json.loads(_coco(tree, "val").read_text())["images"][0]
-    first_annotation = json.loads(_coco(tree, "val").read_text())["annotations"][0]["id"]
-    missing = livecell.image_path(tree, image["file_name"], "val")
-    assert missing.parent.name == "BV2" and missing.parent.parent.name == "livecell_train_val_images"
-    missing.unlink()
-    with pytest.raises(livecell.LivecellError, match=f"LIVECell image {missing} is missing \\(annotation "
-                                                     f"{first_annotation} and \\d+ more refer to it\\)"):
-        livecell.load_samples(tree)
+def test_an_annotation_without_its_image_entry_is_skipped(tree):
+    document = _edit(_coco(tree), lambda d: d["annotations"][0].update(image_id=999))
+    summary = livecell.read_livecell(tree, splits=("train",)).summaries[0]
+    assert summary.skipped == {"no_image": 1} and summary.first_ids["no_image"] == [document["annotations"][0]["id"]]
+    assert summary.kept == len(document["annotations"]) - 1
+
+
+def _refuse_drawing(monkeypatch):
+    def drawn(self, shape=None):
+        raise AssertionError(f"{self.file_name} drawn before every chosen image was checked")
+    monkeypatch.setattr(livecell.ImageAnnotations, "labels", drawn)
+
+
+def test_a_bad_polygon_in_an_image_the_run_does_not_use_does_not_matter(tree, monkeypatch):
+    path = _coco(tree)
+    document = json.loads(path.read_text())
+    last = sorted(document["images"], key=lambda i: i["file_name"])[-1]
+    _edit(path, lambda d: [a.update(segmentation=[[1.0, 1.0]]) for a in d["annotations"] if a["image_id"] == last["id"]])
+    with pytest.raises(livecell.LivecellError, match="annotations read cannot become a cell"):
+        livecell.read_livecell(tree, splits=("train",))
+    capped = livecell.read_livecell(tree, splits=("train",), max_images=2)
+    assert last["file_name"] not in [i.file_name for i in capped.images] and len(capped.images) == 2
+    assert not capped.summaries[0].skipped and "(the 2 chosen of 3)" in capped.summaries[0].line()
+
+
+def test_missing_or_wrong_size_images_are_found_from_names_and_headers_before_drawing(tree, monkeypatch):
+    names = sorted(i["file_name"] for i in json.loads(_coco(tree).read_text())["images"])
+    _refuse_drawing(monkeypatch)
+    wrong = livecell.image_path(tree, names[1], "train")
+    cv2.imwrite(str(wrong), np.zeros((520, 700), np.uint16))
+    with pytest.raises(livecell.LivecellError, match=f"LIVECell image {wrong}: its TIFF header says 700x520, 16-bit, "
+                                                     "1 channel\\(s\\); LIVECell's are 704x520 8-bit grayscale"):
+        livecell.read_livecell(tree, splits=("train",))
+    wrong.unlink()
+    with pytest.raises(livecell.LivecellError, match=f"LIVECell image {wrong} is missing, and so are 0 more of the 3 "
+                                                     f"images chosen from {_coco(tree)}"):
+        livecell.read_livecell(tree, splits=("train",))
+    monkeypatch.setattr(livecell, "MAX_UNUSABLE_SHARE", 0.5)  # one image of three: skipped and counted
+    summary = livecell.read_livecell(tree, splits=("train",)).summaries[0]
+    assert summary.missing_files == [names[1]] and f"1 image file(s) missing, their cells skipped ({names[1]})" \
+        in summary.line()
+
+
+def test_the_tiff_header_agrees_with_the_decoded_image(tree):
+    for path in sorted(tree.rglob("*.tif")):
+        image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        assert livecell.tiff_header(path) == (image.shape[1], image.shape[0], 8 * image.itemsize, 1)
+
+
+def test_ddp_ranks_each_read_an_equal_disjoint_share(tree):
+    whole = [i.file_name for i in livecell.read_livecell(tree).images]
+    shares = [[i.file_name for i in livecell.read_livecell(tree, rank=r, world=2).images] for r in (0, 1)]
+    assert len(shares[0]) == len(shares[1]) == len(whole) // 2 and not set(shares[0]) & set(shares[1])
+    assert set(shares[0]) | set(shares[1]) <= set(whole)
+
+
+def test_a_missing_file_or_tree_is_named(tree, tmp_path):
     _single(tree, "a172").unlink()
     with pytest.raises(FileNotFoundError, match=f"annotation file {_single(tree, 'a172')} is missing"):
         livecell.load_samples(tree, ("a172",))

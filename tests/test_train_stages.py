@@ -40,7 +40,10 @@ def test_pretraining_then_fine_tuning_fill_one_checkpoint(extras_dir, tmp_path, 
             (1, 2, "livecell:shsy5y,a172"), (3, 1, "competition")]
     assert [(row["epoch"], row["stage"]) for row in _history(out)] == [(1, "pretrain"), (2, "pretrain"), (3, "finetune")]
     header, *rows = (out / "hot-flow-unet-metrics.csv").read_text().splitlines()
-    assert header.endswith(",stage,steps") and [row.split(",")[-2] for row in rows] == ["pretrain", "pretrain", "finetune"]
+    column = header.split(",").index("stage")
+    assert [row.split(",")[column] for row in rows] == ["pretrain", "pretrain", "finetune"]
+    read = checkpoint["stages"][0]["livecell_read"]  # each file's summary line (kit.livecell)
+    assert len(read) == 4 and read[0].startswith("livecell_shsy5y_train.json: ") and "skipped 0" in read[0]
     tune.save_tuned(out / "hot-flow-unet.pt", out / "tuned.pt", {})  # kit.tune rewrites the weights: stages stay
     assert torch.load(out / "tuned.pt", weights_only=True)["stages"] == checkpoint["stages"]
 
