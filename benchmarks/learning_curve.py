@@ -125,7 +125,8 @@ def score_checkpoint(path: Path, data_dir: Path | None, device_name: str, crop,
 
 
 def fit_curves(n: np.ndarray, score: np.ndarray) -> dict[str, tuple]:
-    """``{name: (function, parameters, residuals)}`` of the two fits (the power law only from 4 points)."""
+    """``{name: (function, parameters, residuals)}`` of the two fits: none below 3 points (a line through
+    two says nothing of its shape), the power law from 4."""
     from scipy.optimize import curve_fit
 
     def log_line(x, a, b):
@@ -135,6 +136,8 @@ def fit_curves(n: np.ndarray, score: np.ndarray) -> dict[str, tuple]:
         return a - b * np.power(x, -c)
 
     fits = {}
+    if len(n) < 3:
+        return fits
     coeffs = np.polyfit(np.log(n), score, 1)
     fits["log-linear a + b ln n"] = (log_line, (coeffs[1], coeffs[0]), score - log_line(n, coeffs[1], coeffs[0]))
     if len(n) >= 4:
