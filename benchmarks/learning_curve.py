@@ -71,6 +71,7 @@ def main(args: argparse.Namespace) -> pd.DataFrame:
             if steps_of(path) not in scored:
                 row = score_checkpoint(path, args.data, args.device, args.crop, args.max_images)
                 table = pd.concat([table, pd.DataFrame([row])], ignore_index=True).sort_values("steps")
+                table["steps"] = table["steps"].astype(int)
                 with atomic_output(table_path) as tmp:  # each row kept as soon as it is scored
                     table.to_csv(tmp, index=False, float_format="%.4f")
     kernel_images = args.kernel_hours * 3600 * args.gpu_images_per_s
