@@ -2,6 +2,7 @@
 
     python -m benchmarks.bench_precision                       # hot-flow-unet, batch 2, 256x256, 2 threads
     python -m benchmarks.bench_precision --rounds 6 --steps 8  # steadier on a loaded machine
+    python -m benchmarks.bench_precision --quality --data DATA --out runs/parity   # bf16 against fp32 scores
 
 For each of the four settings, a training step (forward + backward + SGD step, as
 ``kit.train_loop.train_step`` runs it) and an inference forward pass (``torch.no_grad``, as
@@ -9,11 +10,18 @@ For each of the four settings, a training step (forward + backward + SGD step, a
 best round counts, so a load that comes and goes touches all four alike. Prints images/s, the ratio to
 fp32, and whether ``kit.models.cpu_has_native_bf16`` found native bf16 (what ``--precision auto``
 follows). Random inputs: the speed of a convolution does not depend on the values.
+
+``--quality`` instead trains the same short schedule in fp32 and in bf16 for each ``--seeds`` (``kit.train``
+in its own process, ``--epochs`` on 256x256 crops) and scores each on the whole validation images of its
+split (``kit.infer --split val``): the precision's effect beside the seeds' spread.
 """
 from __future__ import annotations
 
 import argparse
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -35,10 +43,19 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--steps", type=int, default=4, help="timed steps of each setting in a round")
     parser.add_argument("--rounds", type=int, default=4, help="rounds; the best one of each setting counts")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (the kit's CPU runs use the default)")
+    parser.add_argument("--quality", action="store_true", help="train and score fp32 against bf16 instead")
+    parser.add_argument("--data", type=Path, default=None, help="--quality: the competition data")
+    parser.add_argument("--out", type=Path, default=Path("runs/parity"), help="--quality: the runs' folder")
+    parser.add_argument("--epochs", type=int, default=4, help="--quality: epochs of each run")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="--quality: seeds (split, init, batches)")
     return parser
 
 
-def main(args: argparse.Namespace) -> dict[str, tuple[float, float]]:
+def main(args: argparse.Namespace):
+    return quality(args) if args.quality else speed(args)
+
+
+def speed(args: argparse.Namespace) -> dict[str, tuple[float, float]]:
     torch.set_num_threads(args.threads)
     variant = VARIANTS[args.variant].replace(batch_size=args.batch_size)
     native = models.cpu_has_native_bf16()
@@ -59,6 +76,25 @@ def main(args: argparse.Namespace) -> dict[str, tuple[float, float]]:
     for name, (train, infer) in best.items():
         print(f"{name:<22}{train:>12.2f}{train / best['fp32'][0]:>8.2f}{infer:>13.2f}{infer / best['fp32'][1]:>8.2f}")
     return {name: (train, infer) for name, (train, infer) in best.items()}
+
+
+def quality(args: argparse.Namespace) -> dict[tuple[int, str], str]:
+    """Per seed and precision, train and score in child processes; prints the scores side by side."""
+    data = ["--data", str(args.data)] if args.data else []
+    lines = {}
+    for seed in args.seeds:
+        for precision in ("fp32", "bf16"):
+            out = args.out / f"{precision}-seed{seed}"
+            subprocess.run([sys.executable, "-m", "kit.train", "--variant", args.variant, *data, "--out", str(out),
+                            "--crop", f"{args.size}x{args.size}", "--device", "cpu", "--epochs", str(args.epochs),
+                            "--seed", str(seed), "--precision", precision, "--restart"], check=True)
+            done = subprocess.run([sys.executable, "-m", "kit.infer", *data, "--weights",
+                                   str(out / f"{args.variant}.pt"), "--split", "val", "--evaluate", "--device", "cpu",
+                                   "--out", str(out / "val.csv")], check=True, capture_output=True, text=True)
+            lines[seed, precision] = next(line for line in done.stdout.splitlines()
+                                          if "leaderboard score over" in line)
+            print(f"seed {seed} {precision}: {lines[seed, precision]}", flush=True)
+    return lines
 
 
 def _runners(variant, x: torch.Tensor, target: torch.Tensor, dtype: torch.dtype | None,
