@@ -94,15 +94,15 @@ def bench_table(fit_samples, eval_samples, repeat: int = 20) -> postprocess.Boun
         sobel.append(codes[1][band])
     intensity, sobel = np.concatenate(intensity), np.concatenate(sobel)
     pixels = np.stack([intensity, sobel], axis=1)
-    table_s = min(_timed(lambda: postprocess.table_lookup(lut.table, intensity, sobel)) for _ in range(repeat))
+    table_s = min(_timed(lambda: lut.table[intensity, sobel]) for _ in range(repeat))
     print(f"   {len(pixels)} band pixels of {len(eval_samples)} validation images (blurred true masks):")
-    print(f"   table read (kit.postprocess.table_lookup) {table_s * 1e3:9.2f} ms")
+    print(f"   table read (BoundaryLUT.table[intensity, sobel]) {table_s * 1e3:9.2f} ms")
     for name in boundary_table.CLASSIFIERS:
         model = boundary_table.make_classifier(name).fit(features, inside)
         decisions = []
         sk_s = _timed(lambda: decisions.append(model.predict(pixels)))
         table = boundary_table.classifier_table(model)
-        same = np.array_equal(postprocess.table_lookup(table, intensity, sobel), decisions[0])
+        same = np.array_equal(table[intensity, sobel], decisions[0])
         print(f"   sklearn {name:12s} predict            {sk_s * 1e3:9.2f} ms   table is {sk_s / table_s:8.0f}x "
               f"faster (identical decisions: {same})")
     print("   target: >= 100x")

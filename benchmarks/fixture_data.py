@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from benchmarks import run_cli
+from benchmarks.numpy_twins import polygon_area
 from kit import cli, data, livecell, rle
 from kit.competition import IMAGE_SHAPE
 from kit.split import split_train_val
@@ -99,7 +100,7 @@ def write_livecell_copy(layout: data.CompetitionLayout, splits: Mapping[str, Seq
                 if polygon is None:
                     continue
                 record = {"id": next_annotation, "image_id": image_number, "segmentation": [polygon],
-                          "area": float(livecell.polygon_area(np.reshape(polygon, (-1, 2)))),
+                          "area": float(polygon_area(np.reshape(polygon, (-1, 2)))),
                           "iscrowd": 0, "category_id": 1}
                 coco["annotations"].append(record)
                 line["annotations"][str(next_annotation)] = record

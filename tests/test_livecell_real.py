@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from benchmarks.numpy_twins import polygon_area
 from kit import livecell, train
 
 VAL = Path("LIVECell_dataset_2021/annotations/LIVECell/livecell_coco_val.json")
@@ -33,7 +34,7 @@ def test_the_real_val_sample_is_read_whole_and_drawn_to_each_polygons_own_area(l
         labels = image.labels()
         assert labels.max() == len(image.annotation_ids)
         for annotation_id, parts in zip(image.annotation_ids, image.polygons):
-            own = livecell.polygon_area(parts[0])
+            own = polygon_area(parts[0])
             assert own == pytest.approx(stated[annotation_id], rel=1e-3, abs=0.5)  # the file's area is the shoelace's
             drawn = int((livecell.label_image([parts]) > 0).sum())  # alone: overlaps go to the first-listed cell
             assert abs(drawn - own) <= 0.5 * _perimeter(parts[0]) + 1.0, annotation_id

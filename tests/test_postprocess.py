@@ -220,13 +220,3 @@ def test_mask_to_labels_with_a_table_and_bad_inputs(samples):
         pp.mask_to_labels(prob, s.image, "neuron")
     with pytest.raises(ValueError, match="uint8"):
         pp.mask_to_labels(prob, s.image.astype(np.float32), s.cell_type)
-
-
-def test_table_lookup_matches_numpy_indexing():
-    rng = np.random.default_rng(3)
-    table = rng.random((256, 256)) > 0.5
-    intensity = rng.integers(0, 256, size=(40, 30)).astype(np.uint8)
-    sobel = rng.integers(0, 256, size=(40, 30)).astype(np.uint8)
-    np.testing.assert_array_equal(pp.table_lookup(table, intensity, sobel), table[intensity, sobel])
-    with pytest.raises(ValueError, match="uint8"):
-        pp.table_lookup(table, intensity.astype(np.int64), sobel)

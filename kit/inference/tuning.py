@@ -1,24 +1,9 @@
-"""Fit the flow variant's extraction settings per cell type and store them in the checkpoint.
-
-``python -m kit.tune --data DIR --weights FILE [--split val] [--tta] [--out FILE]``
-
-The network's outputs on the chosen annotated images (by default the validation split the weights
-were trained with, recorded in them: ``kit.split``) are
-predicted once, through ``kit.infer``'s own path (``kit.ensemble``, ``kit.image_sets``). Then, for each cell type on its own images, every
-combination of ``GRID`` (cell-probability threshold, flow-error threshold, minimum size as a
-factor of ``kit.postprocess.MIN_SIZE_BY_TYPE``) is scored with the leaderboard metric, and the best one is
-written into the checkpoint's ``inference["postprocess"]``, where ``kit.infer`` and the inference
-kernel take it from. The file is rewritten atomically with nothing but that entry changed
-(``--out`` writes a copy instead).
-
-Fitted and scored on the same images, the tuned score is optimistic by the choice among the
-grid's 36 combinations per type; the report prints the untuned score beside it. The tuned scores
-are kept in the checkpoint too (``inference["validation"]``), so that ``kit.infer --select-best``
-can pick, among flow models tuned on the same images, the one that scores best.
-"""
+"""Tuning the flow variant's extraction (``kit.tune``'s library): the network's outputs on annotated
+images predicted once, every ``GRID`` point scored per cell type with the leaderboard metric, the best
+written into the checkpoint's ``InferenceSettings.postprocess`` (and the tuned score into its
+``validation``)."""
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import itertools
@@ -29,11 +14,14 @@ from typing import Mapping, NamedTuple, Sequence
 import numpy as np
 import torch
 
-from kit import cli, data, flows, metrics, models, postprocess
-from kit.ensemble import Member, load_ensemble, predict, split_records
-from kit.files import OutputError, check_writable_dir, exit_on_sigterm, remove_stale_temporaries
-from kit.image_sets import annotated_images
-from kit.progress import module_logger, show_progress
+from kit import flows, metrics, postprocess
+from kit.data import sartorius
+from kit.model import checkpoints
+from kit.model import hardware
+from kit.inference.ensemble import load_ensemble, Member, predict, split_records
+from kit.files import check_writable_dir, remove_stale_temporaries
+from kit.inference.image_sets import annotated_images
+from kit.progress import module_logger
 
 logger = module_logger(__name__)
 
@@ -59,37 +47,9 @@ class TuneConfig:
     device: str | None = None
 
 
-def get_args_parser() -> argparse.ArgumentParser:
-    parser = cli.ArgumentParser(prog="python -m kit.tune", description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=None, help="folder holding the competition data")
-    parser.add_argument("--weights", required=True, help="a flow variant's weights file from kit.train")
-    parser.add_argument("--split", choices=("val", "train"), default="val",
-                        help="annotated images to fit on: the weights' own validation split, or every annotated "
-                             "image (those the weights trained on are named in a warning)")
-    parser.add_argument("--tta", action="store_true", help="fit on flip-averaged outputs (then infer with --tta)")
-    parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
-    parser.add_argument("--out", default=None, help="write the tuned checkpoint here (default: over --weights)")
-    return parser
-
-
-def main(args: argparse.Namespace) -> dict:
-    show_progress()
-    try:
-        return run(tune_config(args))
-    except (FileNotFoundError, ValueError, OutputError) as err:
-        raise SystemExit(f"kit.tune: error: {err}") from None
-
-
-def tune_config(args: argparse.Namespace) -> TuneConfig:
-    """The frozen settings of a run from the parsed command line."""
-    return TuneConfig(weights=Path(args.weights), out=Path(args.out or args.weights),
-                      data=None if args.data is None else Path(args.data), split=args.split, tta=args.tta,
-                      device=args.device)
-
-
 def run(config: TuneConfig) -> dict:
     """Predict, fit per type, report, save; returns the tuned settings."""
-    device = models.resolve_device(config.device)
+    device = hardware.resolve_device(config.device)
     check_writable_dir(config.out.parent)  # before the predictions, not after them
     for path in remove_stale_temporaries(config.out.parent, [config.out.name]):
         logger.info(f"removed {path}: a partial file left by a write that was killed")
@@ -115,7 +75,7 @@ def predict_outputs(ensemble: Sequence[Member], image_paths: Mapping[str, Path],
     a time (rescaled members resample each image anyway)."""
     outputs = {}
     for image_id, path in image_paths.items():
-        image = data.load_image(path)[None]
+        image = sartorius.load_image(path)[None]
         prob, flow = predict(ensemble, image, [cell_types[image_id]], device, tta, [image_id])
         outputs[image_id] = (prob[0], None if flow is None else flow[0])
     return outputs
@@ -157,12 +117,12 @@ def save_tuned(weights: str | Path, out: str | Path, tuned: Mapping[str, Mapping
                validation: Mapping | None = None) -> None:
     """Write ``weights``' checkpoint with its ``InferenceSettings.postprocess = tuned`` (and
     ``.validation``, from ``validation_record``, when given) to ``out``, atomically through
-    ``models.save_checkpoint``; everything else, a resumable file's optimiser state included, as it was."""
-    model, variant, checkpoint = models.load_checkpoint(weights)
-    settings = models.InferenceSettings.of(checkpoint, weights)
+    ``checkpoints.save_checkpoint``; everything else, a resumable file's optimiser state included, as it was."""
+    model, variant, checkpoint = checkpoints.load_checkpoint(weights)
+    settings = checkpoints.InferenceSettings.of(checkpoint, weights)
     settings = dataclasses.replace(settings, postprocess={k: dict(v) for k, v in tuned.items()},
                                    validation=settings.validation if validation is None else dict(validation))
-    models.save_checkpoint(out, model, variant, optimizer=checkpoint.get("optimizer"),
+    checkpoints.save_checkpoint(out, model, variant, optimizer=checkpoint.get("optimizer"),
                            scheduler=checkpoint.get("scheduler"), scaler=checkpoint.get("scaler"),
                            epoch=checkpoint.get("epoch", 0), best_score=checkpoint.get("best_score", float("nan")),
                            history=checkpoint.get("history", ()), inference=settings,
@@ -181,8 +141,3 @@ def _grid_scores(outputs: Sequence[tuple[np.ndarray, np.ndarray]], truth: Sequen
             labels = [flows.drop_small(f, int(round(factor * min_size))) for f in followed]
             scores[(cell_prob, flow_threshold, factor)] = float(np.mean(metrics.score_labels(truth, labels)))
     return scores
-
-
-if __name__ == "__main__":
-    exit_on_sigterm()  # a notebook's hard stop: the tuned file's temporary is removed
-    main(get_args_parser().parse_args())

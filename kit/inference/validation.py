@@ -1,30 +1,20 @@
-"""Score a submission locally exactly as the leaderboard does: ``python -m kit.validate``.
-
-The test set's annotations are hidden, so a local check scores a submission made for *training*
-images against their ``train.csv`` annotations. Like the leaderboard, it scores a stated set of
-images (the validation split, every annotated image, or ``--ids``), not whatever the submission
-happens to list: an image the submission lacks scores 0, and the summary counts them. The
-validation split is the one the weights that made the submission were trained with (``--weights``,
-recorded in them: ``kit.split``); without ``--weights`` it is the default split, and a note says so.
-An image the weights trained on is named in a warning wherever it is scored. The per-image scores
-and overlay PNGs of the worst images (image in gray, truth outlines green, prediction outlines
-magenta) go to ``overlays/`` beside the submission.
-
-    python -m kit.validate --data ../shared --submission runs/val/submission.csv --overlays 8
-"""
+"""Local validation (``kit.validate``'s library): a submission for annotated images scored exactly as
+the leaderboard scores, over a stated set of images (the weights' validation split, every annotated
+image, or ids), with per-image scores and overlays of the worst images."""
 from __future__ import annotations
 
-import argparse
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pandas as pd
 
-from kit import cli, data, metrics, rle
-from kit.ensemble import split_records
-from kit.files import OutputError, atomic_output, check_writable_dir, write_text_atomic
-from kit.progress import module_logger, show_progress
+from kit import metrics, rle
+from kit.data import sartorius
+from kit.files import atomic_output, check_writable_dir, write_text_atomic
+from kit.inference.ensemble import split_records
+from kit.progress import module_logger
 from kit.split import DEFAULT_SEED, DEFAULT_VAL_FRACTION, Split, of_weights, present
 from kit.submission import read_submission, validate
 
@@ -35,52 +25,37 @@ _TITLE_HEIGHT = 26
 logger = module_logger(__name__)
 
 
-def get_args_parser() -> argparse.ArgumentParser:
-    parser = cli.ArgumentParser(
-        prog="python -m kit.validate", description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--data", type=Path, default=None,
-                        help="folder holding the competition data somewhere below it (default: kit.paths.input_root())")
-    parser.add_argument("--submission", type=Path, required=True,
-                        help="submission.csv (id,predicted) for training images")
-    parser.add_argument("--split", choices=("val", "train"), default="val",
-                        help="images scored: the validation split (as `kit.infer --split val` picks it) "
-                             "or every annotated image; each one missing from the submission scores 0")
-    parser.add_argument("--ids", nargs="+", default=None, help="score exactly these annotated images instead")
-    parser.add_argument("--weights", nargs="+", type=Path, default=None, metavar="FILE",
-                        help="the weights file(s) that made the submission: --split val scores the validation "
-                             "split they were trained with, and images they trained on are named in a warning "
-                             "(default: the default split, seed 0, val-fraction 0.2)")
-    parser.add_argument("--overlays", type=int, default=8, metavar="N",
-                        help="write overlay PNGs of the N worst-scoring images (0: none)")
-    parser.add_argument("--overlay-dir", type=Path, default=None,
-                        help="where overlays and per-image scores go (default: overlays/ beside the submission)")
-    return parser
+@dataclass(frozen=True)
+class ValidateConfig:
+    """One scoring as the command line asks for it, built once by ``kit.validate.validate_config``."""
+
+    submission: Path
+    data: Path | None = None
+    split: str = "val"  # "val" or "train"
+    ids: tuple[str, ...] | None = None  # score exactly these instead
+    weights: tuple[Path, ...] = ()  # the weights that made the submission: their validation split
+    overlays: int = 8  # overlay PNGs of the N worst images
+    overlay_dir: Path | None = None  # default: overlays/ beside the submission
 
 
-def main(args: argparse.Namespace) -> metrics.ScoreReport:
+def run(config: ValidateConfig) -> metrics.ScoreReport:
     """Validate and score the submission, print the tables, write per-image scores and overlays."""
-    if args.overlays < 0:
-        raise SystemExit(f"kit.validate: error: --overlays must be >= 0, got {args.overlays}")
-    show_progress()
-    try:
-        layout = data.find_competition(args.data, need_test=False)
-        train = data.read_train_csv(layout.train_csv)
-        submission = read_submission(args.submission)
-        validate(args.submission, submission["id"].unique())
-        held_out = weights_split(args.weights, data.image_table(train))
-        stated, what = _stated_ids(train, args.split, args.ids, layout.train_csv, held_out)
-        missing, unscored = _compare_ids(stated, submission, args.submission, train, what)
-        out_dir = check_writable_dir(args.overlay_dir or args.submission.parent / "overlays", "--overlay-dir")
-    except (FileNotFoundError, ValueError, OutputError) as err:  # SubmissionError is a ValueError
-        raise SystemExit(f"kit.validate: error: {err}") from None
+    layout = sartorius.find_competition(config.data, need_test=False)
+    train = sartorius.read_train_csv(layout.train_csv)
+    submission = read_submission(config.submission)
+    validate(config.submission, submission["id"].unique())
+    held_out = weights_split(list(config.weights), sartorius.image_table(train))
+    stated, what = _stated_ids(train, config.split, None if config.ids is None else list(config.ids),
+                               layout.train_csv, held_out)
+    missing, unscored = _compare_ids(stated, submission, config.submission, train, what)
+    out_dir = check_writable_dir(config.overlay_dir or config.submission.parent / "overlays", "--overlay-dir")
     # The solution holds every stated image: one the submission lacks is scored without predictions (0).
     report = metrics.score_report(train[train["id"].isin(stated)], submission[submission["id"].isin(stated)])
     scores_csv = write_text_atomic(out_dir / "scores.csv", report.per_image.to_csv(index=False, float_format="%.6f"))
-    print(_summary(report, args.submission, what, missing, unscored, scores_csv))
+    print(_summary(report, config.submission, what, missing, unscored, scores_csv))
     for old in out_dir.glob("[0-9][0-9]_*.png"):  # overlays of an earlier run would mix with these
         old.unlink()
-    worst = report.per_image.sort_values(["score", "id"]).head(args.overlays)
+    worst = report.per_image.sort_values(["score", "id"]).head(config.overlays)
     written = [_write_overlay(row, layout, train, submission, out_dir, rank)
                for rank, row in enumerate(worst.itertuples(index=False), start=1)]
     if written:
@@ -112,8 +87,8 @@ def _stated_ids(train: pd.DataFrame, split: str, ids: list[str] | None, train_cs
             logger.info(f"note: no --weights: scoring the default validation split (seed {DEFAULT_SEED}, "
                         f"val-fraction {DEFAULT_VAL_FRACTION:g}); pass --weights FILE to score the split "
                         "those weights were trained with")
-            held_out = of_weights((), data.image_table(train))
-        stated = present(held_out, data.image_table(train), str(train_csv))
+            held_out = of_weights((), sartorius.image_table(train))
+        stated = present(held_out, sartorius.image_table(train), str(train_csv))
         return stated, f"the validation split of {train_csv} ({held_out.describe()})"
     warning = held_out.overlap_warning(stated, asked) if held_out is not None else None
     if warning:
@@ -161,10 +136,10 @@ def _some(ids: list[str]) -> str:
     return f"{' '.join(ids[:12])}{' ...' if len(ids) > 12 else ''}"
 
 
-def _write_overlay(row, layout: data.CompetitionLayout, train: pd.DataFrame, submission: pd.DataFrame,
+def _write_overlay(row, layout: sartorius.CompetitionLayout, train: pd.DataFrame, submission: pd.DataFrame,
                    out_dir: Path, rank: int) -> Path:
     """The image in gray with every true (green) and predicted (magenta) cell outlined, score in the title."""
-    image = data.load_image(layout.train_dir / f"{row.id}.png")
+    image = sartorius.load_image(layout.train_dir / f"{row.id}.png")
     canvas = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
     truth = train.loc[train["id"] == row.id, "annotation"].tolist()
     # A blank `predicted` (an image without cells) is no mask; validate() lets "id, " through too.
@@ -189,7 +164,3 @@ def _draw_outlines(canvas: np.ndarray, rles: list[str], colour: tuple[int, int, 
         mask = rle.decode(text, canvas.shape[:2]).view(np.uint8)
         contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
         cv2.drawContours(canvas, contours, -1, colour, thickness)
-
-
-if __name__ == "__main__":
-    main(get_args_parser().parse_args())

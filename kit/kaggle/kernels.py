@@ -1,19 +1,8 @@
-"""Build self-contained Kaggle kernels: one per training variant (or group) and one for inference.
-
-``python -m kit.build_kernel [--user U] [--variants all|NAME|NAME+NAME ...] [--out kernels]``
-writes one folder per kernel, each ready for ``kaggle kernels push -p FOLDER``:
-``kernel-metadata.json`` and a notebook that carries the kit's source in its cells. Kaggle runs a
-code competition's notebook offline with only its attached inputs, so nothing may be pip-installed:
-the first cells write the kit's modules to a scratch folder (checked against their SHA-256), then
-the last cell calls ``kit.notebook``, which runs ``kit.train`` or ``kit.infer`` exactly as they run
-locally. Kaggle's image already holds torch, numba, opencv, scikit-image, scikit-learn and pandas.
-
-Builds are deterministic (sorted sources, fixed cell ids, no timestamps) and refuse to write a
-credential, the home folder or the checkout's path. The builder needs no torch.
-"""
+"""Building the Kaggle kernels (``kit.build_kernel``'s library): one folder per training variant (or
+group) and one for inference, each a ``kernel-metadata.json`` and a notebook that carries the kit's
+source in its cells (``kit_sources``) and calls ``kit.kaggle.notebook``. Standard library only."""
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -22,8 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from kit import cli, competition, files, variants
-from kit.progress import module_logger, show_progress
+from kit import cli, competition, files
+from kit.model import variants
+from kit.progress import module_logger
+from kit.training.stage_options import FINETUNE, KERNEL_PRETRAIN_MAX_IMAGES, PRETRAIN, StageOptions
 
 logger = module_logger(__name__)
 
@@ -45,7 +36,8 @@ MAX_SESSION_SECONDS = 12 * 3600
 MAX_TITLE_LENGTH = 50  # Kaggle's limit on a notebook title
 TRAIN_ARGS_ENV = "KIT_TRAIN_ARGS"  # extra kit.train arguments (tests: a tiny CPU run)
 INFER_ARGS_ENV = "KIT_INFER_ARGS"  # extra kit.infer arguments
-_BUILDER_FILE = Path(__file__).name  # the builder itself is not needed on Kaggle
+# The builder itself (command and library) is not needed on Kaggle; paths relative to kit/.
+_NOT_EMBEDDED = ("build_kernel.py", "kaggle/kernels.py")
 _USERNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 # The README's and the error messages' stand-ins: kernels built with one would push to nobody's account.
 _PLACEHOLDER_USERNAMES = ("YOUR_KAGGLE_USERNAME", "USERNAME", "YOU")
@@ -65,63 +57,28 @@ class Kernel:
         return f"{user}/{self.slug}"
 
 
-KERNEL_PRETRAIN_MAX_IMAGES = 2000
-
-
-@dataclass(frozen=True)
-class KernelStages:
-    """The training kernels' stages besides fine-tuning on the competition's images, each off by
-    default: nothing here has measured what they bring on Kaggle's GPUs (README, "Extra data").
-
-    ``pretrain``: ``"livecell"`` or ``"livecell:LINE,LINE"``, LIVECell pretraining first
-    (``kit.train --pretrain``); ``pseudo_round``: then pseudo-labels of ``train_semi_supervised/``
-    (``kit.pseudo``, cells from ``min_confidence``) and one more stage trained on them. Both data sets
-    are part of the competition's input, so the kernels need no other data source.
-    """
-
-    pretrain: str | None = None
-    pretrain_epochs: int = competition.DEFAULT_PRETRAIN_EPOCHS
-    # A split lives on the training device, 2.6 MB an image with its flow targets: 2,000 LIVECell
-    # images take about 5 GB of each T4's 16 GB under DDP (all of LIVECell's train + val would take ~10).
-    pretrain_max_images: int | None = KERNEL_PRETRAIN_MAX_IMAGES
-    pseudo_round: bool = False
-    min_confidence: float = competition.DEFAULT_MIN_CONFIDENCE
-
-    def checked(self) -> "KernelStages":
-        if self.pretrain is not None:
-            competition.parse_pretrain(self.pretrain)
-        if self.pretrain_epochs < 1:
-            raise ValueError(f"--pretrain-epochs must be >= 1, got {self.pretrain_epochs}")
-        if self.pretrain_max_images is not None and self.pretrain_max_images < 1:
-            raise ValueError(f"--pretrain-max-images must be >= 1, got {self.pretrain_max_images}")
-        if not 0.0 <= self.min_confidence <= 1.0:
-            raise ValueError(f"--min-confidence must be in [0, 1], got {self.min_confidence}")
-        return self
-
-    def names(self) -> list[str]:
-        return ["LIVECell pretraining"] * (self.pretrain is not None) + ["fine-tuning"] + \
-            ["a pseudo-label round"] * self.pseudo_round
-
-
 def build_kernels(user: str, groups: Sequence[Sequence[str]], out: str | os.PathLike, *,
                   machine_shape: str = DEFAULT_MACHINE_SHAPE,
                   time_limit_s: int | None = None, use_all_gpus: bool = True,
                   infer: Sequence[str] | None = None, tta: bool = False,
-                  stages: KernelStages | None = None) -> list[Path]:
+                  stages: StageOptions | None = None) -> list[Path]:
     """Write one folder per training group and one for inference below ``out``; return the folders.
 
     ``groups``: each a sequence of variant names one training kernel trains in turn (from
     ``parse_variant_groups``). The inference kernel attaches every training kernel's output and
     runs ``kit.infer`` (with flip TTA if ``tta``) on the weights of ``infer`` (default: see
     ``inference_variants``) found there. ``time_limit_s``: each training
-    kernel's wall time (default ``competition.DEFAULT_TIME_LIMIT``). ``use_all_gpus``: train through
+    kernel's wall time (default ``cli.DEFAULT_TIME_LIMIT``). ``use_all_gpus``: train through
     DDP where the session has several GPUs (Kaggle's T4 x2), else on one. ``stages``: the training
-    kernels' stages besides fine-tuning (default: none, see ``KernelStages``).
+    kernels' stages besides fine-tuning (default: none; ``kit.training.stage_options.StageOptions``,
+    each off by default: nothing here has measured what they bring on Kaggle's GPUs, README "Extra
+    data"; LIVECell and ``train_semi_supervised/`` are part of the competition's input, so the kernels
+    need no other data source).
     """
     user = check_username(user)
-    stages = KernelStages() if stages is None else stages.checked()
+    stages = kernel_stages() if stages is None else stages.checked()
     if time_limit_s is None:
-        time_limit_s = competition.parse_time_limit(competition.DEFAULT_TIME_LIMIT)
+        time_limit_s = cli.parse_time_limit(cli.DEFAULT_TIME_LIMIT)
     _check_session_seconds(time_limit_s, f"{time_limit_s} s")
     check_machine_shape(machine_shape)
     sources = kit_sources()
@@ -163,6 +120,17 @@ def _remove_stale_kernels(out: Path, built: Sequence[Path]) -> None:
             logger.info(f"removed {folder}: a kernel of an earlier build, not part of this one")
         else:
             logger.info(f"left {folder}: a kernel of an earlier build, but it holds other files too; delete it by hand")
+
+
+def kernel_stages(**options) -> StageOptions:
+    """A kernel's stage options: at most ``KERNEL_PRETRAIN_MAX_IMAGES`` LIVECell images unless said."""
+    return StageOptions(**{"pretrain_max_images": KERNEL_PRETRAIN_MAX_IMAGES, **options}).checked()
+
+
+def stage_words(stages: StageOptions) -> str:
+    """``"LIVECell pretraining, then fine-tuning, then a pseudo-label round"``: the stages in words."""
+    words = {PRETRAIN: "LIVECell pretraining", FINETUNE: "fine-tuning"}
+    return ", then ".join(words.get(name, "a pseudo-label round") for name in stages.names())
 
 
 def resolve_username(user: str | None = None) -> str:
@@ -237,7 +205,7 @@ def parse_variant_groups(tokens: Iterable[str]) -> list[tuple[str, ...]]:
 
 def parse_kernel_time_limit(text: str) -> int:
     """``"H:MM"`` -> seconds; at most 12:00, a Kaggle session's maximum."""
-    return _check_session_seconds(competition.parse_time_limit(text), text)
+    return _check_session_seconds(cli.parse_time_limit(text), text)
 
 
 def training_kernel(group: Sequence[str]) -> Kernel:
@@ -281,31 +249,34 @@ def kernel_metadata(user: str, kernel: Kernel, machine_shape: str,
 
 
 def kit_sources() -> dict[str, str]:
-    """``{file name: source}`` of every kit module the kernels need (all but this builder), sorted.
+    """``{path below kit/: source}`` of every kit module the kernels need (all but the builder), the
+    stage packages' included, sorted; paths in POSIX form (``data/sartorius.py``).
 
     Each source ends with a newline, as IPython's ``%%writefile`` writes it.
     """
+    root = Path(__file__).resolve().parent.parent
     sources = {}
-    for path in sorted(Path(__file__).resolve().parent.glob("*.py")):
-        if path.name == _BUILDER_FILE:
+    for path in sorted(root.rglob("*.py")):
+        name = path.relative_to(root).as_posix()
+        if name in _NOT_EMBEDDED or "__pycache__" in path.parts:
             continue
         text = path.read_text(encoding="utf-8")
-        sources[path.name] = text if text.endswith("\n") else text + "\n"
+        sources[name] = text if text.endswith("\n") else text + "\n"
     if "__init__.py" not in sources:
-        raise FileNotFoundError(f"kit/__init__.py not found beside {__file__}; is the checkout complete?")
+        raise FileNotFoundError(f"kit/__init__.py not found in {root}; is the checkout complete?")
     return sources
 
 
 def training_notebook(kernel: Kernel, sources: dict[str, str], time_limit_s: int,
-                      use_all_gpus: bool = True, stages: KernelStages | None = None) -> dict:
+                      use_all_gpus: bool = True, stages: StageOptions | None = None) -> dict:
     """The notebook training ``kernel.variants`` in turn, sharing ``time_limit_s`` between them, each
     through ``stages`` (default: fine-tuning only)."""
-    stages = KernelStages() if stages is None else stages
+    stages = kernel_stages() if stages is None else stages
     rows = "\n".join(f"| `{name}` | {variants.get_variant(name).description} |" for name in kernel.variants)
     intro = (f"# {kernel.title}\n\nTrains {_listing(kernel.variants)} on the competition's training images "
              f"with `python -m kit.train`, one after another within {_hours(time_limit_s)} in all, and leaves "
              "each variant's weights (`<variant>.pt`), metrics CSV and learning curves in the output. "
-             f"Each variant's stages, sharing its time evenly: {', then '.join(stages.names())}.\n\n"
+             f"Each variant's stages, sharing its time evenly: {stage_words(stages)}.\n\n"
              f"| variant | what differs |\n|---|---|\n{rows}\n\n" + _BUILT_BY)
     settings = (f"VARIANTS = {list(kernel.variants)!r}\n"
                 f"TIME_LIMIT_SECONDS = {time_limit_s}  # the whole run, shared by the variants\n"
@@ -316,8 +287,9 @@ def training_notebook(kernel: Kernel, sources: dict[str, str], time_limit_s: int
                 f"PRETRAIN_MAX_IMAGES = {stages.pretrain_max_images!r}  # None: all of LIVECell's train + val images\n"
                 f"PSEUDO_ROUND = {stages.pseudo_round}  # True: pseudo-labels of train_semi_supervised/, one more stage\n"
                 f"MIN_CONFIDENCE = {stages.min_confidence!r}  # a pseudo-labelled cell's mean cell probability\n")
-    call = ("\nfrom kit import notebook\n\n"
-            "STAGES = notebook.TrainingStages(PRETRAIN, PRETRAIN_EPOCHS, PRETRAIN_MAX_IMAGES, PSEUDO_ROUND, MIN_CONFIDENCE)\n"
+    call = ("\nfrom kit.kaggle import notebook\nfrom kit.training.stage_options import StageOptions\n\n"
+            "STAGES = StageOptions(pretrain=PRETRAIN, pretrain_epochs=PRETRAIN_EPOCHS, pretrain_max_images=PRETRAIN_MAX_IMAGES,\n"
+            "                      pseudo_round=PSEUDO_ROUND, min_confidence=MIN_CONFIDENCE)\n"
             "notebook.train_variants(VARIANTS, STARTED + TIME_LIMIT_SECONDS, data_root=INPUT, working=WORKING,\n"
             "                        use_all_gpus=USE_ALL_GPUS, save_margin_s=SAVE_MARGIN_SECONDS,\n"
             f"                        train_args=notebook.extra_args({TRAIN_ARGS_ENV!r}), stages=STAGES)\n")
@@ -344,7 +316,7 @@ def inference_notebook(kernel: Kernel, sources: dict[str, str], kernel_refs: Seq
                 f"WEIGHT_KERNELS = {list(kernel_refs)!r}  # attached as kernel_sources\n"
                 f"WEIGHT_SOURCES = {weight_sources!r}  # the kernel whose output holds each weights file\n"
                 f"INFER_OPTIONS = {(['--tta'] if tta else []) + (['--select-best'] if select else [])!r}\n")
-    call = ("\nfrom kit import notebook\n\n"
+    call = ("\nfrom kit.kaggle import notebook\n\n"
             "notebook.write_submission(WEIGHT_FILES, WEIGHT_KERNELS, input_root=INPUT, working=WORKING,\n"
             f"                          infer_options=INFER_OPTIONS + notebook.extra_args({INFER_ARGS_ENV!r}),\n"
             "                          weight_sources=WEIGHT_SOURCES)\n")
@@ -419,73 +391,7 @@ def push_plan(folders: Sequence[Path], time_limit_s: int, machine_shape: str = D
     return lines
 
 
-def get_args_parser() -> argparse.ArgumentParser:
-    parser = cli.ArgumentParser(
-        prog="python -m kit.build_kernel",
-        description="Build pushable Kaggle kernel folders (training per variant, and inference).")
-    parser.add_argument("--user", help="Kaggle username (default: $KAGGLE_USERNAME, else kaggle.json's username)")
-    parser.add_argument("--variants", nargs="+", metavar="all|NAME|NAME+NAME",
-                        help="variants to train (default: the flow variants the inference kernel uses, one "
-                             "kernel each): 'all' (one kernel each, the mask variants too), names, or a+b for one "
-                             f"kernel training a then b. Valid: {', '.join(variants.VARIANTS)}")
-    parser.add_argument("--out", default="kernels", help="folder receiving one sub-folder per kernel")
-    parser.add_argument("--machine-shape", default=DEFAULT_MACHINE_SHAPE, type=_machine_shape_argument,
-                        help="Kaggle accelerator: NvidiaTeslaT4 (GPU T4 x2), the one the kit offers; "
-                             "docs/notes-kaggle.md says why not the others")
-    parser.add_argument("--time-limit", default=competition.DEFAULT_TIME_LIMIT, metavar="H:MM",
-                        help="wall time of a training kernel, shared by the variants it trains")
-    parser.add_argument("--infer", nargs="+", metavar="NAME",
-                        help="variants whose weights the inference kernel averages, one target type "
-                             "(default: of the trained flow variants, the one kit.tune scores best on the "
-                             "validation split; without one, every trained mask variant, averaged)")
-    parser.add_argument("--tta", action="store_true", help="inference with flip test-time augmentation")
-    parser.add_argument("--one-gpu", action="store_true",
-                        help="train on one GPU even where the session has two (default: DDP over all)")
-    parser.add_argument("--pretrain", metavar="livecell[:LINES]",
-                        help="stage: pretrain on LIVECell (all 8 lines, or e.g. livecell:shsy5y,a172) before "
-                             "fine-tuning (default: off)")
-    parser.add_argument("--pretrain-epochs", type=int, default=competition.DEFAULT_PRETRAIN_EPOCHS,
-                        help=f"epochs of the pretraining stage (default {competition.DEFAULT_PRETRAIN_EPOCHS})")
-    parser.add_argument("--pretrain-max-images", type=int, default=KERNEL_PRETRAIN_MAX_IMAGES,
-                        help="LIVECell images to pretrain on, in turn from each line (default "
-                             f"{KERNEL_PRETRAIN_MAX_IMAGES}: they and their targets live on each GPU)")
-    parser.add_argument("--pseudo-round", action="store_true",
-                        help="stage: pseudo-label train_semi_supervised/ after fine-tuning and train one more "
-                             "stage on them beside the annotations (default: off)")
-    parser.add_argument("--min-confidence", type=float, default=competition.DEFAULT_MIN_CONFIDENCE,
-                        help="pseudo-labelled cells kept from this mean cell probability "
-                             f"(default {competition.DEFAULT_MIN_CONFIDENCE})")
-    return parser
-
-
-def main(args: argparse.Namespace) -> list[Path]:
-    show_progress()
-    try:
-        groups = default_variant_groups() if args.variants is None else parse_variant_groups(args.variants)
-        time_limit_s = parse_kernel_time_limit(args.time_limit)
-        folders = build_kernels(resolve_username(args.user), groups, args.out,
-                                machine_shape=args.machine_shape, time_limit_s=time_limit_s,
-                                use_all_gpus=not args.one_gpu, infer=args.infer, tta=args.tta,
-                                stages=KernelStages(args.pretrain, args.pretrain_epochs, args.pretrain_max_images,
-                                                    args.pseudo_round, args.min_confidence))
-    except (ValueError, OSError) as error:  # OSError: --out not writable (kit.files.OutputError and others)
-        raise SystemExit(f"kit.build_kernel: error: {error}") from None
-    print(f"built {len(folders) - 1} training kernel(s) and the inference kernel in {args.out}:")
-    for folder in folders:
-        print(f"  {folder}")
-    for line in push_plan(folders, time_limit_s, args.machine_shape):
-        print(line)
-    return folders
-
-
-def _machine_shape_argument(text: str) -> str:
-    try:
-        return check_machine_shape(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-
-
-# --- the notebook's bootstrap: it makes the embedded kit importable; the rest is kit.notebook ---------
+# --- the notebook's bootstrap: it makes the embedded kit importable; the rest is kit.kaggle.notebook ---
 
 _BUILT_BY = ("Built by `python -m kit.build_kernel`: the kit's modules are embedded below and written to a "
              "scratch folder, so nothing is installed and the internet stays off.")
@@ -503,13 +409,14 @@ from pathlib import Path
 
 STARTED = time.monotonic()
 KIT_SRC = Path(tempfile.mkdtemp(prefix="kit-src-"))
-(KIT_SRC / "kit").mkdir()
 KIT_FILES = {
 __DIGESTS__}
+for name in KIT_FILES:  # the package and its stage folders, for %%writefile to write into
+    (KIT_SRC / "kit" / name).parent.mkdir(parents=True, exist_ok=True)
 '''
 
 _IMPORT_CELL = '''\
-written = sorted(path.name for path in (KIT_SRC / "kit").glob("*.py"))
+written = sorted(path.relative_to(KIT_SRC / "kit").as_posix() for path in (KIT_SRC / "kit").rglob("*.py"))
 if written != sorted(KIT_FILES):
     raise RuntimeError(f"the source cells wrote {written}, expected {sorted(KIT_FILES)}; rebuild this "
                        "notebook with `python -m kit.build_kernel`")
@@ -534,16 +441,16 @@ print(f"kit loaded from {KIT_SRC}; inputs below {INPUT}; outputs to {WORKING}")
 
 _VERSIONS_CELL = """\
 # First, before anything else runs: the library versions of this session, and a one-line stop where one
-# is older than the kit supports (kit/compat.py, run here as it is embedded below).
+# is older than the kit supports (kit/kaggle/compat.py, run here as it is embedded below).
 """
 
 
 def _kit_cells(sources: dict[str, str]) -> list[dict]:
-    """The version check (``kit.compat``'s source and its call), the setup cell (with the files'
+    """The version check (``kit.kaggle.compat``'s source and its call), the setup cell (with the files'
     digests), one ``%%writefile`` cell per module, the import cell."""
     digests = "".join(f"    {name!r}: {hashlib.sha256(text.encode('utf-8')).hexdigest()!r},\n"
                       for name, text in sources.items())
-    cells = [_code(_VERSIONS_CELL + sources["compat.py"] + "\ncheck_environment()\n")]
+    cells = [_code(_VERSIONS_CELL + sources["kaggle/compat.py"] + "\ncheck_environment()\n")]
     cells += [_code(_SETUP_CELL.replace("__DIGESTS__", digests))]
     cells += [_code(f"%%writefile {{KIT_SRC}}/kit/{name}\n{text}") for name, text in sources.items()]
     cells += [_code(_IMPORT_CELL)]
@@ -616,8 +523,4 @@ def _listing(items: Sequence[str]) -> str:
 
 
 def _hours(seconds: int) -> str:
-    return f"{seconds // 3600}:{seconds % 3600 // 60:02d} h"
-
-
-if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    return f"{cli.format_time_limit(seconds)} h"

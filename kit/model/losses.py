@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kit.variants import Variant
+from kit.model.variants import Variant
 
 # Cellpose's weighting: 0.5 x MSE on 5 x flows + BCE. Unit flows (|v| <= 1, mostly ~0.5 per
 # component) would make a raw MSE small beside the BCE; x5 brings the two terms to similar size.

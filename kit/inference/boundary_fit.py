@@ -1,20 +1,9 @@
-"""Fit the boundary-tuning table on annotated images (the table kit.postprocess applies).
-
-The method paper re-decides the pixels near a predicted mask's boundary with a classic classifier
-(SVM with a degree-3 polynomial kernel, or Gaussian naive Bayes, whichever is more accurate) on
-two features, the pixel intensity and its Sobel gradient magnitude. This module samples those
-pixels from annotated images, fits and scores both classifiers, and tabulates the better one as
-the 256 x 256 ``kit.postprocess.BoundaryLUT`` that inference applies (scikit-learn is needed
-here only, never at inference).
-
-CLI: ``python -m kit.boundary_table fit --data DIR --out FILE [--weights FILE ...]`` fits the table on
-the annotated training images (by default those outside the validation split of ``--weights``,
-recorded in them: ``kit.split``; without ``--weights`` the default split's, with a note) and reports
-both classifiers' accuracy.
-"""
+"""The boundary-tuning table (``kit.boundary_table``'s library): boundary pixels sampled from annotated
+images, the paper's two classifiers fitted and scored on them, the better one tabulated as the
+256 x 256 ``kit.postprocess.BoundaryLUT`` that inference applies (scikit-learn is needed here only,
+never at inference)."""
 from __future__ import annotations
 
-import argparse
 import types
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,12 +11,11 @@ from typing import Sequence
 
 import numpy as np
 
-from kit import cli, data
-from kit.ensemble import split_records
-from kit.files import OutputError, check_writable_dir
+from kit.data import sartorius
+from kit.inference.ensemble import split_records
 from kit.postprocess import (BAND_RADIUS, BoundaryLUT, boundary_band, quantised_features,
                              save_boundary_lut)
-from kit.progress import module_logger, show_progress
+from kit.progress import module_logger
 from kit.split import DEFAULT_SEED, DEFAULT_VAL_FRACTION, of_weights
 
 logger = module_logger(__name__)
@@ -50,7 +38,7 @@ class FitConfig:
     weights: tuple[Path, ...] = ()  # the weights the table goes with: their validation split stays unseen
 
 
-def sample_boundary_pixels(samples: Sequence[data.Sample], pixels_per_image: int = PIXELS_PER_IMAGE,
+def sample_boundary_pixels(samples: Sequence[sartorius.Sample], pixels_per_image: int = PIXELS_PER_IMAGE,
                            band_radius: int = BAND_RADIUS, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Training pixels for the boundary classifier: (features uint8[n, 2], inside bool[n]).
 
@@ -123,51 +111,15 @@ def classifier_table(model) -> np.ndarray:
     return np.asarray(model.predict(grid), dtype=bool).reshape(256, 256)
 
 
-def get_args_parser() -> argparse.ArgumentParser:
-    parser = cli.ArgumentParser(prog="python -m kit.boundary_table", description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-    fit = commands.add_parser("fit", help="fit the boundary-tuning lookup table on annotated images")
-    fit.add_argument("--data", default=None,
-                     help="folder holding the competition data (default: kit.paths.input_root())")
-    fit.add_argument("--out", required=True, help="where to write the table (.npz)")
-    fit.add_argument("--split", choices=("train", "all"), default="train",
-                     help="images to fit on: the training split (keeps validation images unseen) or all")
-    fit.add_argument("--max-images", type=int, default=MAX_IMAGES, help="images used at most (the paper: 200)")
-    fit.add_argument("--pixels-per-image", type=int, default=PIXELS_PER_IMAGE, help="boundary pixels per image")
-    fit.add_argument("--seed", type=int, default=0, help="seed of the image and pixel sampling (not the split)")
-    fit.add_argument("--weights", nargs="+", type=Path, default=[], metavar="FILE",
-                     help="the weights the table will be used with: --split train leaves out the validation "
-                          "split they were trained with (default: the default split, seed 0, val-fraction 0.2)")
-    return parser
-
-
-def main(args: argparse.Namespace) -> BoundaryLUT:
-    """Fit and save the table; bad input ends the run with ``kit.boundary_table: error: ...``."""
-    show_progress()
-    try:
-        config = fit_config(args)
-        check_writable_dir(config.out.parent, "--out")  # before the fit, not after it
-        return fit_from_folder(config)
-    except (FileNotFoundError, ValueError, OutputError) as err:
-        raise SystemExit(f"kit.boundary_table: error: {err}") from None
-
-
-def fit_config(args: argparse.Namespace) -> FitConfig:
-    """The frozen settings of a ``fit`` from the parsed command line."""
-    return FitConfig(out=Path(args.out), data=None if args.data is None else Path(args.data), split=args.split,
-                     max_images=args.max_images, pixels_per_image=args.pixels_per_image, seed=args.seed,
-                     weights=tuple(args.weights))
-
-
 def fit_from_folder(config: FitConfig) -> BoundaryLUT:
     """Sample boundary pixels of the chosen annotated images, fit, report, save."""
-    layout = data.find_competition(config.data, need_test=False)
-    df = data.read_train_csv(layout.train_csv)
-    images = data.image_table(df)
+    layout = sartorius.find_competition(config.data, need_test=False)
+    df = sartorius.read_train_csv(layout.train_csv)
+    images = sartorius.image_table(df)
     ids = training_ids(images, config.weights) if config.split == "train" else sorted(images["id"])
     if len(ids) > config.max_images:
         ids = sorted(np.random.default_rng(config.seed).choice(ids, size=config.max_images, replace=False))
-    features, inside = sample_boundary_pixels(data.load_samples(layout, ids, df), config.pixels_per_image,
+    features, inside = sample_boundary_pixels(sartorius.load_samples(layout, ids, df), config.pixels_per_image,
                                               seed=config.seed)
     logger.info(f"boundary pixels: {len(inside)} from {len(ids)} images ({config.split} split), "
                 f"{inside.mean():.1%} inside cells")
@@ -187,7 +139,3 @@ def training_ids(images, weights: Sequence[Path]) -> list[str]:
                     f"val-fraction {DEFAULT_VAL_FRACTION:g}); pass --weights FILE to leave out the split those "
                     "weights were trained with")
     return of_weights(split_records(weights), images).train_ids(images)
-
-
-if __name__ == "__main__":
-    main(get_args_parser().parse_args())

@@ -1,18 +1,8 @@
-"""The cell-type classifier: the test images come without a cell type, the one-hot variants need one.
-
-A logistic regression on the image's radial power spectrum and intensity percentiles, fitted on
-annotated training images. Its 5-fold accuracy on the 120 shared images is about 0.9 (cort is never
-confused; astro and shsy5y sometimes are).
-
-It is fitted once (``python -m kit.cell_type_classifier fit --data DIR --out FILE``; the training kernel does
-it and leaves ``cell-types.npz`` beside the weights) and saved as plain arrays in an ``.npz``: the
-scaler's mean and scale, the regression's coefficients and intercepts, the class names. Loading
-never unpickles (``allow_pickle=False``), and predicting from the stored arrays is plain numpy
-(standardise, linear scores, argmax), so inference needs neither scikit-learn nor the training images.
-"""
+"""The cell-type classifier (``kit.cell_type_classifier``'s library): a logistic regression on an
+image's radial power spectrum and intensity percentiles, fitted on annotated images, saved and loaded
+as plain arrays, predicting in plain numpy."""
 from __future__ import annotations
 
-import argparse
 import functools
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,10 +11,10 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from kit import cli, data
+from kit.data import sartorius
 from kit.competition import CELL_TYPES
-from kit.files import OutputError, atomic_output, check_writable_dir, exit_on_sigterm
-from kit.progress import module_logger, show_progress
+from kit.files import atomic_output, check_writable_dir
+from kit.progress import module_logger
 
 logger = module_logger(__name__)
 
@@ -55,7 +45,7 @@ class CellTypeClassifier:
         """The cell type of each image file."""
         if not image_paths:
             return []
-        return self.predict(np.stack([image_features(data.load_image(path)) for path in image_paths]))
+        return self.predict(np.stack([image_features(sartorius.load_image(path)) for path in image_paths]))
 
 
 def make_model():
@@ -81,9 +71,9 @@ def from_fitted(model) -> CellTypeClassifier:
                               np.asarray(intercept, np.float64))
 
 
-def fit_classifier(layout: data.CompetitionLayout, train_df: pd.DataFrame, seed: int = 0) -> CellTypeClassifier:
+def fit_classifier(layout: sartorius.CompetitionLayout, train_df: pd.DataFrame, seed: int = 0) -> CellTypeClassifier:
     """Fitted on up to ``IMAGES_PER_TYPE`` annotated images per cell type of ``train_df`` (drawn with ``seed``)."""
-    table = data.image_table(train_df)
+    table = sartorius.image_table(train_df)
     rng = np.random.default_rng(seed)
     fit_ids, fit_types = [], []
     for cell_type, group in table.groupby("cell_type"):
@@ -92,11 +82,11 @@ def fit_classifier(layout: data.CompetitionLayout, train_df: pd.DataFrame, seed:
             ids = sorted(rng.choice(ids, size=IMAGES_PER_TYPE, replace=False))
         fit_ids += ids
         fit_types += [cell_type] * len(ids)
-    features = np.stack([image_features(data.load_image(layout.train_dir / f"{i}.png")) for i in fit_ids])
+    features = np.stack([image_features(sartorius.load_image(layout.train_dir / f"{i}.png")) for i in fit_ids])
     return from_fitted(make_model().fit(features, fit_types))
 
 
-def predict_cell_types(layout: data.CompetitionLayout, train_df: pd.DataFrame,
+def predict_cell_types(layout: sartorius.CompetitionLayout, train_df: pd.DataFrame,
                        image_paths: Sequence[Path], seed: int = 0) -> list[str]:
     """The cell type of each image, from a classifier fitted here on the annotated training images."""
     return fit_classifier(layout, train_df, seed).predict_images(image_paths)
@@ -173,38 +163,12 @@ def _classifier_problem(fields: dict[str, np.ndarray]) -> str | None:
     return None
 
 
-def get_args_parser() -> argparse.ArgumentParser:
-    parser = cli.ArgumentParser(prog="python -m kit.cell_type_classifier", description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-    fit = commands.add_parser("fit", help="fit the classifier on the annotated images and save it")
-    fit.add_argument("--data", default=None,
-                     help="folder holding the competition data (default: kit.paths.input_root())")
-    fit.add_argument("--out", required=True, help=f"where to write it (.npz; kit.infer looks for {FILE_NAME} "
-                                                   "beside the first weights file)")
-    fit.add_argument("--seed", type=int, default=0)
-    return parser
-
-
-def main(args: argparse.Namespace) -> Path:
-    """Fit and save the classifier; bad input ends the run with ``kit.cell_type_classifier: error: ...``."""
-    show_progress()
-    try:
-        return fit_and_save(args.data, args.out, args.seed)
-    except (FileNotFoundError, ValueError, OutputError) as err:
-        raise SystemExit(f"kit.cell_type_classifier: error: {err}") from None
-
-
 def fit_and_save(data_root: str | Path | None, out: str | Path, seed: int = 0) -> Path:
     """Fit on every annotated image type found below ``data_root`` and save to ``out``; say what was done."""
     check_writable_dir(Path(out).parent)  # before the fit, not after it
-    layout = data.find_competition(data_root, need_test=False)
-    classifier = fit_classifier(layout, data.read_train_csv(layout.train_csv), seed)
+    layout = sartorius.find_competition(data_root, need_test=False)
+    classifier = fit_classifier(layout, sartorius.read_train_csv(layout.train_csv), seed)
     save_classifier(out, classifier)
     logger.info(f"cell-type classifier ({', '.join(classifier.classes)}) fitted on the training images of "
                 f"{layout.root}; wrote {out}")
     return Path(out)
-
-
-if __name__ == "__main__":
-    exit_on_sigterm()  # a notebook's hard stop: the classifier's temporary is removed
-    main(get_args_parser().parse_args())
