@@ -39,7 +39,7 @@ from typing import Sequence
 
 from kit import cli
 from kit.files import write_text_atomic
-from kit.variants import PAPER_VARIANTS, RECIPE
+from kit.model.variants import PAPER_VARIANTS, RECIPE
 
 REPO = Path(__file__).resolve().parent.parent
 TAIL_LINES = 40
@@ -174,11 +174,11 @@ def run_step(command: Sequence[str]) -> tuple[int, float, list[str]]:
 
 
 def _val_ids(data_dir: Path) -> list[str]:
-    from kit import data
+    from kit.data import sartorius
     from kit.split import split_train_val
 
-    layout = data.find_competition(data_dir, need_test=False)
-    return split_train_val(data.image_table(data.read_train_csv(layout.train_csv)))[1]
+    layout = sartorius.find_competition(data_dir, need_test=False)
+    return split_train_val(sartorius.image_table(sartorius.read_train_csv(layout.train_csv)))[1]
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 ``python -m kit.infer --data DIR --weights FILE [FILE ...] --out submission/submission.csv``
 
 Needs no network. Every weights file is read with ``torch.load(weights_only=True)`` (through
-``kit.models.load_checkpoint``) and carries its variant's settings; several files of the same
+``kit.model.checkpoints.load_checkpoint``) and carries its variant's settings; several files of the same
 target type (mask or flow) are averaged, or, with ``--select-best``, the one whose ``kit.tune``
 validation score is highest is used alone. Images are predicted at native resolution in batches,
 optionally with flip test-time augmentation, then post-processed: ``kit.postprocess.mask_to_labels``

@@ -60,7 +60,7 @@ class BoundaryLUT:
     """
 
     table: np.ndarray  # bool[256, 256]
-    classifier: str  # one of kit.boundary_table.CLASSIFIERS: the one tabulated
+    classifier: str  # one of kit.inference.boundary_fit.CLASSIFIERS: the one tabulated
     accuracies: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict)  # per classifier, per split
     n_pixels: int = 0  # training pixels
     band_radius: int = BAND_RADIUS

@@ -4,7 +4,7 @@
 ``train_semi_supervised/`` (in the competition folder, beside ``train/``) holds 1,972 flat 520x704
 PNGs without annotations; each name's prefix before ``[`` is its cell type (``astros`` for astro,
 ``cort``, ``shsy5y``). This command predicts their instances with trained weights, exactly as
-``kit.infer`` does (``kit.ensemble``'s prediction, flips, tuned per-type settings, extraction),
+``kit.infer`` does (``kit.inference.ensemble``'s prediction, flips, tuned per-type settings, extraction),
 keeps the cells whose confidence is at least ``--min-confidence`` and writes them in ``train.csv``'s form (its nine
 columns, then ``confidence``), which ``kit.train --extra-data FILE.csv`` trains on beside the real
 annotations.

@@ -4,7 +4,7 @@
 
 The network's outputs on the chosen annotated images (by default the validation split the weights
 were trained with, recorded in them: ``kit.split``) are
-predicted once, through ``kit.infer``'s own path (``kit.ensemble``, ``kit.image_sets``). Then, for each cell type on its own images, every
+predicted once, through ``kit.infer``'s own path (``kit.inference.ensemble``, ``kit.inference.image_sets``). Then, for each cell type on its own images, every
 combination of ``GRID`` (cell-probability threshold, flow-error threshold, minimum size as a
 factor of ``kit.postprocess.MIN_SIZE_BY_TYPE``) is scored with the leaderboard metric, and the best one is
 written into the checkpoint's ``inference["postprocess"]``, where ``kit.infer`` and the inference

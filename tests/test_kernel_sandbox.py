@@ -20,7 +20,11 @@ import pytest
 import torch
 
 from benchmarks import bench_kernels, bench_variants
-from kit import build_kernel, cell_type_classifier, data, pseudo, submission
+from kit import build_kernel, submission
+from kit.data import pseudo_labels
+from kit.data import sartorius
+from kit.inference import type_classifier
+from kit.kaggle import kernels as kaggle_kernels
 
 pytestmark = pytest.mark.slow
 
@@ -61,7 +65,7 @@ def test_the_training_notebook_leaves_weights_metrics_and_curves(sandbox):
 
 def test_the_inference_notebook_writes_a_valid_submission_for_the_test_images(sandbox, shared_dir):
     run, printed = sandbox
-    test_ids = sorted(data.test_image_paths(data.find_competition(shared_dir)))
+    test_ids = sorted(sartorius.test_image_paths(sartorius.find_competition(shared_dir)))
     assert len(test_ids) == 3
     assert sorted(p.name for p in run.infer_working.iterdir()) == ["submission.csv"]
     submission.validate(run.infer_working / "submission.csv", test_ids)
@@ -75,17 +79,17 @@ def test_the_inference_notebook_writes_a_valid_submission_for_the_test_images(sa
 
 def test_the_training_kernel_ships_the_cell_type_classifier_and_inference_loads_it(sandbox):
     run, _ = sandbox
-    saved = run.train_working / cell_type_classifier.FILE_NAME
-    assert cell_type_classifier.load_classifier(saved).classes == ("astro", "cort", "shsy5y")
+    saved = run.train_working / type_classifier.FILE_NAME
+    assert type_classifier.load_classifier(saved).classes == ("astro", "cort", "shsy5y")
     log = bench_kernels.notebook_text(run.infer_notebook)
     attached = run.infer_working.parent / "input" / "notebooks" / "sandbox-user" / TRAIN_KERNEL / \
-        cell_type_classifier.FILE_NAME
+        type_classifier.FILE_NAME
     assert f"cell types from the classifier in {attached}" in log
     assert "fitting one" not in log  # the training images were not needed for the test images' types
 
 
 def test_an_inference_notebook_without_its_weights_names_the_kernel_to_attach(shared_dir, tmp_path):
-    kernels = build_kernel.build_kernels("sandbox-user", [VARIANTS], tmp_path / "kernels")
+    kernels = kaggle_kernels.build_kernels("sandbox-user", [VARIANTS], tmp_path / "kernels")
     working = tmp_path / "working"
     env = bench_kernels.kernel_env(bench_kernels.kaggle_inputs(tmp_path, shared_dir), working)
     with pytest.raises(bench_kernels.NotebookFailed) as failure:
@@ -97,7 +101,7 @@ def test_an_inference_notebook_without_its_weights_names_the_kernel_to_attach(sh
 
 
 def test_the_sandbox_refuses_an_environment_where_the_kit_is_importable(shared_dir, tmp_path):
-    kernels = build_kernel.build_kernels("sandbox-user", [VARIANTS], tmp_path / "kernels")
+    kernels = kaggle_kernels.build_kernels("sandbox-user", [VARIANTS], tmp_path / "kernels")
     working = tmp_path / "working"
     env = bench_kernels.kernel_env(bench_kernels.kaggle_inputs(tmp_path, shared_dir), working)
     env["PYTHONPATH"] = str(bench_variants.REPO)
@@ -136,7 +140,7 @@ def test_the_training_kernel_pretrains_on_livecell_fine_tunes_and_runs_a_pseudo_
     labels = run.train_working / f"{STAGED}-pseudo-labels.csv"
     assert "-m kit.pseudo --data " in log and f"--resume --extra-data {labels} " in log
     assert "of 6 images" in log  # the six fixture images of train_semi_supervised/ were predicted
-    assert set(data.read_train_csv(labels)["id"]) <= set(pseudo.semi_supervised_images(extras_dir))
+    assert set(sartorius.read_train_csv(labels)["id"]) <= set(pseudo_labels.semi_supervised_images(extras_dir))
     checkpoint = torch.load(run.train_working / f"{STAGED}-last.pt", weights_only=True)
     assert [s["name"] for s in checkpoint["stages"]] == ["pretrain", "finetune", "pseudo-1"]
     assert [row["stage"] for row in checkpoint["history"]] == ["pretrain", "finetune", "pseudo-1"]
@@ -144,7 +148,7 @@ def test_the_training_kernel_pretrains_on_livecell_fine_tunes_and_runs_a_pseudo_
 
 def test_the_staged_kernel_s_weights_make_a_valid_submission(staged_sandbox, shared_dir):
     run, printed = staged_sandbox
-    test_ids = sorted(data.test_image_paths(data.find_competition(shared_dir)))
+    test_ids = sorted(sartorius.test_image_paths(sartorius.find_competition(shared_dir)))
     submission.validate(run.infer_working / "submission.csv", test_ids)
     assert "for 3 test images; valid submission.csv" in printed
 
@@ -154,7 +158,7 @@ def test_the_rehearsal_runs_the_kernels_the_default_build_pushes(tmp_path):
     ``python -m kit.build_kernel`` builds by default, not a variant of its own."""
     pushed = build_kernel.main(build_kernel.get_args_parser().parse_args(["--user", "someone",
                                                                            "--out", str(tmp_path / "pushed")]))
-    rehearsed = build_kernel.build_kernels("sandbox-user", bench_kernels.training_groups(
+    rehearsed = kaggle_kernels.build_kernels("sandbox-user", bench_kernels.training_groups(
         bench_kernels.get_args_parser().parse_args([]).variants), tmp_path / "rehearsed")
     assert [folder.name for folder in rehearsed] == [folder.name for folder in pushed]
     assert bench_kernels.training_groups(["unet", "hot-unet"]) == [("unet", "hot-unet")]

@@ -1,4 +1,4 @@
-"""kit.livecell on real LIVECell (../shared/livecell-real, see its README.md): both json shapes read,
+"""kit.data.livecell on real LIVECell (../shared/livecell-real, see its README.md): both json shapes read,
 drawn and held against each polygon's own area, the real counts, and kit.train pretraining on it."""
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from benchmarks.numpy_twins import polygon_area
-from kit import livecell, train
+from kit import train
+from kit.data import livecell
 
 VAL = Path("LIVECell_dataset_2021/annotations/LIVECell/livecell_coco_val.json")
 SINGLE = {"huh7": (73, 0), "bt474": (351, 2), "mcf7": (819, 6)}  # val annotations, self-crossing ones

@@ -1,4 +1,4 @@
-"""kit.notebook, what the built notebooks run: the time split, child commands, finding weights, training."""
+"""kit.kaggle.notebook, what the built notebooks run: the time split, child commands, finding weights, training."""
 from __future__ import annotations
 
 import sys
@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from kit import cell_type_classifier, notebook
+from kit.inference import type_classifier
+from kit.kaggle import notebook
+from kit.training.stage_options import StageOptions
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -148,7 +150,7 @@ def test_train_variants_saves_the_classifier_first_then_trains_each_in_its_share
     deadline = time.monotonic() + 2 * 3600 + 120
     notebook.train_variants(["unet", "hot-unet"], deadline, data_root=shared_dir, working=tmp_path,
                             train_args=["--epochs", "1"])
-    assert cell_type_classifier.load_classifier(tmp_path / cell_type_classifier.FILE_NAME).classes == (
+    assert type_classifier.load_classifier(tmp_path / type_classifier.FILE_NAME).classes == (
         "astro", "cort", "shsy5y")
     (first, first_timeout), (second, _) = commands
     assert first[:4] == ("torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m")
@@ -156,7 +158,7 @@ def test_train_variants_saves_the_classifier_first_then_trains_each_in_its_share
     assert first[-4:] == ("--time-limit", "0:55", "--epochs", "1")
     assert 3600 < first_timeout <= 3660
     assert not (tmp_path / "cache").exists()  # the flow cache is not kept in the output
-    assert f"{cell_type_classifier.FILE_NAME}  " in capsys.readouterr().out
+    assert f"{type_classifier.FILE_NAME}  " in capsys.readouterr().out
     commands.clear()
     with pytest.raises(RuntimeError, match="only .* s left for unet; raise --time-limit"):
         notebook.train_variants(["unet"], time.monotonic() + 200, data_root=shared_dir, working=tmp_path,
@@ -169,7 +171,8 @@ def test_train_variants_shares_a_variant_s_time_between_pretraining_fine_tuning_
     commands = []
     monkeypatch.setattr(notebook, "run_kit", lambda *args, timeout=None: commands.append((args, timeout)))
     monkeypatch.setattr(notebook, "training_gpus", lambda use_all_gpus: 0)
-    stages = notebook.TrainingStages("livecell:shsy5y", 5, 100, True, 0.7)
+    stages = StageOptions(pretrain="livecell:shsy5y", pretrain_epochs=5, pretrain_max_images=100, pseudo_round=True,
+                          min_confidence=0.7)
     # Three hours and two minutes for one variant: an hour for each of its three stages.
     notebook.train_variants(["hot-flow-unet"], time.monotonic() + 3 * 3600 + 120, data_root=shared_dir,
                             working=tmp_path, stages=stages)

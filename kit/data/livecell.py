@@ -29,7 +29,7 @@ of its annotations or images unusable stops with a ``LivecellError`` naming it.
 Each annotation's polygon(s) are drawn into a label image where, as for ``train.csv``
 (``kit.rle.decode_labels``), an overlapped pixel belongs to the first-listed cell; a
 ``kit.data.sartorius.Sample`` then takes the same path as a competition image (flow targets, crops,
-rescaling in ``kit.batches``). The rasteriser is ``skimage.draw.polygon`` (a pixel belongs to the
+rescaling in ``kit.training.batches``). The rasteriser is ``skimage.draw.polygon`` (a pixel belongs to the
 cell when its centre lies inside), not pycocotools and not ``cv2.fillPoly``: scikit-image is on
 Kaggle's image and in the kit's requirements, pycocotools is neither (a kernel installs nothing),
 and it draws the cells pycocotools draws (mean IoU 0.98, the same area), where ``cv2.fillPoly``

@@ -134,7 +134,7 @@ def _member_output(member: Member, images: torch.Tensor, cell_types: Sequence[st
     """One member's decoded output for uint8[B, H, W] ``images`` at their native size.
 
     A member trained on rescaled images (``settings.scales``) sees each image resampled to its
-    cell type's scale exactly as training cut its crops (``kit.rescale.resample``, rounded to
+    cell type's scale exactly as training cut its crops (``kit.data.rescale.resample``, rounded to
     uint8); its outputs are resized back bilinearly. Flows are unit vectors, so only their grid
     changes, not their length.
     """

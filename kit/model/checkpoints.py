@@ -47,7 +47,7 @@ class InferenceSettings:
     training images and the factor each type's images are resampled by (empty: native scale).
     ``postprocess``: ``kit.tune``'s per-type extraction settings, ``{"cell_prob": {type: value},
     "flow_threshold": {...}, "min_size": {...}}`` (empty: untuned). ``validation``: ``kit.tune``'s
-    record of the tuned score (``kit.tune.validation_record``; None: not tuned). ``split``: the
+    record of the tuned score (``kit.inference.tuning.validation_record``; None: not tuned). ``split``: the
     validation split the weights were trained with (``kit.split.Split.to_dict``; None: weights from
     before it was recorded, taken to have the default split).
     """
@@ -113,7 +113,7 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, variant: Variant,
     optimizer, scheduler and scaler to make it resumable: each an object with ``state_dict()`` or
     the state dict a checkpoint already holds (``kit.tune`` rewriting one). ``inference``: what
     inference needs beyond the variant (``InferenceSettings``). ``stages``: the run's training
-    stages (``kit.stages``), whose rows ``history`` holds.
+    stages (``kit.training.stages``), whose rows ``history`` holds.
     """
     checkpoint: dict[str, Any] = {
         "format": CHECKPOINT_FORMAT,
@@ -200,7 +200,7 @@ def checkpoint_bytes(variant: Variant) -> int:
     weight-sized buffers (``OPTIMIZER_STATE_COPIES``), and 1 MB for the rest."""
     if variant.optimizer not in OPTIMIZER_STATE_COPIES:
         raise ValueError(f"checkpoint_bytes knows no optimizer {variant.optimizer!r}; add it to "
-                         "kit.models.OPTIMIZER_STATE_COPIES")
+                         "kit.model.checkpoints.OPTIMIZER_STATE_COPIES")
     weights = 4 * sum(p.numel() for p in build_model(variant).parameters())
     return weights * (1 + OPTIMIZER_STATE_COPIES[variant.optimizer]) + 1_000_000
 

@@ -20,7 +20,7 @@ def model_input(images: torch.Tensor, cell_types: Sequence[str], variant: Varian
     ``images``: uint8[B, H, W] or uint8[B, 1, H, W]. Channel 0 is each image standardised to mean
     0 and standard deviation 1 (over its own pixels). One-hot variants append ``len(CELL_TYPES)``
     constant 0/1 planes in ``CELL_TYPES`` order; a LIVECell line (pretraining) sets its type's plane
-    where it is one (shsy5y), else none (``kit.stages``).
+    where it is one (shsy5y), else none (``kit.training.stages``).
 
     Why standardise: the competition's images have a standard deviation of only 9 to 16 grey
     levels, so image / 255 would vary by about 0.05 while the one-hot planes jump by 1 between cell

@@ -43,7 +43,7 @@ class TrainData:
     ``images``: uint8[N, H, W]; ``targets``: uint8[N, 1, H, W] union masks, or float16[N, 3, H, W]
     (dy, dx, cell mask) for the flow target; ``annotations``: each image's original RLEs;
     ``scales``: float32[N] resampling factor of each image (1 at native scale, see
-    ``kit.rescale.type_scales``); ``labels``: int32[N, H, W] instances, kept only where validation crops
+    ``kit.data.rescale.type_scales``); ``labels``: int32[N, H, W] instances, kept only where validation crops
     rescaled images (their truth is cut from them); ``shards``: the DDP ranks each of which holds only its
     own share of the images (LIVECell pretraining), 1 where every rank holds them all.
     """
@@ -103,7 +103,7 @@ def load_split(layout: sartorius.CompetitionLayout, ids: Sequence[str], variant:
     """Decode the images and build the targets of ``ids`` once; tensors end up on ``device``.
 
     ``df``: the already read ``train.csv`` (read again when None); ``cache_dir``: see ``flow_target``;
-    ``scales``: ``kit.rescale.type_scales`` of the run (native scale when None); ``keep_labels``: keep the
+    ``scales``: ``kit.data.rescale.type_scales`` of the run (native scale when None); ``keep_labels``: keep the
     label images (a validation split whose crops are rescaled).
     """
     return split_from_samples(sartorius.load_samples(layout, ids, df), variant, device, cache_dir, scales, keep_labels)
@@ -112,7 +112,7 @@ def load_split(layout: sartorius.CompetitionLayout, ids: Sequence[str], variant:
 def split_from_samples(samples: Sequence[sartorius.Sample], variant: Variant, device: torch.device,
                        cache_dir: Path | None = None, scales: Mapping[str, float] | None = None,
                        keep_labels: bool = False) -> TrainData:
-    """``load_split`` for samples already loaded: competition images, LIVECell's (``kit.livecell``) or
+    """``load_split`` for samples already loaded: competition images, LIVECell's (``kit.data.livecell``) or
     pseudo-labelled ones (``kit.pseudo``) take the same path to targets on ``device``; ``scales``
     needs every sample's cell type."""
     images = torch.from_numpy(np.stack([s.image for s in samples]))

@@ -179,7 +179,7 @@ def steps_done(history: list[dict], images_per_epoch: int, batch_size: int) -> i
 
 
 def build_optimizer(model: nn.Module, variant: Variant) -> torch.optim.Optimizer:
-    """The variant's optimiser (``variant.optimizer``: one of ``kit.variants.OPTIMIZERS``)."""
+    """The variant's optimiser (``variant.optimizer``: one of ``kit.model.variants.OPTIMIZERS``)."""
     if variant.optimizer == "adam":
         return torch.optim.Adam(model.parameters(), lr=variant.lr, weight_decay=variant.weight_decay)
     if variant.optimizer == "adamw":

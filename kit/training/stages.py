@@ -16,7 +16,7 @@ checkpoint is in with its optimizer and schedule, or starts the next one when th
 A stage's time limit counts its own training time, resumed sessions included.
 
 LIVECell's lines in the one-hot variants: SH-SY5Y is the competition's shsy5y line and gets its plane;
-the seven others have no competition type and get all-zero planes (``kit.models.model_input``).
+the seven others have no competition type and get all-zero planes (``kit.model.encoding.model_input``).
 """
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ class Stage:
     pretrain_max_images: int | None = None
     extra_data: tuple[str, ...] = ()  # pseudo-label CSVs trained on beside the split (kit.pseudo)
     fresh: bool = True
-    read_summary: tuple[str, ...] = ()  # pretrain: each LIVECell file's summary line (kit.livecell.ReadSummary)
+    read_summary: tuple[str, ...] = ()  # pretrain: each LIVECell file's summary line (kit.data.livecell.ReadSummary)
 
     @property
     def last_epoch(self) -> int:
@@ -117,7 +117,7 @@ def training_samples(stage: Stage | None, layout: sartorius.CompetitionLayout, t
                      ) -> tuple[list[sartorius.Sample], Stage | None]:
     """The training images of ``stage`` and the stage as read: LIVECell's for pretraining (at most
     ``stage.pretrain_max_images``, else ``max_images``, a smoke run's ``--max-images``; under DDP
-    this rank's share only, ``kit.livecell.read_livecell``), with each file's summary line in its
+    this rank's share only, ``kit.data.livecell.read_livecell``), with each file's summary line in its
     ``read_summary``; else the split's with the stage's pseudo-labelled images after them."""
     if stage is not None and stage.name == PRETRAIN:
         chosen = livecell.read_livecell(livecell.find_livecell(layout.root), stage.pretrain_lines,
