@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import run_cli
+from kit import cli
 
 LINES = ("A172", "BT474", "BV2", "Huh7", "MCF7", "SHSY5Y", "SKBR3", "SKOV3")
 IMAGES = 3_300  # the real train file has 3,253 image entries
@@ -40,7 +41,7 @@ CASES = {"json": "json.load alone", "read": "kit.data.livecell.read_annotations 
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_livecell_memory",
+    parser = cli.ArgumentParser(prog="python -m benchmarks.bench_livecell_memory",
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--livecell-real", type=Path, default=Path(__file__).resolve().parents[2] / "shared" /
                         "livecell-real", help="the real LIVECell slice (default ../shared/livecell-real)")

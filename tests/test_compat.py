@@ -108,7 +108,7 @@ def test_every_notebook_starts_with_the_version_check_from_kit_compat(tmp_path):
         notebook = nbformat.read(next(folder.glob("*.ipynb")), as_version=4)
         first_code = next(cell for cell in notebook.cells if cell.cell_type == "code")
         assert first_code.source.endswith("\ncheck_environment()\n")
-        assert (REPO / "kit" / "compat.py").read_text() in first_code.source
+        assert (REPO / "kit" / "kaggle" / "compat.py").read_text() in first_code.source
 
 
 def test_the_first_cell_stops_the_notebook_before_its_work_when_torch_is_too_old(tmp_path):
