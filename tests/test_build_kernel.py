@@ -2,6 +2,7 @@
 byte, carry the kit's exact source and nothing private."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -38,15 +39,37 @@ def cell_text(cell: dict) -> str:
 
 
 def embedded_files(notebook: dict) -> dict[str, str]:
-    """{file name: content} of the notebook's %%writefile cells."""
+    """{path below kit/: content} of the notebook's %%writefile cells."""
     found = {}
     for cell in notebook["cells"]:
         text = cell_text(cell)
         first, _, body = text.partition("\n")
-        match = re.fullmatch(r"%%writefile \{KIT_SRC\}/kit/(\w+\.py)", first)
+        match = re.fullmatch(r"%%writefile \{KIT_SRC\}/kit/([\w/]+\.py)", first)
         if cell["cell_type"] == "code" and match:
             found[match.group(1)] = body
     return found
+
+
+def package_sources() -> dict[str, str]:
+    """{path below kit/: content} of every module of the package the kernels need: all but the builder."""
+    return {path.relative_to(KIT_DIR).as_posix(): path.read_text() for path in sorted(KIT_DIR.rglob("*.py"))
+            if path.relative_to(KIT_DIR).as_posix() not in ("build_kernel.py", "kaggle/kernels.py")
+            and "__pycache__" not in path.parts}
+
+
+def test_every_notebook_embeds_the_package_tree_checked_and_stays_well_under_kaggle_s_1_mb(tmp_path):
+    folders = build(tmp_path, ["all"], stages=kernels.kernel_stages(pretrain="livecell", pseudo_round=True))
+    expected = package_sources()
+    assert {"data/sartorius.py", "model/checkpoints.py", "training/run.py", "inference/ensemble.py",
+            "kaggle/notebook.py", "kaggle/compat.py", "data/__init__.py"} <= set(expected)
+    for folder in folders:
+        notebook = read_notebook(folder)
+        assert embedded_files(notebook) == expected
+        setup = next(cell_text(c) for c in notebook["cells"] if "KIT_FILES = {" in cell_text(c))
+        for name, text in expected.items():  # each file's SHA-256, checked by the import cell
+            assert f"{name!r}: {hashlib.sha256(text.encode()).hexdigest()!r}" in setup
+        size = (folder / f"{folder.name}.ipynb").stat().st_size
+        assert size < 600_000, f"{folder.name}: {size:,} bytes"
 
 
 # --- the real kaggle client, network intercepted ---------------------------------------------
@@ -112,7 +135,7 @@ def test_the_kaggle_client_accepts_every_built_folder(tmp_path, kaggle_push, cap
     assert [f.name for f in folders] == [f"sartorius-kit-train-{n}" for n in names] + ["sartorius-kit-infer"]
     flow = [n for n in names if variants.get_variant(n).target == "flow"]
     assert flow == ["hot-flow-unet", variants.RECIPE]  # the inference kernel picks one of these by score
-    repo_sources = {p.name: p.read_text() for p in sorted(KIT_DIR.glob("*.py")) if p.name != "build_kernel.py"}
+    repo_sources = package_sources()
     from slugify import slugify  # the kaggle client's own slug rule (python-slugify, a kaggle dependency)
 
     for folder in folders:
