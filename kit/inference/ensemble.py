@@ -52,7 +52,8 @@ def split_records(weights: Sequence[Member | str | Path]) -> list[tuple[str, Map
     """Each weights file's path and recorded validation split, for ``kit.split.of_weights``: a loaded
     ``Member``'s, or read from the file (``kit.validate``, ``kit.boundary_table``: no model needed)."""
     return [(str(item.path), item.settings.split) if isinstance(item, Member) else
-            (str(item), checkpoints.InferenceSettings.of(checkpoints.read_checkpoint(item), item).split) for item in weights]
+            (str(item), checkpoints.InferenceSettings.of(checkpoints.read_checkpoint(item), item).split)
+            for item in weights]
 
 
 def best_validated(ensemble: Sequence[Member]) -> Member:

@@ -80,8 +80,8 @@ def check_flow_weights(members: Sequence[ensemble.Member]) -> None:
 
 def predict_rows(members: Sequence[ensemble.Member], images: Mapping[str, tuple[Path, str]], device,
                  config: PseudoConfig) -> tuple[list[dict], tuple[int, int]]:
-    """The CSV rows of ``images`` (``kit.inference.ensemble.predicted_instances``); a failure part-way (an image that cannot be decoded, a
-    SIGTERM) first writes the rows of the images already predicted to ``config.out`` and says so."""
+    """The CSV rows of ``images`` (``kit.inference.ensemble.predicted_instances``); a failure part-way (an
+    image that cannot be decoded, a SIGTERM) first writes the rows of the images already predicted to ``config.out`` and says so."""
     rows, ids, done, kept, found = [], list(images), 0, 0, 0  # done: images predicted
     extraction = postprocess.PostprocessConfig().with_tuned(members[0].settings.postprocess)
     try:

@@ -288,8 +288,9 @@ def training_notebook(kernel: Kernel, sources: dict[str, str], time_limit_s: int
                 f"PSEUDO_ROUND = {stages.pseudo_round}  # True: pseudo-labels of train_semi_supervised/, one more stage\n"
                 f"MIN_CONFIDENCE = {stages.min_confidence!r}  # a pseudo-labelled cell's mean cell probability\n")
     call = ("\nfrom kit.kaggle import notebook\nfrom kit.training.stage_options import StageOptions\n\n"
-            "STAGES = StageOptions(pretrain=PRETRAIN, pretrain_epochs=PRETRAIN_EPOCHS, pretrain_max_images=PRETRAIN_MAX_IMAGES,\n"
-            "                      pseudo_round=PSEUDO_ROUND, min_confidence=MIN_CONFIDENCE)\n"
+            "STAGES = StageOptions(pretrain=PRETRAIN, pretrain_epochs=PRETRAIN_EPOCHS,\n"
+            "                      pretrain_max_images=PRETRAIN_MAX_IMAGES, pseudo_round=PSEUDO_ROUND,\n"
+            "                      min_confidence=MIN_CONFIDENCE)\n"
             "notebook.train_variants(VARIANTS, STARTED + TIME_LIMIT_SECONDS, data_root=INPUT, working=WORKING,\n"
             "                        use_all_gpus=USE_ALL_GPUS, save_margin_s=SAVE_MARGIN_SECONDS,\n"
             f"                        train_args=notebook.extra_args({TRAIN_ARGS_ENV!r}), stages=STAGES)\n")

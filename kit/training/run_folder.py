@@ -78,7 +78,8 @@ def _refuse_without_checkpoint(out: Path, name: str, resume: bool, restart: bool
                                 "start training")
     if left and not restart:
         raise FileExistsError(f"{out} holds a {name} run that finished no epoch ({', '.join(left)}, no "
-                              f"{last_checkpoint(out, name).name}), so it cannot be resumed: run again with --restart instead"
+                              f"{last_checkpoint(out, name).name}), so it cannot be resumed: run again with --restart "
+                              "instead"
                               f"{' of --resume' if resume else ''} (its files are moved to {out / 'previous'}/), "
                               "or pass another --out")
 
