@@ -32,7 +32,7 @@ from benchmarks import bench_variants, run_cli
 from kit import cli, paths, submission
 from kit.data import sartorius
 from kit.kaggle import kernels
-from kit.cli import DEFAULT_PRETRAIN_EPOCHS
+from kit.cli import DEFAULT_MIN_CONFIDENCE, DEFAULT_PRETRAIN_EPOCHS
 from kit.competition import COMPETITION_SLUG
 from kit.model.variants import VARIANTS
 
@@ -58,6 +58,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--pretrain-epochs", type=int, default=DEFAULT_PRETRAIN_EPOCHS)
     parser.add_argument("--pseudo-round", action="store_true",
                         help="the training kernel ends with a pseudo-label round (needs train_semi_supervised/ in --data)")
+    parser.add_argument("--min-confidence", type=float, default=DEFAULT_MIN_CONFIDENCE,
+                        help="the pseudo-label round keeps cells from this mean cell probability "
+                             f"(default {DEFAULT_MIN_CONFIDENCE}; a barely trained sandbox network needs 0)")
     parser.add_argument("--cell-timeout", type=int, default=CELL_TIMEOUT_S, metavar="S",
                         help=f"seconds a notebook cell may run (default {CELL_TIMEOUT_S})")
     parser.add_argument("--work", type=Path, help="sandbox folder, emptied first (default: a temporary one)")
@@ -100,7 +103,7 @@ def main(args: argparse.Namespace) -> SandboxRun:
     work = Path(args.work or tempfile.mkdtemp(prefix="kit-kernels-"))
     shutil.rmtree(work, ignore_errors=True)
     stages = kernels.kernel_stages(pretrain=args.pretrain, pretrain_epochs=args.pretrain_epochs,
-                                   pseudo_round=args.pseudo_round)
+                                   pseudo_round=args.pseudo_round, min_confidence=args.min_confidence)
     groups = training_groups(args.variants)
     *trainers, inference = kernels.build_kernels(SANDBOX_USER, groups, work / "kernels", tta=args.tta,
                                                  stages=stages)

@@ -58,7 +58,7 @@ def package_sources() -> dict[str, str]:
 
 
 def test_every_notebook_embeds_the_package_tree_checked_and_stays_well_under_kaggle_s_1_mb(tmp_path):
-    folders = build(tmp_path, ["all"], stages=kernels.kernel_stages(pretrain="livecell", pseudo_round=True))
+    folders = build(tmp_path, ["all"], stages=kernels.kernel_stages(pretrain="livecell"))
     expected = package_sources()
     assert {"data/sartorius.py", "model/checkpoints.py", "training/run.py", "inference/ensemble.py",
             "kaggle/notebook.py", "kaggle/compat.py", "data/__init__.py"} <= set(expected)
@@ -330,6 +330,10 @@ def test_the_stages_are_off_by_default_and_each_flag_turns_one_on(tmp_path, caps
     with pytest.raises(SystemExit, match="--min-confidence must be in \\[0, 1\\]"):
         build_kernel.main(build_kernel.get_args_parser().parse_args(
             ["--user", USER, "--out", str(tmp_path / "bad"), "--pseudo-round", "--min-confidence", "2"]))
+    with pytest.raises(SystemExit, match=r"--pseudo-round needs flow variants .* mask variant\(s\) unet, hot-unet: "):
+        build_kernel.main(build_kernel.get_args_parser().parse_args(
+            ["--user", USER, "--out", str(tmp_path / "bad"), "--variants", "unet+hot-unet", "hot-flow-unet",
+             "--pseudo-round"]))
     assert not (tmp_path / "bad").exists()
 
 

@@ -86,6 +86,7 @@ def build_kernels(user: str, groups: Sequence[Sequence[str]], out: str | os.Path
     slugs = [k.slug for k in trainers]
     if len(set(slugs)) != len(slugs):
         raise ValueError(f"two training kernels would share a slug: {slugs}; list each variant once")
+    _check_pseudo_round(groups, stages)
     inferred = inference_variants(groups, infer)
     refs = [k.ref(user) for k in trainers if set(k.variants) & set(inferred)]
     trained_by = {name: k.ref(user) for k in trainers for name in k.variants if name in inferred}
@@ -125,6 +126,17 @@ def _remove_stale_kernels(out: Path, built: Sequence[Path]) -> None:
 def kernel_stages(**options) -> StageOptions:
     """A kernel's stage options: at most ``KERNEL_PRETRAIN_MAX_IMAGES`` LIVECell images unless said."""
     return StageOptions(**{"pretrain_max_images": KERNEL_PRETRAIN_MAX_IMAGES, **options}).checked()
+
+
+def _check_pseudo_round(groups: Sequence[Sequence[str]], stages: StageOptions) -> None:
+    """A pseudo-label round needs flow variants: ``kit.pseudo`` takes the cells and their confidence
+    from a flow variant's output and refuses a mask variant's weights, which a kernel would otherwise
+    find out hours into its run."""
+    masks = [name for group in groups for name in group if variants.get_variant(name).target != "flow"]
+    if stages.pseudo_round and masks:
+        raise ValueError(f"--pseudo-round needs flow variants (kit.pseudo labels cells from a flow variant's "
+                         f"output), but the kernels would train mask variant(s) {', '.join(masks)}: build them "
+                         "without --pseudo-round, or name only flow variants")
 
 
 def stage_words(stages: StageOptions) -> str:
