@@ -5,8 +5,10 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from kit.data import pseudo_labels
 from kit.inference import type_classifier
 from kit.kaggle import notebook
 from kit.training.stage_options import StageOptions
@@ -166,10 +168,31 @@ def test_train_variants_saves_the_classifier_first_then_trains_each_in_its_share
     assert commands == []
 
 
+def _recording(commands: list, cells: int):
+    """A ``run_kit`` that records each call; its ``kit.pseudo`` writes a label file of ``cells`` cells."""
+    def run_kit(*args, timeout=None):
+        commands.append((args, timeout))
+        if args[0] == "kit.pseudo":
+            rows = [pseudo_labels.pseudo_rows("img", "astro", np.ones((520, 704), np.int32), [0.9])] * cells
+            Path(args[args.index("--out") + 1]).write_text(pseudo_labels.rows_to_csv([r for row in rows for r in row]))
+    return run_kit
+
+
+def test_a_pseudo_round_without_a_kept_cell_is_skipped_and_said(shared_dir, tmp_path, monkeypatch, capsys):
+    commands = []
+    monkeypatch.setattr(notebook, "run_kit", _recording(commands, cells=0))
+    monkeypatch.setattr(notebook, "training_gpus", lambda use_all_gpus: 0)
+    notebook.train_variants(["hot-flow-unet"], time.monotonic() + 3 * 3600, data_root=shared_dir, working=tmp_path,
+                            stages=StageOptions(pseudo_round=True, min_confidence=0.7))
+    assert [args[0] for args, _ in commands] == ["kit.train", "kit.tune", "kit.pseudo"]
+    assert ("no pseudo-labelled cell at --min-confidence 0.7: the pseudo-label round of hot-flow-unet is skipped"
+            in capsys.readouterr().out)
+
+
 def test_train_variants_shares_a_variant_s_time_between_pretraining_fine_tuning_and_a_pseudo_round(
         shared_dir, tmp_path, monkeypatch):
     commands = []
-    monkeypatch.setattr(notebook, "run_kit", lambda *args, timeout=None: commands.append((args, timeout)))
+    monkeypatch.setattr(notebook, "run_kit", _recording(commands, cells=1))
     monkeypatch.setattr(notebook, "training_gpus", lambda use_all_gpus: 0)
     stages = StageOptions(pretrain="livecell:shsy5y", pretrain_epochs=5, pretrain_max_images=100, pseudo_round=True,
                           min_confidence=0.7)

@@ -65,6 +65,12 @@ def rows_to_csv(rows: Sequence[Mapping]) -> str:
     return buffer.getvalue()
 
 
+def holds_cells(csv_path: str | Path) -> bool:
+    """Whether a pseudo-label file of ``rows_to_csv`` holds a cell (a row below its header)."""
+    with open(csv_path, encoding="utf-8") as handle:
+        return sum(1 for line in handle if line.strip()) > 1
+
+
 def load_extra_samples(competition_root: str | Path, csv_path: str | Path,
                        known_ids: Sequence[str] = ()) -> list[sartorius.Sample]:
     """``kit.train --extra-data``: the images of a pseudo-label CSV (``train.csv``'s form, checked by

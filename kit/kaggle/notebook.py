@@ -23,7 +23,7 @@ from typing import Mapping, Sequence
 
 from kit import submission
 from kit.cli import format_time_limit
-from kit.data import sartorius
+from kit.data import pseudo_labels, sartorius
 from kit.inference import type_classifier
 from kit.model import variants
 from kit.progress import show_progress
@@ -126,10 +126,15 @@ def _first_stages(stages: StageOptions, deadline: float, save_margin_s: float) -
 def _pseudo_round(name: str, common: Sequence, root: Path, working: Path, stages: StageOptions, deadline: float,
                   save_margin_s: float, train_args: Sequence[str]) -> None:
     """Pseudo-labels of ``train_semi_supervised/`` from the fine-tuned weights, then one more stage
-    trained on them beside the split (``kit.train --resume --extra-data``) in the time left."""
+    trained on them beside the split (``kit.train --resume --extra-data``) in the time left. Where the
+    network kept no cell, the round is skipped and says so: the fine-tuned, tuned weights stand."""
     labels = working / f"{name}-pseudo-labels.csv"
     run_kit("kit.pseudo", "--data", root, "--weights", working / f"{name}.pt", "--out", labels,
             "--min-confidence", stages.min_confidence, timeout=max(deadline - time.monotonic() - save_margin_s, 1))
+    if not pseudo_labels.holds_cells(labels):
+        print(f"--- no pseudo-labelled cell at --min-confidence {stages.min_confidence:g}: the pseudo-label round of "
+              f"{name} is skipped; its fine-tuned weights stand", flush=True)
+        return
     _, minutes = time_share(deadline - time.monotonic(), 1, save_margin_s)
     _check_minutes(minutes, "the pseudo-label round")
     run_kit(*common, "--resume", "--extra-data", labels, "--time-limit", _minutes(minutes), *train_args,
