@@ -30,10 +30,10 @@ from nbclient.exceptions import CellExecutionError
 
 from benchmarks import bench_variants, run_cli
 from kit import cli, paths, submission
-from kit.data import sartorius
-from kit.kaggle import kernels
 from kit.cli import DEFAULT_MIN_CONFIDENCE, DEFAULT_PRETRAIN_EPOCHS
 from kit.competition import COMPETITION_SLUG
+from kit.data import sartorius
+from kit.kaggle import kernels
 from kit.model.variants import VARIANTS
 
 CELL_TIMEOUT_S = 3 * 3600

@@ -28,9 +28,8 @@ import numpy as np
 
 from benchmarks import fixture_data, run_cli
 from kit import cli
-from kit.data import livecell
-from kit.data import sartorius
 from kit.competition import IMAGE_SHAPE
+from kit.data import livecell, sartorius
 
 
 def get_args_parser() -> argparse.ArgumentParser:

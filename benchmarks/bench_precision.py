@@ -18,12 +18,11 @@ import time
 import torch
 
 from kit import cli
-from kit.model import hardware
-from kit.model import network
+from kit.model import hardware, network
 from kit.model.losses import build_loss
+from kit.model.variants import VARIANTS
 from kit.training.loop import train_step
 from kit.training.setup import build_optimizer
-from kit.model.variants import VARIANTS
 
 SETTINGS = {"fp32": (None, torch.contiguous_format), "bf16": (torch.bfloat16, torch.contiguous_format),
             "channels_last": (None, torch.channels_last), "bf16 + channels_last": (torch.bfloat16, torch.channels_last)}

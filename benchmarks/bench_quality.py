@@ -48,11 +48,11 @@ import pandas as pd
 from benchmarks import run_cli
 from kit import cli, metrics, postprocess, rle
 from kit.data import sartorius
+from kit.files import write_text_atomic
 from kit.inference import tuning
-from kit.model import hardware
 from kit.inference.ensemble import load_ensemble
 from kit.inference.image_sets import annotated_images
-from kit.files import write_text_atomic
+from kit.model import hardware
 from kit.model.variants import RECIPE, VARIANTS
 
 REPO = Path(__file__).resolve().parent.parent

@@ -22,15 +22,11 @@ from torch.utils.data import DataLoader, Dataset
 from benchmarks import run_cli
 from kit import cli
 from kit.data import sartorius
-from kit.model import encoding
-from kit.model import hardware
-from kit.model import network
-from kit.training import batches
-from kit.training import loop
-from kit.training import setup
+from kit.model import encoding, hardware, network
 from kit.model.losses import build_loss
-from kit.split import split_train_val
 from kit.model.variants import Variant, VARIANTS
+from kit.split import split_train_val
+from kit.training import batches, loop, setup
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -18,11 +18,10 @@ from benchmarks import run_cli
 from kit import cli
 from kit.data import sartorius
 from kit.model import network
-from kit.training import batches
-from kit.training import loop
 from kit.model.losses import build_loss
-from kit.split import split_train_val
 from kit.model.variants import VARIANTS
+from kit.split import split_train_val
+from kit.training import batches, loop
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -24,9 +24,9 @@ import pandas as pd
 
 from benchmarks import run_cli
 from kit import cli
-from kit.training import run_folder
 from kit.files import write_text_atomic
 from kit.model.variants import VARIANTS
+from kit.training import run_folder
 
 REPO = Path(__file__).resolve().parent.parent
 COLUMNS = ("variant", "val score", "Dice", "IoU", "accuracy", "best epoch", "epochs", "images/s", "wall time",

@@ -34,9 +34,8 @@ import pandas as pd
 from benchmarks import run_cli
 from benchmarks.numpy_twins import polygon_area
 from kit import cli, rle
-from kit.data import livecell
-from kit.data import sartorius
 from kit.competition import IMAGE_SHAPE
+from kit.data import livecell, sartorius
 from kit.split import split_train_val
 
 DEFAULT_LINES = {"cort": "A172", "astro": "BV2", "shsy5y": "SHSY5Y"}

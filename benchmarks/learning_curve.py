@@ -31,12 +31,12 @@ import numpy as np
 import pandas as pd
 
 from kit import cli, metrics, postprocess
-from kit.model import hardware
 from kit.competition import CELL_TYPES, IMAGE_SHAPE
-from kit.inference.ensemble import load_ensemble, split_records
 from kit.files import atomic_output, write_text_atomic
+from kit.inference.ensemble import load_ensemble, split_records
 from kit.inference.image_sets import annotated_images
 from kit.inference.tuning import fit_settings, predict_outputs
+from kit.model import hardware
 
 # The README's arithmetic projection for one T4 (fp16, 410 GFLOP a full-image pass), x2 for T4 x2
 # before DDP overhead; replace it with a measured rate (benchmarks.gpu_check) once a GPU has run.

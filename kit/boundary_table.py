@@ -59,5 +59,6 @@ def fit_config(args: argparse.Namespace) -> FitConfig:
                      max_images=args.max_images, pixels_per_image=args.pixels_per_image, seed=args.seed,
                      weights=tuple(args.weights))
 
+
 if __name__ == "__main__":
     main(get_args_parser().parse_args())

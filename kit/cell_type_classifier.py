@@ -41,6 +41,7 @@ def main(args: argparse.Namespace) -> Path:
     except (FileNotFoundError, ValueError, OutputError) as err:
         raise SystemExit(f"kit.cell_type_classifier: error: {err}") from None
 
+
 if __name__ == "__main__":
     exit_on_sigterm()  # a notebook's hard stop: the classifier's temporary is removed
     main(get_args_parser().parse_args())

@@ -91,6 +91,7 @@ def _path_or_none(value: str | Path | None) -> Path | None:
     """A command-line path, None where it is not given (or given empty)."""
     return Path(value) if value else None
 
+
 if __name__ == "__main__":
     exit_on_sigterm()
     main(get_args_parser().parse_args())

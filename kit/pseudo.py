@@ -61,6 +61,7 @@ def pseudo_config(args: argparse.Namespace) -> PseudoConfig:
                         data=None if args.data is None else Path(args.data), min_confidence=args.min_confidence,
                         max_images=args.max_images, tta=args.tta, batch_size=args.batch_size, device=args.device)
 
+
 if __name__ == "__main__":
     exit_on_sigterm()
     main(get_args_parser().parse_args())

@@ -54,6 +54,7 @@ def tune_config(args: argparse.Namespace) -> TuneConfig:
                       data=None if args.data is None else Path(args.data), split=args.split, tta=args.tta,
                       device=args.device)
 
+
 if __name__ == "__main__":
     exit_on_sigterm()  # a notebook's hard stop: the tuned file's temporary is removed
     main(get_args_parser().parse_args())

@@ -6,10 +6,9 @@ import pytest
 import torch
 
 from kit import flows, rle
-from kit.data import rescale
-from kit.data import sartorius
-from kit.training import batches
+from kit.data import rescale, sartorius
 from kit.model.variants import VARIANTS
+from kit.training import batches
 
 
 def _split(labels: np.ndarray, cell_type: str = "cort", scale: float = 1.0) -> batches.TrainData:

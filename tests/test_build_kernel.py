@@ -14,9 +14,9 @@ import nbformat
 import pytest
 
 from kit import build_kernel
+from kit.competition import COMPETITION_SLUG
 from kit.kaggle import kernels
 from kit.model import variants
-from kit.competition import COMPETITION_SLUG
 
 USER = "kit-tester"
 REPO = Path(__file__).resolve().parent.parent

@@ -15,8 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from kit.model import checkpoints
-from kit.model import encoding
+from kit.model import checkpoints, encoding
 from kit.split import Split
 
 FIXTURE = Path(__file__).parent / "fixtures" / "checkpoint-v2-main.pt.gz"

@@ -11,8 +11,7 @@ import nbclient
 import nbformat
 import pytest
 
-from kit.kaggle import compat
-from kit.kaggle import kernels
+from kit.kaggle import compat, kernels
 
 REPO = Path(__file__).resolve().parent.parent
 SUPPORTED = {"python": "3.10.13", "torch": "2.4.1", "numpy": "1.26.4", "pandas": "2.1.4", "numba": "0.58.1",

@@ -24,14 +24,10 @@ from kit import build_kernel, files, infer, progress, rle, train, validate
 from kit.data import sartorius
 from kit.inference import submit
 from kit.kaggle import kernels
-from kit.model import checkpoints
-from kit.model import network
-from kit.model import variants
-from kit.training import loop
-from kit.training import run_folder
-from kit.training import setup
+from kit.model import checkpoints, network, variants
 from kit.split import split_train_val
 from kit.submission import write_submission
+from kit.training import loop, run_folder, setup
 
 REPO = Path(__file__).resolve().parent.parent
 RUN_FILES = ["unet.pt", "unet-last.pt", "unet-metrics.csv", "unet-curves.png"]

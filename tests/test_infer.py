@@ -15,12 +15,8 @@ from torch import nn
 from kit import infer, submission
 from kit.data import sartorius
 from kit.inference import ensemble as kit_ensemble
-from kit.inference import tuning
-from kit.inference import type_classifier
-from kit.model import checkpoints
-from kit.model import hardware
-from kit.model import network
-from kit.model import variants
+from kit.inference import tuning, type_classifier
+from kit.model import checkpoints, hardware, network, variants
 
 TEST_IDS = ["7ae19de7bc2a", "d48ec7815252", "d8bfd1dafdc4"]
 

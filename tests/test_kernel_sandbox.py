@@ -21,8 +21,7 @@ import torch
 
 from benchmarks import bench_kernels, bench_variants
 from kit import build_kernel, submission
-from kit.data import pseudo_labels
-from kit.data import sartorius
+from kit.data import pseudo_labels, sartorius
 from kit.inference import type_classifier
 from kit.kaggle import kernels as kaggle_kernels
 

@@ -14,8 +14,7 @@ import skimage.draw
 
 from benchmarks.numpy_twins import polygon_area
 from kit import cli, rle
-from kit.data import livecell
-from kit.data import sartorius
+from kit.data import livecell, sartorius
 
 
 @pytest.fixture()

@@ -6,15 +6,13 @@ import pytest
 import torch
 from torch import nn
 
-from kit.model import checkpoints
-from kit.model import hardware
-from kit.training import loop
-from kit.training import setup
-from kit.model.losses import build_loss
+from kit.model import checkpoints, hardware
 from kit.model.checkpoints import load_checkpoint, save_checkpoint
 from kit.model.encoding import decode_output, model_input
+from kit.model.losses import build_loss
 from kit.model.network import build_model, UNet
 from kit.model.variants import OPTIMIZERS, VARIANTS
+from kit.training import loop, setup
 
 
 def _expected_parameters(in_channels: int, out_channels: int) -> int:

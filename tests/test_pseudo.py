@@ -9,12 +9,9 @@ import pandas as pd
 import pytest
 
 from kit import flows, metrics, pseudo, rle
-from kit.data import pseudo_labels
-from kit.data import sartorius
-from kit.inference import ensemble
-from kit.inference import pseudo_labelling
-from kit.model import checkpoints
-from kit.model import network
+from kit.data import pseudo_labels, sartorius
+from kit.inference import ensemble, pseudo_labelling
+from kit.model import checkpoints, network
 from kit.model.variants import get_variant
 
 LOW = 0.6  # the oracle's probability inside every third cell: below the test's --min-confidence

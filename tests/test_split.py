@@ -14,11 +14,8 @@ import torch
 
 from kit import infer, train, tune, validate
 from kit.data import sartorius
-from kit.inference import boundary_fit
-from kit.inference import pseudo_labelling
-from kit.model import checkpoints
-from kit.model import network
-from kit.model import variants
+from kit.inference import boundary_fit, pseudo_labelling
+from kit.model import checkpoints, network, variants
 from kit.split import DEFAULT_SEED, DEFAULT_VAL_FRACTION, Split, of_weights, split_train_val
 
 

@@ -20,17 +20,13 @@ from torch import nn
 
 from kit import cli, flows, rle, train
 from kit.data import sartorius
-from kit.training import batches
-from kit.training import config
-from kit.training import loop
-from kit.training import run_folder
-from kit.training import setup
-from kit.model.losses import build_loss, flow_loss, FlowLoss, mask_loss, MaskLoss
 from kit.model.checkpoints import load_checkpoint, save_checkpoint
 from kit.model.encoding import model_input
+from kit.model.losses import build_loss, flow_loss, FlowLoss, mask_loss, MaskLoss
 from kit.model.network import build_model
-from kit.split import split_train_val
 from kit.model.variants import VARIANTS
+from kit.split import split_train_val
+from kit.training import batches, config, loop, run_folder, setup
 
 CROP = ["--crop", "96x128"]  # small enough for CPU, large enough to hold cells
 REPO = Path(__file__).resolve().parent.parent

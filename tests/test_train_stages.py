@@ -9,13 +9,11 @@ import pytest
 import torch
 
 from kit import rle, train
-from kit.data import pseudo_labels
-from kit.data import sartorius
+from kit.data import pseudo_labels, sartorius
 from kit.inference import tuning
 from kit.model import encoding
-from kit.training import run
-from kit.training import stages
 from kit.model.variants import get_variant
+from kit.training import run, stages
 
 pytestmark = pytest.mark.slow
 

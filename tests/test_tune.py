@@ -8,8 +8,7 @@ import torch
 
 from kit import flows, postprocess, rle, tune
 from kit.inference import tuning
-from kit.model import checkpoints
-from kit.model import network
+from kit.model import checkpoints, network
 from kit.model.variants import VARIANTS
 
 

@@ -16,11 +16,10 @@ import torch
 
 from kit import flows, metrics, postprocess
 from kit.data import sartorius
-from kit.model import checkpoints
-from kit.model import hardware
-from kit.inference.ensemble import load_ensemble, Member, predict, split_records
 from kit.files import check_writable_dir, remove_stale_temporaries
+from kit.inference.ensemble import load_ensemble, Member, predict, split_records
 from kit.inference.image_sets import annotated_images
+from kit.model import checkpoints, hardware
 from kit.progress import module_logger
 
 logger = module_logger(__name__)

@@ -11,8 +11,8 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from kit.data import sartorius
 from kit.competition import CELL_TYPES
+from kit.data import sartorius
 from kit.files import atomic_output, check_writable_dir
 from kit.progress import module_logger
 
