@@ -64,7 +64,7 @@ def test_build_loss_follows_the_variant_and_checks_shapes():
     weighted = build_loss(VARIANTS["hot-unet-weighted"])
     assert isinstance(weighted, MaskLoss) and weighted.pos_weight == 3.0
     with pytest.raises(ValueError, match=r"\[B, 3, H, W\]"):
-        flow_loss(torch.zeros(1, 1, 4, 4), torch.zeros(1, 1, 4, 4))
+        flow_loss(torch.zeros(1, 1, 4, 4), torch.zeros(1, 1, 4, 4), flow_scale=5.0)
     with pytest.raises(ValueError, match=r"\[B, 1, H, W\]"):
         mask_loss(torch.zeros(1, 1, 4, 4), torch.zeros(1, 1, 4, 5))
 

@@ -58,7 +58,7 @@ def test_resume_continues_pretraining_as_an_unbroken_run_then_fine_tunes(extras_
     train.main(_args(extras_dir, unbroken, *options))
     broken = tmp_path / "broken"
     config = train.run_config(_args(extras_dir, broken, *options))
-    first = stages.next_stage(config.stages, None)
+    first = stages.next_stage(config.stages, config.variant.epochs, config.time_limit, None)
     # the first session stops after one pretraining epoch (a time limit of 0:00 still runs one)
     run.train_stage(dataclasses.replace(config, stage=first, time_limit=0))
     assert [row["stage"] for row in _history(broken)] == ["pretrain"]
