@@ -27,7 +27,9 @@ import numpy as np  # noqa: E402
 
 from benchmarks import run_cli  # noqa: E402
 from benchmarks.numpy_twins import numpy_masks_to_flows  # noqa: E402
-from kit import boundary_table, cli, competition, data, flows, metrics, paths, postprocess, rle  # noqa: E402
+from kit import cli, competition, flows, metrics, paths, postprocess, rle
+from kit.data import sartorius
+from kit.inference import boundary_fit
 from kit.split import split_train_val  # noqa: E402
 
 cv2.setNumThreads(1)
@@ -78,9 +80,9 @@ def bench_postprocess(samples, lut) -> None:
 
 
 def bench_table(fit_samples, eval_samples, repeat: int = 20) -> postprocess.BoundaryLUT:
-    features, inside = boundary_table.sample_boundary_pixels(fit_samples)
+    features, inside = boundary_fit.sample_boundary_pixels(fit_samples)
     t0 = time.perf_counter()
-    lut = boundary_table.fit_boundary_lut(features, inside)
+    lut = boundary_fit.fit_boundary_lut(features, inside)
     fit_s = time.perf_counter() - t0
     accuracy = "  ".join(f"{k} {v.mean():.4f}+-{v.std():.4f}" for k, v in lut.accuracies.items())
     print(f"2. boundary tuning: {len(inside)} pixels from {len(fit_samples)} training-split images, "
@@ -94,15 +96,15 @@ def bench_table(fit_samples, eval_samples, repeat: int = 20) -> postprocess.Boun
         sobel.append(codes[1][band])
     intensity, sobel = np.concatenate(intensity), np.concatenate(sobel)
     pixels = np.stack([intensity, sobel], axis=1)
-    table_s = min(_timed(lambda: postprocess.table_lookup(lut.table, intensity, sobel)) for _ in range(repeat))
+    table_s = min(_timed(lambda: lut.table[intensity, sobel]) for _ in range(repeat))
     print(f"   {len(pixels)} band pixels of {len(eval_samples)} validation images (blurred true masks):")
-    print(f"   table read (kit.postprocess.table_lookup) {table_s * 1e3:9.2f} ms")
-    for name in boundary_table.CLASSIFIERS:
-        model = boundary_table.make_classifier(name).fit(features, inside)
+    print(f"   table read (BoundaryLUT.table[intensity, sobel]) {table_s * 1e3:9.2f} ms")
+    for name in boundary_fit.CLASSIFIERS:
+        model = boundary_fit.make_classifier(name).fit(features, inside)
         decisions = []
         sk_s = _timed(lambda: decisions.append(model.predict(pixels)))
-        table = boundary_table.classifier_table(model)
-        same = np.array_equal(postprocess.table_lookup(table, intensity, sobel), decisions[0])
+        table = boundary_fit.classifier_table(model)
+        same = np.array_equal(table[intensity, sobel], decisions[0])
         print(f"   sklearn {name:12s} predict            {sk_s * 1e3:9.2f} ms   table is {sk_s / table_s:8.0f}x "
               f"faster (identical decisions: {same})")
     print("   target: >= 100x")
@@ -146,10 +148,10 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> None:
-    layout = data.find_competition(args.data or paths.input_root(), need_test=False)
-    df = data.read_train_csv(layout.train_csv)
-    train_ids, val_ids = split_train_val(data.image_table(df))
-    samples = data.load_samples(layout, None, df)
+    layout = sartorius.find_competition(args.data or paths.input_root(), need_test=False)
+    df = sartorius.read_train_csv(layout.train_csv)
+    train_ids, val_ids = split_train_val(sartorius.image_table(df))
+    samples = sartorius.load_samples(layout, None, df)
     by_id = {s.id: s for s in samples}
     lut = bench_table([by_id[i] for i in train_ids], [by_id[i] for i in val_ids[:8]])
     bench_postprocess(samples, lut)

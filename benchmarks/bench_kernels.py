@@ -29,9 +29,12 @@ from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
 from benchmarks import bench_variants, run_cli
-from kit import build_kernel, cli, data, paths, submission
-from kit.competition import COMPETITION_SLUG, DEFAULT_PRETRAIN_EPOCHS
-from kit.variants import VARIANTS
+from kit import cli, paths, submission
+from kit.cli import DEFAULT_MIN_CONFIDENCE, DEFAULT_PRETRAIN_EPOCHS
+from kit.competition import COMPETITION_SLUG
+from kit.data import sartorius
+from kit.kaggle import kernels
+from kit.model.variants import VARIANTS
 
 CELL_TIMEOUT_S = 3 * 3600
 MOUNT_LAYOUTS = ("classic", "new")  # how a Kaggle session mounts its inputs (older and newer sessions)
@@ -55,6 +58,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--pretrain-epochs", type=int, default=DEFAULT_PRETRAIN_EPOCHS)
     parser.add_argument("--pseudo-round", action="store_true",
                         help="the training kernel ends with a pseudo-label round (needs train_semi_supervised/ in --data)")
+    parser.add_argument("--min-confidence", type=float, default=DEFAULT_MIN_CONFIDENCE,
+                        help="the pseudo-label round keeps cells from this mean cell probability "
+                             f"(default {DEFAULT_MIN_CONFIDENCE}; a barely trained sandbox network needs 0)")
     parser.add_argument("--cell-timeout", type=int, default=CELL_TIMEOUT_S, metavar="S",
                         help=f"seconds a notebook cell may run (default {CELL_TIMEOUT_S})")
     parser.add_argument("--work", type=Path, help="sandbox folder, emptied first (default: a temporary one)")
@@ -93,13 +99,14 @@ class SandboxRun:
 
 def main(args: argparse.Namespace) -> SandboxRun:
     """Build the kernels, run the training notebooks, then the inference notebook, and print the figures."""
-    layout = data.find_competition(args.data)
+    layout = sartorius.find_competition(args.data)
     work = Path(args.work or tempfile.mkdtemp(prefix="kit-kernels-"))
     shutil.rmtree(work, ignore_errors=True)
-    stages = build_kernel.KernelStages(args.pretrain, args.pretrain_epochs, pseudo_round=args.pseudo_round)
+    stages = kernels.kernel_stages(pretrain=args.pretrain, pretrain_epochs=args.pretrain_epochs,
+                                   pseudo_round=args.pseudo_round, min_confidence=args.min_confidence)
     groups = training_groups(args.variants)
-    *trainers, inference = build_kernel.build_kernels(SANDBOX_USER, groups, work / "kernels",
-                                                      tta=args.tta, stages=stages)
+    *trainers, inference = kernels.build_kernels(SANDBOX_USER, groups, work / "kernels", tta=args.tta,
+                                                 stages=stages)
     trainings = [run_training(trainer, group, work / f"train-session-{index}" if index else work / "train-session",
                               layout.root, args)
                  for index, (trainer, group) in enumerate(zip(trainers, groups))]
@@ -110,7 +117,7 @@ def main(args: argparse.Namespace) -> SandboxRun:
     started = time.perf_counter()
     infer_notebook = run_notebook(inference / f"{inference.name}.ipynb", infer_working,
                                   kernel_env(input_root, infer_working), args.cell_timeout)
-    test_ids = list(data.test_image_paths(layout))  # sorted by id
+    test_ids = list(sartorius.test_image_paths(layout))  # sorted by id
     submission.validate(infer_working / "submission.csv", test_ids)
     predicted = submission.read_submission(infer_working / "submission.csv")["predicted"]
     print(f"inference notebook {inference.name}: {time.perf_counter() - started:.0f} s for {len(test_ids)} "
@@ -121,7 +128,7 @@ def main(args: argparse.Namespace) -> SandboxRun:
 def training_groups(variants: list[str] | None) -> list[tuple[str, ...]]:
     """The training kernels to build and run: one training ``variants`` in turn, or without them the
     very kernels ``python -m kit.build_kernel`` builds by default (the README's rehearsal of its push)."""
-    return [tuple(variants)] if variants else build_kernel.default_variant_groups()
+    return [tuple(variants)] if variants else kernels.default_variant_groups()
 
 
 def run_training(trainer: Path, variants: tuple[str, ...], session: Path, competition_dir: Path,
@@ -129,7 +136,7 @@ def run_training(trainer: Path, variants: tuple[str, ...], session: Path, compet
     """Run one training notebook in its own Kaggle-like session folder; print its wall time and each
     variant's best validation row."""
     working = session / "working"
-    env = kernel_env(kaggle_inputs(session, competition_dir, args.mount_layout), working, **{build_kernel.TRAIN_ARGS_ENV: args.train_args})
+    env = kernel_env(kaggle_inputs(session, competition_dir, args.mount_layout), working, **{kernels.TRAIN_ARGS_ENV: args.train_args})
     started = time.perf_counter()
     notebook = run_notebook(trainer / f"{trainer.name}.ipynb", working, env, args.cell_timeout)
     print(f"training notebook {trainer.name}: {(time.perf_counter() - started) / 60:.1f} min")

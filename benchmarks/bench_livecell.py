@@ -1,4 +1,4 @@
-"""Reading and rasterising LIVECell: kit.livecell beside pycocotools (frPyObjects + decode), side by side.
+"""Reading and rasterising LIVECell: kit.data.livecell beside pycocotools (frPyObjects + decode), side by side.
 
     pip install -r benchmarks/requirements-livecell.txt      # pycocotools: this benchmark only
     python -m benchmarks.bench_livecell [--data ../shared/sartorius] [--livecell DIR] [--repeat 3]
@@ -12,7 +12,7 @@ so pycocotools is timed from the parsed polygons on), kit's rasterising of every
 and pycocotools' ``frPyObjects`` + ``decode`` of the same polygons into masks. Also how well the two
 agree: the mean IoU of each cell's two masks over a sample of cells, and their total areas, for those
 polygons and for random star-shaped ones with fractional vertices (those also drawn by
-``cv2.fillPoly``, the rasteriser kit.livecell does not use). The copy's polygons run through
+``cv2.fillPoly``, the rasteriser kit.data.livecell does not use). The copy's polygons run through
 pixel centres (traced outlines), where the two rasterisers break ties differently: kit counts a
 centre on the outline as inside, pycocotools about half of them.
 """
@@ -27,8 +27,9 @@ import cv2
 import numpy as np
 
 from benchmarks import fixture_data, run_cli
-from kit import cli, data, livecell
+from kit import cli
 from kit.competition import IMAGE_SHAPE
+from kit.data import livecell, sartorius
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -60,8 +61,8 @@ def main(args: argparse.Namespace) -> dict:
     fill_ious, fill_area, _ = _agreement(coco_mask, stars, args.agreement_cells, _fill_poly)
     per_k = 1000.0 / n
     print(f"{path}: {len(images)} images, {n} annotations; per 1,000 annotations (best of {args.repeat}):")
-    print(f"  kit.livecell.read_annotations (json + checks)          {read_s * per_k * 1e3:8.1f} ms")
-    print(f"  kit.livecell ImageAnnotations.labels (skimage.draw)    {kit_s * per_k * 1e3:8.1f} ms")
+    print(f"  kit.data.livecell.read_annotations (json + checks)          {read_s * per_k * 1e3:8.1f} ms")
+    print(f"  kit.data.livecell ImageAnnotations.labels (skimage.draw)    {kit_s * per_k * 1e3:8.1f} ms")
     print(f"  pycocotools frPyObjects + decode                       {coco_s * per_k * 1e3:8.1f} ms")
     print(f"  rasterising: pycocotools / kit                         {coco_s / kit_s:8.2f}x")
     print(f"  read + rasterise, kit                                  {(read_s + kit_s) * per_k * 1e3:8.1f} ms")
@@ -75,8 +76,8 @@ def main(args: argparse.Namespace) -> dict:
 
 
 def _copy_of_the_slice(data_dir, scratch: Path) -> Path:
-    layout = data.find_competition(data_dir, need_test=False)
-    df = data.read_train_csv(layout.train_csv)
+    layout = sartorius.find_competition(data_dir, need_test=False)
+    df = sartorius.read_train_csv(layout.train_csv)
     root = fixture_data.write_livecell_copy(layout, {"train": sorted(df["id"].unique())}, scratch, df=df)
     return root / "annotations" / "LIVECell" / "livecell_coco_train.json"
 

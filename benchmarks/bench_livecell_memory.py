@@ -1,4 +1,4 @@
-"""Reading LIVECell at its real size: json.load alone against kit.livecell, wall time and peak RSS.
+"""Reading LIVECell at its real size: json.load alone against kit.data.livecell, wall time and peak RSS.
 
     python -m benchmarks.bench_livecell_memory [--livecell-real ../shared/livecell-real]
                                                [--annotations 1000000] [--max-images 2000]
@@ -11,7 +11,7 @@ bbox, iscrowd, category_id); each image a link to one of the slice's real .tif f
 each in a fresh process (peak RSS from ``VmHWM``, what stays from ``VmRSS`` once the case returns):
 
 1. ``json.load`` of the file alone (the floor: the parsed json of 1 M annotations);
-2. ``kit.livecell.read_annotations``: the whole file read and every polygon checked;
+2. ``kit.data.livecell.read_annotations``: the whole file read and every polygon checked;
 3. the kit choosing ``--pretrain-max-images`` images from it (``read_livecell`` + ``samples()``):
    only the chosen images are checked and drawn.
 
@@ -32,15 +32,16 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import run_cli
+from kit import cli
 
 LINES = ("A172", "BT474", "BV2", "Huh7", "MCF7", "SHSY5Y", "SKBR3", "SKOV3")
 IMAGES = 3_300  # the real train file has 3,253 image entries
-CASES = {"json": "json.load alone", "read": "kit.livecell.read_annotations (whole file)",
+CASES = {"json": "json.load alone", "read": "kit.data.livecell.read_annotations (whole file)",
          "capped": "kit --pretrain-max-images {n} (read + draw)"}
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_livecell_memory",
+    parser = cli.ArgumentParser(prog="python -m benchmarks.bench_livecell_memory",
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--livecell-real", type=Path, default=Path(__file__).resolve().parents[2] / "shared" /
                         "livecell-real", help="the real LIVECell slice (default ../shared/livecell-real)")
@@ -76,7 +77,7 @@ def main(args: argparse.Namespace) -> dict:
 
 def write_tree(real: Path, scratch: Path, n_annotations: int) -> Path:
     """The LIVECell tree of the benchmark: its train json (streamed, never held whole) and image links."""
-    from kit import livecell
+    from kit.data import livecell
 
     polygons = _real_polygons(real)
     tifs = sorted((real / livecell.LIVECELL_DIR / "images").rglob("*.tif"))
@@ -127,7 +128,7 @@ def _child(case: str, root: Path, max_images: int) -> dict:
 
 def _measure(case: str, root: Path, max_images: int) -> dict:
     """One case in this (fresh) process; prints its numbers as one json line."""
-    from kit import livecell
+    from kit.data import livecell
 
     tree = root / livecell.LIVECELL_DIR
     path = tree / "annotations" / "LIVECell" / "livecell_coco_train.json"

@@ -17,7 +17,8 @@ import pandas as pd
 from scipy.optimize import linear_sum_assignment
 
 from benchmarks import run_cli
-from kit import cli, data, metrics, rle
+from kit import cli, metrics, rle
+from kit.data import sartorius
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -30,7 +31,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> None:
-    train = data.read_train_csv(data.find_competition(args.data, need_test=False).train_csv)
+    train = sartorius.read_train_csv(sartorius.find_competition(args.data, need_test=False).train_csv)
     ids = sorted(train["id"].unique())[: args.images]
     solution = train[train["id"].isin(ids)]
     truth = {i: g["annotation"].tolist() for i, g in solution.groupby("id")}

@@ -5,10 +5,10 @@
     python -m benchmarks.bench_precision --quality --data DATA --out runs/parity   # bf16 against fp32 scores
 
 For each of the four settings, a training step (forward + backward + SGD step, as
-``kit.train_loop.train_step`` runs it) and an inference forward pass (``torch.no_grad``, as
-``kit.ensemble`` runs it) on the same random batch. The settings take turns within each round and the
+``kit.training.loop.train_step`` runs it) and an inference forward pass (``torch.no_grad``, as
+``kit.inference.ensemble`` runs it) on the same random batch. The settings take turns within each round and the
 best round counts, so a load that comes and goes touches all four alike. Prints images/s, the ratio to
-fp32, and whether ``kit.models.cpu_has_native_bf16`` found native bf16 (what ``--precision auto``
+fp32, and whether ``kit.model.hardware.cpu_has_native_bf16`` found native bf16 (what ``--precision auto``
 follows). Random inputs: the speed of a convolution does not depend on the values.
 
 ``--quality`` instead trains the same short schedule in fp32 and in bf16 for each ``--seeds`` (``kit.train``
@@ -25,11 +25,12 @@ from pathlib import Path
 
 import torch
 
-from kit import cli, models
-from kit.losses import build_loss
-from kit.train_loop import train_step
-from kit.train_setup import build_optimizer
-from kit.variants import VARIANTS
+from kit import cli
+from kit.model import hardware, network
+from kit.model.losses import build_loss
+from kit.model.variants import VARIANTS
+from kit.training.loop import train_step
+from kit.training.setup import build_optimizer
 
 SETTINGS = {"fp32": (None, torch.contiguous_format), "bf16": (torch.bfloat16, torch.contiguous_format),
             "channels_last": (None, torch.channels_last), "bf16 + channels_last": (torch.bfloat16, torch.channels_last)}
@@ -58,11 +59,11 @@ def main(args: argparse.Namespace):
 def speed(args: argparse.Namespace) -> dict[str, tuple[float, float]]:
     torch.set_num_threads(args.threads)
     variant = VARIANTS[args.variant].replace(batch_size=args.batch_size)
-    native = models.cpu_has_native_bf16()
+    native = hardware.cpu_has_native_bf16()
     print(f"{variant.name}, batch {args.batch_size}, {args.size}x{args.size}, {args.threads} threads, best of "
           f"{args.rounds} rounds of {args.steps} steps; torch {torch.__version__}; native bf16 on this CPU: "
           f"{'yes' if native else 'no'} (--precision auto: {'bf16' if native else 'fp32'}, "
-          f"{models.memory_format(torch.device('cpu'))})")
+          f"{hardware.memory_format(torch.device('cpu'))})")
     torch.manual_seed(0)
     x = torch.randn(args.batch_size, variant.in_channels, args.size, args.size)
     target = torch.rand(args.batch_size, variant.out_channels, args.size, args.size)
@@ -100,7 +101,7 @@ def quality(args: argparse.Namespace) -> dict[tuple[int, str], str]:
 def _runners(variant, x: torch.Tensor, target: torch.Tensor, dtype: torch.dtype | None,
              layout: torch.memory_format):
     """(one training step, one inference pass) of a fresh model in ``dtype`` autocast and ``layout``."""
-    model = models.build_model(variant).to(memory_format=layout)
+    model = network.build_model(variant).to(memory_format=layout)
     optimizer, criterion = build_optimizer(model, variant), build_loss(variant)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     x = x.contiguous(memory_format=layout)
@@ -113,7 +114,7 @@ def _runners(variant, x: torch.Tensor, target: torch.Tensor, dtype: torch.dtype 
     @torch.no_grad()
     def infer() -> None:
         model.eval()
-        with models.autocast(device, dtype):
+        with hardware.autocast(device, dtype):
             model(x)
 
     train(), infer()  # warm-up: oneDNN picks and caches its kernels for this shape and layout

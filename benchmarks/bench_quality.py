@@ -46,11 +46,14 @@ import numpy as np
 import pandas as pd
 
 from benchmarks import run_cli
-from kit import cli, data, metrics, models, postprocess, rle, tune
-from kit.ensemble import load_ensemble
-from kit.image_sets import annotated_images
+from kit import cli, metrics, postprocess, rle
+from kit.data import sartorius
 from kit.files import write_text_atomic
-from kit.variants import RECIPE, VARIANTS
+from kit.inference import tuning
+from kit.inference.ensemble import load_ensemble
+from kit.inference.image_sets import annotated_images
+from kit.model import hardware
+from kit.model.variants import RECIPE, VARIANTS
 
 REPO = Path(__file__).resolve().parent.parent
 PEERS = ("cellpose",)
@@ -235,7 +238,7 @@ def score_entry(entry: Entry, config: QualityConfig, validation: Validation) -> 
     weights = folder / f"{entry.variant}.pt"
     history = pd.read_csv(folder / f"{entry.variant}-metrics.csv")
     speed, wall = float(history["images_per_s"].median()), _wall_seconds(folder)
-    device = models.resolve_device(config.device)
+    device = hardware.resolve_device(config.device)
     ensemble = load_ensemble([weights], device)
 
     def row(name: str, outputs, extraction: postprocess.PostprocessConfig, scored_weights: Path) -> dict:
@@ -243,15 +246,15 @@ def score_entry(entry: Entry, config: QualityConfig, validation: Validation) -> 
         return _row(name, score_instances(labels, truth, types), speed, wall, scored_weights)
 
     # kit.infer's path, its network run once: the rows below differ only in the extraction.
-    outputs = tune.predict_outputs(ensemble, paths, types, device)
+    outputs = tuning.predict_outputs(ensemble, paths, types, device)
     extraction = postprocess.PostprocessConfig().with_tuned(ensemble[0].settings.postprocess)
     name, rows = entry.name, [row(entry.name, outputs, extraction, weights)]
     if _tuned_row(entry, config):
-        fit = tune.fit_settings(outputs, truth, types)
+        fit = tuning.fit_settings(outputs, truth, types)
         print(fit.report)
         weights, name = folder / f"{entry.variant}-tuned.pt", f"{entry.name} + tuned per-type settings"
-        tune.save_tuned(folder / f"{entry.variant}.pt", weights, fit.settings,
-                        tune.validation_record(fit, list(paths), "val", tta=False))
+        tuning.save_tuned(folder / f"{entry.variant}.pt", weights, fit.settings,
+                        tuning.validation_record(fit, list(paths), "val", tta=False))
         extraction = postprocess.PostprocessConfig().with_tuned(fit.settings)
         rows.append(row(name, outputs, extraction, weights))
     if _boundary_row(entry, config):
@@ -259,7 +262,7 @@ def score_entry(entry: Entry, config: QualityConfig, validation: Validation) -> 
         rows.append(row(f"{entry.name} + boundary tuning", outputs,
                         dataclasses.replace(extraction, boundary=lut), weights))
     if _asked(config.tta, entry):
-        flipped = tune.predict_outputs(ensemble, paths, types, device, tta=True)
+        flipped = tuning.predict_outputs(ensemble, paths, types, device, tta=True)
         rows.append(row(f"{name} + flip TTA", flipped, extraction, weights))
     return rows
 
@@ -375,7 +378,7 @@ def _wall_seconds(folder: Path) -> float:
 def _extract(outputs: Mapping[str, tuple], paths: Mapping[str, Path], types: Mapping[str, str],
              extraction: postprocess.PostprocessConfig) -> dict[str, np.ndarray]:
     """Instances from saved network outputs by ``kit.infer``'s extraction (``output_to_labels``)."""
-    return {image_id: postprocess.output_to_labels(prob, flow, data.load_image(paths[image_id]), types[image_id],
+    return {image_id: postprocess.output_to_labels(prob, flow, sartorius.load_image(paths[image_id]), types[image_id],
                                                    extraction) for image_id, (prob, flow) in outputs.items()}
 
 

@@ -13,7 +13,8 @@ import time
 import numpy as np
 
 from benchmarks import run_cli
-from kit import cli, data, rle
+from kit import cli, rle
+from kit.data import sartorius
 
 
 def numpy_encode_labels(labels: np.ndarray) -> list[str]:
@@ -44,8 +45,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> None:
-    layout = data.find_competition(args.data, need_test=False)
-    labels = [s.labels for s in data.load_samples(layout)]
+    layout = sartorius.find_competition(args.data, need_test=False)
+    labels = [s.labels for s in sartorius.load_samples(layout)]
     n_cells = sum(int(l.max()) for l in labels)
     for l in labels:
         assert rle.encode_labels(l) == numpy_encode_labels(l)  # also compiles the kernel

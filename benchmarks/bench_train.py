@@ -2,7 +2,7 @@
 
 Same network (``--variant``), same images and targets, same optimizer. The naive loop is the
 paper's setup: a DataLoader that decodes every PNG again at every step (``--workers`` processes),
-float32, NCHW, batch 2. The trainer's loop is ``kit.train_loop.train_epoch``: uint8 images held on the
+float32, NCHW, batch 2. The trainer's loop is ``kit.training.loop.train_epoch``: uint8 images held on the
 device, batches gathered and converted there, mixed precision (bf16 where the GPU has it, else
 fp16 + GradScaler) and channels_last on CUDA, at each ``--batch-size``. Reported: images/s after
 ``--warmup`` steps, the ratio to the naive loop, and the peak GPU memory.
@@ -20,10 +20,13 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from benchmarks import run_cli
-from kit import batches, cli, data, models, train_loop, train_setup
-from kit.losses import build_loss
+from kit import cli
+from kit.data import sartorius
+from kit.model import encoding, hardware, network
+from kit.model.losses import build_loss
+from kit.model.variants import Variant, VARIANTS
 from kit.split import split_train_val
-from kit.variants import VARIANTS, Variant
+from kit.training import batches, loop, setup
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -36,7 +39,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, nargs="+", default=[2, 8], help="trainer batch size(s)")
     parser.add_argument("--naive-batch-size", type=int, default=2)
     parser.add_argument("--workers", type=int, default=2, help="DataLoader processes of the naive loop")
-    parser.add_argument("--crop", type=batches.crop_size, metavar="HxW", help="random crops (CPU runs)")
+    parser.add_argument("--crop", type=cli.crop_size, metavar="HxW", help="random crops (CPU runs)")
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto")
     parser.add_argument("--compile", action="store_true", help="also torch.compile the trainer's model")
@@ -44,11 +47,11 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> None:
-    device = models.resolve_device(args.device)  # a GPU this machine lacks: one line, not torch's traceback
+    device = hardware.resolve_device(args.device)  # a GPU this machine lacks: one line, not torch's traceback
     torch.backends.cudnn.benchmark = True  # both loops: fixed shapes
-    layout = data.find_competition(args.data, need_test=False)
-    df = data.read_train_csv(layout.train_csv)
-    train_ids, _ = split_train_val(data.image_table(df))
+    layout = sartorius.find_competition(args.data, need_test=False)
+    df = sartorius.read_train_csv(layout.train_csv)
+    train_ids, _ = split_train_val(sartorius.image_table(df))
     ids = train_ids[: args.images]
     variant = VARIANTS[args.variant]
     split = batches.load_split(layout, ids, variant, device, df=df)
@@ -61,7 +64,7 @@ def main(args: argparse.Namespace) -> None:
           f"({args.workers} workers): {naive:8.2f} img/s{_peak_memory(device)}")
     for batch_size in args.batch_size:
         fast = trainer_throughput(split, variant.replace(batch_size=batch_size), device, args)
-        amp = train_setup.precision_name(train_setup.autocast_dtype(device, args.precision))
+        amp = hardware.precision_name(hardware.autocast_dtype(device, args.precision))
         layout_name = "channels_last" if device.type == "cuda" else "NCHW"
         print(f"trainer   batch {batch_size:>2}  {amp}, {layout_name}{', compiled' if args.compile else ''}, "
               f"images on the device: {fast:8.2f} img/s{_peak_memory(device)}  = {fast / naive:.2f}x naive")
@@ -69,19 +72,19 @@ def main(args: argparse.Namespace) -> None:
 
 def trainer_throughput(split: batches.TrainData, variant: Variant, device: torch.device,
                        args: argparse.Namespace) -> float:
-    """Images/s of ``kit.train_loop.train_epoch`` as the trainer runs it."""
+    """Images/s of ``kit.training.loop.train_epoch`` as the trainer runs it."""
     torch.manual_seed(0)
-    raw_model = models.build_model(variant).to(device)
-    optimizer = train_setup.build_optimizer(raw_model, variant)
-    amp_dtype = train_setup.autocast_dtype(device, args.precision)
+    raw_model = network.build_model(variant).to(device)
+    optimizer = setup.build_optimizer(raw_model, variant)
+    amp_dtype = hardware.autocast_dtype(device, args.precision)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    model = train_setup.wrap_model(raw_model, device, 1, args.compile)
+    model = setup.wrap_model(raw_model, device, 1, args.compile)
     criterion = build_loss(variant)
     generator = torch.Generator().manual_seed(0)
 
     def run(steps: int) -> float:
         order = _cycled_order(len(split), steps * variant.batch_size, generator)
-        return train_loop.train_epoch(model, split, order, variant, criterion, optimizer, scaler, amp_dtype,
+        return loop.train_epoch(model, split, order, variant, criterion, optimizer, scaler, amp_dtype,
                                  generator, args.crop)[1]
 
     run(args.warmup)
@@ -89,12 +92,12 @@ def trainer_throughput(split: batches.TrainData, variant: Variant, device: torch
     return run(args.steps)
 
 
-def naive_throughput(layout: data.CompetitionLayout, split: batches.TrainData, variant: Variant,
+def naive_throughput(layout: sartorius.CompetitionLayout, split: batches.TrainData, variant: Variant,
                      device: torch.device, args: argparse.Namespace) -> float:
     """Images/s of a plain loop: PNG decoding in a DataLoader every step, fp32, NCHW."""
     torch.manual_seed(0)
-    model = models.build_model(variant).to(device)
-    optimizer = train_setup.build_optimizer(model, variant)
+    model = network.build_model(variant).to(device)
+    optimizer = setup.build_optimizer(model, variant)
     criterion = build_loss(variant)
     dataset = _PngDataset(layout, split, variant, args.crop)
     loader = DataLoader(dataset, batch_size=args.naive_batch_size, shuffle=True, drop_last=True,
@@ -123,7 +126,7 @@ def naive_throughput(layout: data.CompetitionLayout, split: batches.TrainData, v
 class _PngDataset(Dataset):
     """Decodes the PNG at every access; targets as the trainer builds them, held on the host."""
 
-    def __init__(self, layout: data.CompetitionLayout, split: batches.TrainData, variant: Variant,
+    def __init__(self, layout: sartorius.CompetitionLayout, split: batches.TrainData, variant: Variant,
                  crop: tuple[int, int] | None):
         self.paths = [layout.train_dir / f"{image_id}.png" for image_id in split.ids]
         self.cell_types, self.variant, self.crop = split.cell_types, variant, crop
@@ -133,13 +136,13 @@ class _PngDataset(Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image, target = data.load_image(self.paths[i]), self.targets[i]
+        image, target = sartorius.load_image(self.paths[i]), self.targets[i]
         if self.crop is not None:
             top = np.random.randint(0, image.shape[0] - self.crop[0] + 1)
             left = np.random.randint(0, image.shape[1] - self.crop[1] + 1)
             image = image[top: top + self.crop[0], left: left + self.crop[1]]
             target = target[:, top: top + self.crop[0], left: left + self.crop[1]]
-        x = models.model_input(torch.from_numpy(np.ascontiguousarray(image))[None], [self.cell_types[i]],
+        x = encoding.model_input(torch.from_numpy(np.ascontiguousarray(image))[None], [self.cell_types[i]],
                                self.variant)[0]
         return x, torch.from_numpy(np.ascontiguousarray(target))
 

@@ -3,7 +3,7 @@ did) beside parsing them once per run (``TrainData.truth``), measured side by si
 
     python -m benchmarks.bench_validation --data DIR [--variant hot-unet] [--crop 256x256] [--repeats 3]
 
-Each pass is ``kit.train_loop.evaluate`` on the validation split with an untrained network (the
+Each pass is ``kit.training.loop.evaluate`` on the validation split with an untrained network (the
 network's time is the same in both columns; the difference is the truth's parsing and cropping).
 """
 from __future__ import annotations
@@ -15,34 +15,37 @@ import time
 import torch
 
 from benchmarks import run_cli
-from kit import batches, cli, data, models, train_loop
-from kit.losses import build_loss
+from kit import cli
+from kit.data import sartorius
+from kit.model import network
+from kit.model.losses import build_loss
+from kit.model.variants import VARIANTS
 from kit.split import split_train_val
-from kit.variants import VARIANTS
+from kit.training import batches, loop
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = cli.ArgumentParser(prog="python -m benchmarks.bench_validation", description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=None, help="folder with the competition data below it")
     parser.add_argument("--variant", choices=sorted(VARIANTS), default="hot-unet")
-    parser.add_argument("--crop", type=batches.crop_size, default=(256, 256), metavar="HxW")
+    parser.add_argument("--crop", type=cli.crop_size, default=(256, 256), metavar="HxW")
     parser.add_argument("--repeats", type=int, default=3)
     return parser
 
 
 def main(args: argparse.Namespace) -> dict[str, float]:
-    layout = data.find_competition(args.data, need_test=False)
-    df = data.read_train_csv(layout.train_csv)
-    _, val_ids = split_train_val(data.image_table(df))
+    layout = sartorius.find_competition(args.data, need_test=False)
+    df = sartorius.read_train_csv(layout.train_csv)
+    _, val_ids = split_train_val(sartorius.image_table(df))
     variant = VARIANTS[args.variant]
     split = batches.load_split(layout, val_ids, variant, torch.device("cpu"), df=df)
     torch.manual_seed(0)
-    model, criterion = models.build_model(variant).eval(), build_loss(variant)
+    model, criterion = network.build_model(variant).eval(), build_loss(variant)
     each_epoch, once = [], []
     for _ in range(args.repeats):
         split._truth.clear()  # what every epoch paid before: parse and crop the annotations again
-        each_epoch.append(_seconds(lambda: train_loop.evaluate(model, split, variant, criterion, crop=args.crop)))
-        once.append(_seconds(lambda: train_loop.evaluate(model, split, variant, criterion, crop=args.crop)))
+        each_epoch.append(_seconds(lambda: loop.evaluate(model, split, variant, criterion, crop=args.crop)))
+        once.append(_seconds(lambda: loop.evaluate(model, split, variant, criterion, crop=args.crop)))
     parse = []
     for _ in range(args.repeats):
         split._truth.clear()

@@ -23,9 +23,10 @@ from typing import Sequence
 import pandas as pd
 
 from benchmarks import run_cli
-from kit import cli, train_outputs
+from kit import cli
 from kit.files import write_text_atomic
-from kit.variants import VARIANTS
+from kit.model.variants import VARIANTS
+from kit.training import run_folder
 
 REPO = Path(__file__).resolve().parent.parent
 COLUMNS = ("variant", "val score", "Dice", "IoU", "accuracy", "best epoch", "epochs", "images/s", "wall time",
@@ -89,7 +90,7 @@ def variant_summary(out: Path, name: str) -> dict:
     metrics = pd.read_csv(path)
     if metrics.empty:
         raise SystemExit(f"{path} holds no epoch")
-    best = max(metrics.to_dict("records"), key=train_outputs.quality)  # the epoch whose weights NAME.pt holds
+    best = max(metrics.to_dict("records"), key=run_folder.quality)  # the epoch whose weights NAME.pt holds
     return {"variant": name, "val score": best["val_score"], "Dice": best["val_dice"], "IoU": best["val_iou"],
             "accuracy": best["val_accuracy"], "best epoch": int(best["epoch"]), "epochs": int(metrics["epoch"].max()),
             "images/s": float(metrics["images_per_s"].median()), "wall time": float(metrics["elapsed_s"].iloc[-1])}

@@ -32,8 +32,10 @@ import numpy as np
 import pandas as pd
 
 from benchmarks import run_cli
-from kit import cli, data, livecell, rle
+from benchmarks.numpy_twins import polygon_area
+from kit import cli, rle
 from kit.competition import IMAGE_SHAPE
+from kit.data import livecell, sartorius
 from kit.split import split_train_val
 
 DEFAULT_LINES = {"cort": "A172", "astro": "BV2", "shsy5y": "SHSY5Y"}
@@ -70,12 +72,12 @@ def livecell_name(image_id: str, prefix: str) -> str:
     return f"{prefix}_Phase_{image_id}_1_00d00h00m_1.tif"
 
 
-def write_livecell_copy(layout: data.CompetitionLayout, splits: Mapping[str, Sequence[str]], dest: Path,
+def write_livecell_copy(layout: sartorius.CompetitionLayout, splits: Mapping[str, Sequence[str]], dest: Path,
                         lines: Mapping[str, str] = DEFAULT_LINES, df: pd.DataFrame | None = None) -> Path:
     """``dest/LIVECell_dataset_2021`` holding ``splits`` (``{"train": ids, "val": ids, "test": ids}``) of
     the competition's annotated images: the COCO files (annotations a list), the single-cells files
     of each line used (annotations a dict keyed by id) and the .tif images. Returns the LIVECell root."""
-    df = data.read_train_csv(layout.train_csv) if df is None else df
+    df = sartorius.read_train_csv(layout.train_csv) if df is None else df
     by_id = {image_id: rows for image_id, rows in df.groupby("id", sort=False)}
     root = Path(dest) / livecell.LIVECELL_DIR
     used = sorted({lines[by_id[i]["cell_type"].iloc[0]].lower() for ids in splits.values() for i in ids})
@@ -89,7 +91,7 @@ def write_livecell_copy(layout: data.CompetitionLayout, splits: Mapping[str, Seq
             name = livecell_name(image_id, prefix)
             target = livecell.image_path(root, name, split)
             target.parent.mkdir(parents=True, exist_ok=True)
-            cv2.imwrite(str(target), data.load_image(layout.train_dir / f"{image_id}.png"))
+            cv2.imwrite(str(target), sartorius.load_image(layout.train_dir / f"{image_id}.png"))
             image = {"id": image_number, "file_name": name, "width": IMAGE_SHAPE[1], "height": IMAGE_SHAPE[0]}
             line = per_line[prefix.lower()]
             coco["images"].append(image)
@@ -99,7 +101,7 @@ def write_livecell_copy(layout: data.CompetitionLayout, splits: Mapping[str, Seq
                 if polygon is None:
                     continue
                 record = {"id": next_annotation, "image_id": image_number, "segmentation": [polygon],
-                          "area": float(livecell.polygon_area(np.reshape(polygon, (-1, 2)))),
+                          "area": float(polygon_area(np.reshape(polygon, (-1, 2)))),
                           "iscrowd": 0, "category_id": 1}
                 coco["annotations"].append(record)
                 line["annotations"][str(next_annotation)] = record
@@ -111,12 +113,12 @@ def write_livecell_copy(layout: data.CompetitionLayout, splits: Mapping[str, Seq
     return root
 
 
-def write_semi_supervised(layout: data.CompetitionLayout, ids: Sequence[str], dest: Path,
+def write_semi_supervised(layout: sartorius.CompetitionLayout, ids: Sequence[str], dest: Path,
                           df: pd.DataFrame | None = None) -> Path:
     """``dest/train_semi_supervised`` with the competition images ``ids`` under the names the
     competition gives its unannotated images (cell type before ``[``, astro as ``astros``)."""
-    df = data.read_train_csv(layout.train_csv) if df is None else df
-    types = dict(zip(*data.image_table(df)[["id", "cell_type"]].to_numpy().T))
+    df = sartorius.read_train_csv(layout.train_csv) if df is None else df
+    types = dict(zip(*sartorius.image_table(df)[["id", "cell_type"]].to_numpy().T))
     folder = Path(dest) / "train_semi_supervised"
     folder.mkdir(parents=True, exist_ok=True)
     for image_id in ids:
@@ -129,12 +131,12 @@ def competition_with_extras(shared: Path, dest: Path, livecell_splits: Mapping[s
                             semi_supervised: Sequence[str]) -> Path:
     """``dest``: the shared slice's files (linked, not copied) beside a LIVECell copy and a
     ``train_semi_supervised/`` folder, as the competition's input folder holds all three."""
-    layout = data.find_competition(shared, need_test=False)
+    layout = sartorius.find_competition(shared, need_test=False)
     dest.mkdir(parents=True, exist_ok=True)
     for name in ("train.csv", "train", "test", "sample_submission.csv"):
         if (layout.root / name).exists():
             os.symlink((layout.root / name).resolve(), dest / name)
-    df = data.read_train_csv(layout.train_csv)
+    df = sartorius.read_train_csv(layout.train_csv)
     write_livecell_copy(layout, livecell_splits, dest, df=df)
     write_semi_supervised(layout, semi_supervised, dest, df=df)
     return dest
@@ -160,8 +162,8 @@ def main(args: argparse.Namespace) -> Path:
         shutil.rmtree(args.out)
     if args.out.exists():
         raise ValueError(f"--out {args.out} exists; pass a new folder, or --replace to write it again")
-    layout = data.find_competition(args.data, need_test=False)
-    train_ids, _ = split_train_val(data.image_table(data.read_train_csv(layout.train_csv)))
+    layout = sartorius.find_competition(args.data, need_test=False)
+    train_ids, _ = split_train_val(sartorius.image_table(sartorius.read_train_csv(layout.train_csv)))
     folder = competition_with_extras(layout.root, args.out, {"train": train_ids, "val": [], "test": []},
                                      train_ids[: args.semi_supervised])
     print(f"wrote {folder}: LIVECell-format copy of the {len(train_ids)} training-split images, "

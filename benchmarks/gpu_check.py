@@ -39,10 +39,11 @@ from typing import Sequence
 
 from kit import cli
 from kit.files import write_text_atomic
-from kit.variants import PAPER_VARIANTS, RECIPE
+from kit.model.variants import PAPER_VARIANTS, RECIPE
 
 REPO = Path(__file__).resolve().parent.parent
 TAIL_LINES = 40
+TINY_SEED = 1  # the CPU mode's training runs: their weights hold out this seed's validation split
 STEP_KEYS = ("speed", "variants", "scores", "kernels", "pretrain", "curve")
 PRETRAINED = "hot-flow-unet"
 CURVE_VARIANT = "hot-flow-unet"
@@ -97,9 +98,10 @@ def steps(data: Path, out: Path, cpu: bool, epochs: int,
     python = [sys.executable, "-m"]
     device = ["--device", "cpu" if cpu else "cuda"]
     speed = ["--images", "2", "--steps", "1", "--warmup", "1", "--crop", "64x64", "--workers", "0"] if cpu else []
-    tiny = ["--max-images", "4", "--crop", "96x128", "--seed", "1"] if cpu else []
+    tiny = ["--max-images", "4", "--crop", "96x128", "--seed", str(TINY_SEED)] if cpu else []
     train = ["--epochs", "1" if cpu else str(epochs), *device, *tiny]
-    recipe_train = ["--epochs", "1", *device, "--max-images", "4", "--crop", "128", "--seed", "1"] if cpu else device
+    recipe_train = ["--epochs", "1", *device, "--max-images", "4", "--crop", "128", "--seed", str(TINY_SEED)] \
+        if cpu else device
     runs = out / "variants"
     listing = [
         ("speed", "Trainer vs naive loop", [*python, "benchmarks.bench_train", "--data", str(data), *device, *speed]),
@@ -115,7 +117,7 @@ def steps(data: Path, out: Path, cpu: bool, epochs: int,
         listing.insert(1, ("speed", "Trainer vs naive loop, --compile",
                            [*python, "benchmarks.bench_train", "--data", str(data), *device, "--compile"]))
     for name in names:
-        ids = ["--ids", *_val_ids(data)[:2]] if cpu else []
+        ids = ["--ids", *_val_ids(data, TINY_SEED)[:2]] if cpu else []  # of the split the weights hold out
         listing.append(("scores", f"Full-image validation score: {name}",
                         [*python, "kit.infer", "--data", str(data), "--weights", str(runs / f"{name}.pt"),
                          "--split", "val", "--evaluate", "--out", str(runs / f"{name}-val.csv"), *device, *ids]))
@@ -173,12 +175,14 @@ def run_step(command: Sequence[str]) -> tuple[int, float, list[str]]:
     return done.returncode, time.monotonic() - started, done.stdout.splitlines()[-TAIL_LINES:]
 
 
-def _val_ids(data_dir: Path) -> list[str]:
-    from kit import data
-    from kit.split import split_train_val
+def _val_ids(data_dir: Path, seed: int | None = None) -> list[str]:
+    """The validation ids of the split ``kit.train --seed SEED`` draws (default: its default seed)."""
+    from kit.data import sartorius
+    from kit.split import DEFAULT_SEED, split_train_val
 
-    layout = data.find_competition(data_dir, need_test=False)
-    return split_train_val(data.image_table(data.read_train_csv(layout.train_csv)))[1]
+    layout = sartorius.find_competition(data_dir, need_test=False)
+    images = sartorius.image_table(sartorius.read_train_csv(layout.train_csv))
+    return split_train_val(images, seed=DEFAULT_SEED if seed is None else seed)[1]
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ usage="usage: bash benchmarks/kaggle_compat.sh kaggle|oldest [VENV_DIR]"
 which="${1:?$usage}"
 case "$which" in
     kaggle) python_version=3.12 ;;  # Kaggle's image is the Colab runtime's Python 3.12
-    oldest) python_version=3.10 ;;  # kit.compat.MINIMUM_PYTHON
+    oldest) python_version=3.10 ;;  # kit.kaggle.compat.MINIMUM_PYTHON
     *) echo "kaggle_compat.sh: error: unknown environment '$which'; $usage" >&2; exit 2 ;;
 esac
 requirements="requirements-$which.txt"
@@ -61,7 +61,7 @@ fi
 # shellcheck disable=SC2086
 "$py" -m pip install -q -r "$requirements" $tools
 "$py" -m pip check || true  # a conflict among the pins is worth seeing, not a reason to stop
-"$py" -c "from kit import compat; compat.check_environment()"
+"$py" -c "from kit.kaggle import compat; compat.check_environment()"
 
 export CI="${CI:-true}"  # a missing slice fails the real-data tests instead of skipping them
 status=0

@@ -6,9 +6,9 @@
 
 For every ``RUN/NAME-stepN.pt`` (``kit.train --keep-steps``) not yet in ``OUT/learning-curve.csv`` (so it can
 follow a run that is still training) the validation images of the run's split (recorded in the weights) are
-predicted once through ``kit.infer``'s own path (``kit.ensemble.predict``, full 520x704 images) and
+predicted once through ``kit.infer``'s own path (``kit.inference.ensemble.predict``, full 520x704 images) and
 scored with the leaderboard metric twice: untuned (``kit.postprocess.output_to_labels`` at the default
-settings, what ``kit.infer`` does with untuned weights) and tuned (``kit.tune.fit_settings``: the best
+settings, what ``kit.infer`` does with untuned weights) and tuned (``kit.inference.tuning.fit_settings``: the best
 grid point per cell type, fitted on the same images, so optimistic by that choice). Per cell type and
 the mean of the three types, against optimiser steps and image-equivalents seen (steps x batch x the
 crop's share of a full image).
@@ -30,17 +30,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from kit import batches, cli, metrics, models, postprocess
+from kit import cli, metrics, postprocess
 from kit.competition import CELL_TYPES, IMAGE_SHAPE
-from kit.ensemble import load_ensemble, split_records
 from kit.files import atomic_output, write_text_atomic
-from kit.image_sets import annotated_images
-from kit.tune import fit_settings, predict_outputs
+from kit.inference.ensemble import load_ensemble, split_records
+from kit.inference.image_sets import annotated_images
+from kit.inference.tuning import fit_settings, predict_outputs
+from kit.model import hardware
 
 # The README's arithmetic projection for one T4 (fp16, 410 GFLOP a full-image pass), x2 for T4 x2
 # before DDP overhead; replace it with a measured rate (benchmarks.gpu_check) once a GPU has run.
 PROJECTED_T4X2_IMAGES_PER_S = 36.0
-KERNEL_HOURS = 8.5  # kit.competition.DEFAULT_TIME_LIMIT
+KERNEL_HOURS = 8.5  # kit.cli.DEFAULT_TIME_LIMIT
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -49,7 +50,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--variant", default="hot-flow-unet", help="the run's variant name (NAME)")
     parser.add_argument("--data", type=Path, default=None, help="the competition data the run trained on")
     parser.add_argument("--out", type=Path, default=None, help="where the table and plot go (default: RUN)")
-    parser.add_argument("--crop", type=batches.crop_size, default=None, metavar="HxW",
+    parser.add_argument("--crop", type=cli.crop_size, default=None, metavar="HxW",
                         help="the run's training crop (image-equivalents per step); default whole images")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--max-images", type=int, default=None, help="the first N validation images (smoke runs)")
@@ -99,7 +100,7 @@ def score_checkpoint(path: Path, data_dir: Path | None, device_name: str, crop,
                      max_images: int | None = None) -> dict:
     """One row: steps, image-equivalents, untuned and tuned scores per type and their means."""
     started = time.perf_counter()
-    device = models.resolve_device(device_name)
+    device = hardware.resolve_device(device_name)
     ensemble = load_ensemble([path], device)
     variant = ensemble[0].variant
     steps = steps_of(path)

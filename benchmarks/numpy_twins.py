@@ -27,3 +27,9 @@ def numpy_masks_to_flows(labels: np.ndarray, diffusion: float = 1.0) -> np.ndarr
         result[0, ys + box[0].start, xs + box[1].start] = gy / norm
         result[1, ys + box[0].start, xs + box[1].start] = gx / norm
     return result
+
+
+def polygon_area(points: np.ndarray) -> float:
+    """Absolute shoelace area of a closed polygon float[n, 2] (COCO's ``area`` of a one-part polygon)."""
+    x, y = np.asarray(points, np.float64).T
+    return float(abs(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1)))) / 2.0

@@ -6,7 +6,7 @@ Cellpose keeps its own network (the residual U-Net with a style vector), its own
 its own training loop (``cellpose.train.train_seg``: AdamW, warm-up, its rescaling of every image
 to diameter 30, its crops and rotations) and its own mask reconstruction (``CellposeModel.eval``).
 What the kit fixes is only what makes the comparison fair: the same training and validation
-images (``kit.data.split_train_val``), the same wall-clock budget for everything before the
+images (``kit.split.split_train_val``), the same wall-clock budget for everything before the
 weights exist (flow targets included), and, afterwards, the same scorer (``bench_quality``).
 
 The budget becomes an epoch count: after the flow targets, a few throw-away steps on a copy of the
@@ -32,7 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
-from kit import cli, data
+from kit import cli
+from kit.data import sartorius
 from kit.files import atomic_output, write_text_atomic
 from kit.split import split_train_val
 
@@ -58,11 +59,11 @@ def main(args: argparse.Namespace) -> dict:
     torch, models, train_lib, dynamics, utils = _import_cellpose()
     if args.threads:
         torch.set_num_threads(args.threads)
-    layout = data.find_competition(args.data, need_test=False)
-    df = data.read_train_csv(layout.train_csv)
-    train_ids, val_ids = split_train_val(data.image_table(df), args.val_fraction, args.seed)
+    layout = sartorius.find_competition(args.data, need_test=False)
+    df = sartorius.read_train_csv(layout.train_csv)
+    train_ids, val_ids = split_train_val(sartorius.image_table(df), args.val_fraction, args.seed)
     train_ids = train_ids[: args.max_images] if args.max_images else train_ids
-    samples = data.load_samples(layout, train_ids, df)
+    samples = sartorius.load_samples(layout, train_ids, df)
     flows = dynamics.labels_to_flows([s.labels.astype(np.int32) for s in samples], device=torch.device("cpu"))
     images = [s.image.astype(np.float32) for s in samples]
     diameters = _type_diameters(samples, utils)
@@ -126,10 +127,10 @@ def _probe(net, images, flows, train_lib, out: Path) -> float:
 
 def _predict(model, layout, df, ids, diameters) -> tuple[dict[str, np.ndarray], float]:
     """int32 instances of every validation image, each at its type's training diameter."""
-    types = dict(zip(data.image_table(df)["id"], data.image_table(df)["cell_type"]))
+    types = dict(zip(sartorius.image_table(df)["id"], sartorius.image_table(df)["cell_type"]))
     start, labels = time.perf_counter(), {}
     for image_id in ids:
-        image = data.load_image(layout.train_dir / f"{image_id}.png").astype(np.float32)
+        image = sartorius.load_image(layout.train_dir / f"{image_id}.png").astype(np.float32)
         masks = model.eval(image, channels=[0, 0], diameter=diameters[types[image_id]])[0]
         labels[image_id] = masks.astype(np.int32)
     return labels, time.perf_counter() - start

@@ -58,7 +58,7 @@ def flows_to_labels(flows: np.ndarray, cell_mask: np.ndarray, n_steps: int = N_S
     ``MIN_SEED_COUNT`` end points) seed instances, largest first, each growing over nearby
     well-visited histogram pixels; a pixel takes the label of the cluster its end point fell in,
     or stays background. Instances whose own flows (``masks_to_flows`` diffused for
-    ``ERROR_DIFFUSION`` of its steps, see ``flow_errors``) differ from ``flows`` by a mean squared
+    ``ERROR_DIFFUSION`` of its steps, ``_flow_errors``) differ from ``flows`` by a mean squared
     error above ``flow_threshold`` are dropped (``None`` skips the check), then those smaller than
     ``min_size`` pixels.
     """
@@ -101,25 +101,6 @@ def follow_flows(flows: np.ndarray, ys: np.ndarray, xs: np.ndarray, n_steps: int
         raise ValueError(f"n_steps must be >= 0, got {n_steps}")
     flows_yx = np.ascontiguousarray(flows.transpose(1, 2, 0))
     return _follow_pixels(flows_yx, ys, xs, n_steps, STALL_CHECK_EVERY if stop_when_stalled else 0)
-
-
-def flow_errors(labels: np.ndarray, flows: np.ndarray, diffusion: float = 1.0) -> np.ndarray:
-    """float64[labels.max()] per instance: mean over its pixels of |own flow - given flow|^2.
-
-    The own flow is ``masks_to_flows(labels)`` with ``diffusion`` times its number of diffusion
-    steps (1.0: exactly ``masks_to_flows``; ``flows_to_labels`` uses ``ERROR_DIFFUSION``); an
-    absent label gets 0.
-    """
-    labels = _checked_labels(labels)
-    flows, _ = _checked_flows(flows, None)
-    if flows.shape[1:] != labels.shape:
-        raise ValueError(f"flows {flows.shape} and labels {labels.shape} differ in size")
-    if not 0 < diffusion <= 1:
-        raise ValueError(f"diffusion must lie in (0, 1], got {diffusion}")
-    n = int(labels.max()) if labels.size else 0
-    if n == 0:
-        return np.zeros(0)
-    return _flow_errors(labels, n, flows, float(diffusion))
 
 
 def drop_small(labels: np.ndarray, min_size: int, keep: np.ndarray | None = None) -> np.ndarray:

@@ -60,10 +60,6 @@ class Overlaps:
         """int64[k]: pixels in either cell of each pair."""
         return self.true_area[self.true_index] + self.pred_area[self.pred_index] - self.intersection
 
-    def iou(self) -> np.ndarray:
-        """float64[k]: IoU of each pair (for display; hits are decided in integers)."""
-        return self.intersection / self.union()
-
 
 @dataclass(frozen=True)
 class ScoreReport:

@@ -60,7 +60,7 @@ class BoundaryLUT:
     """
 
     table: np.ndarray  # bool[256, 256]
-    classifier: str  # one of kit.boundary_table.CLASSIFIERS: the one tabulated
+    classifier: str  # one of kit.inference.boundary_fit.CLASSIFIERS: the one tabulated
     accuracies: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict)  # per classifier, per split
     n_pixels: int = 0  # training pixels
     band_radius: int = BAND_RADIUS
@@ -191,15 +191,6 @@ def tune_boundary(mask: np.ndarray, image: np.ndarray, lut: BoundaryLUT) -> np.n
     return _tune(mask, band, intensity, sobel, lut.table)
 
 
-def table_lookup(table: np.ndarray, intensity: np.ndarray, sobel: np.ndarray) -> np.ndarray:
-    """bool[n]: ``table[intensity[k], sobel[k]]`` for uint8[n] feature codes (one read per pixel)."""
-    _check_table(table, "in use")
-    intensity, sobel = np.asarray(intensity), np.asarray(sobel)
-    if intensity.dtype != np.uint8 or sobel.dtype != np.uint8 or intensity.shape != sobel.shape:
-        raise ValueError("intensity and Sobel codes must be uint8 arrays of one shape")
-    return _table_lookup(table, intensity.ravel(), sobel.ravel()).reshape(intensity.shape)
-
-
 def watershed_instances(mask: np.ndarray, peak_distance: int = 4, min_peak: float = 2.0) -> np.ndarray:
     """int32[H, W]: ``mask`` split into instances by a watershed of its distance transform.
 
@@ -295,14 +286,6 @@ def _tune(mask, band, intensity, sobel, table):
             if band[y, x]:
                 tuned[y, x] = table[intensity[y, x], sobel[y, x]]
     return tuned
-
-
-@numba.njit(cache=True)
-def _table_lookup(table, intensity, sobel):
-    out = np.empty(intensity.size, np.bool_)
-    for k in range(intensity.size):
-        out[k] = table[intensity[k], sobel[k]]
-    return out
 
 
 @numba.njit(cache=True)

@@ -32,7 +32,7 @@ def split_train_val(images: pd.DataFrame, val_fraction: float = DEFAULT_VAL_FRAC
                     seed: int = DEFAULT_SEED) -> tuple[list[str], list[str]]:
     """Deterministic split stratified by cell type: ``round(n * val_fraction)`` images of each type.
 
-    ``images`` has columns ``id, cell_type`` (``kit.data.image_table``); the result does not depend
+    ``images`` has columns ``id, cell_type`` (``kit.data.sartorius.image_table``); the result does not depend
     on row order.
     """
     if not 0.0 <= val_fraction < 1.0:
@@ -68,7 +68,7 @@ class Split:
     @classmethod
     def compute(cls, images: pd.DataFrame, seed: int = DEFAULT_SEED, val_fraction: float = DEFAULT_VAL_FRACTION,
                 recorded: bool = True) -> "Split":
-        """The split of ``images`` (``kit.data.image_table``) that ``kit.train --seed --val-fraction`` draws."""
+        """The split of ``images`` (``kit.data.sartorius.image_table``) that ``kit.train --seed --val-fraction`` draws."""
         return cls(tuple(split_train_val(images, val_fraction, seed)[1]), seed, val_fraction, recorded)
 
     @property

@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 
 from kit import rle
-from kit.files import atomic_output
 from kit.competition import IMAGE_SHAPE
+from kit.files import atomic_output
 
 HEADER = "id,predicted"
 _FIX_OVERLAP = "assign every pixel to one cell (build one label image per image and write it with write_submission)"

@@ -11,27 +11,24 @@ a GradScaler; bf16 on CPUs with native bf16) and channels_last. Two GPUs (Kaggle
 Before each epoch the run stops cleanly if the slowest recent epoch would not fit in
 ``--time-limit``; ``--resume`` continues from ``NAME-last.pt``.
 
-This module is the command line and the run's settings; the set-up is ``kit.train_setup``, the
-loop and evaluation ``kit.train_loop``, the run folder's outputs and guards ``kit.train_outputs``.
+This module is the command line and the run's settings (``kit.training.config.RunConfig``); the run
+is ``kit.training.run``'s (set-up ``kit.training.setup``, loop and evaluation ``kit.training.loop``,
+the run folder's outputs and guards ``kit.training.run_folder``).
 """
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from pathlib import Path
 
 from kit import cli, paths
-from kit.batches import crop_size
-from kit.competition import DEFAULT_PRETRAIN_EPOCHS, DEFAULT_TIME_LIMIT, parse_pretrain, parse_time_limit
+from kit.cli import DEFAULT_PRETRAIN_EPOCHS, DEFAULT_TIME_LIMIT, crop_size, parse_pretrain, parse_time_limit
 from kit.files import OutputError, exit_on_sigterm, remove_if_left_empty
+from kit.model.variants import OPTIMIZERS, SCHEDULES, VARIANTS, Variant, describe_variants, get_variant
 from kit.progress import show_progress
 from kit.split import DEFAULT_SEED, DEFAULT_VAL_FRACTION
-from kit.stages import StageRequest, train_in_stages
-from kit.train_loop import train_epochs
-from kit.train_outputs import prepare_out
-from kit.train_setup import (Budget, RunConfig, check_options, load_splits, setup_distributed, teardown_distributed,
-                             training_state)
-from kit.variants import OPTIMIZERS, SCHEDULES, VARIANTS, Variant, describe_variants, get_variant
+from kit.training.config import RunConfig
+from kit.training.run import train_in_stages
+from kit.training.stage_options import StageOptions
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -74,7 +71,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--keep-steps", type=int, nargs="+", default=[], metavar="N",
                         help="also keep the weights after each N optimiser steps as OUT/NAME-stepN.pt "
                              "(a learning curve: score each with kit.infer --split val --evaluate)")
-    stages = parser.add_argument_group("stages (kit.stages): LIVECell pretraining and pseudo-labels")
+    stages = parser.add_argument_group("stages (kit.training.stages): LIVECell pretraining and pseudo-labels")
     stages.add_argument("--pretrain", type=_pretrain_source, metavar="livecell[:LINES]",
                         help="a new run first trains on LIVECell (in the competition folder): all 8 lines, or "
                              "e.g. livecell:shsy5y,a172; then it fine-tunes on the competition's images")
@@ -102,7 +99,7 @@ def main(args: argparse.Namespace) -> Path | None:
     try:
         config = run_config(args)
         with remove_if_left_empty(config.out):
-            return train_in_stages(config, train)
+            return train_in_stages(config)
     except (FileNotFoundError, FileExistsError, OutputError, ValueError) as err:
         raise SystemExit(f"kit.train: error: {err}") from None
 
@@ -116,32 +113,14 @@ def run_config(args: argparse.Namespace) -> RunConfig:
                      precision=args.precision, compile=args.compile, resume=args.resume, restart=args.restart,
                      seed=args.seed, max_images=args.max_images, val_fraction=args.val_fraction,
                      keep_steps=tuple(sorted(set(args.keep_steps))),
-                     stages=StageRequest(
-                         pretrain=parse_pretrain(args.pretrain) if args.pretrain else False,
-                         pretrain_epochs=args.pretrain_epochs,
-                         pretrain_time_limit=args.time_limit if args.pretrain_time_limit is None
-                         else args.pretrain_time_limit,
-                         pretrain_max_images=args.pretrain_max_images, extra_data=tuple(map(str, args.extra_data)),
-                         epochs=variant.epochs, time_limit=args.time_limit))
-
-
-def train(config: RunConfig) -> Path:
-    """Train ``config.variant`` (one stage of it when ``config.stage`` is set); returns ``OUT/NAME.pt``."""
-    budget = Budget(limit=config.time_limit)
-    rank, world, device = setup_distributed(config.device)
-    check_options(config, device)
-    if rank == 0:
-        prepare_out(config.out, config.variant, config.resume, config.restart)
-    train_data, val_data, inference, stage = load_splits(config, device, rank)
-    state = training_state(dataclasses.replace(config, stage=stage), device, world, inference, budget,
-                           len(train_data) * train_data.shards)
-    train_epochs(state, config, device, train_data, val_data)
-    teardown_distributed(world)
-    return config.out / f"{config.variant.name}.pt"
+                     stages=StageOptions(pretrain=args.pretrain, pretrain_epochs=args.pretrain_epochs,
+                                         pretrain_time_limit=args.pretrain_time_limit,
+                                         pretrain_max_images=args.pretrain_max_images,
+                                         extra_data=tuple(map(str, args.extra_data))))
 
 
 def _pretrain_source(text: str) -> str:
-    """``--pretrain``'s argparse type: the text, once ``kit.competition.parse_pretrain`` accepts it."""
+    """``--pretrain``'s argparse type: the text, once ``kit.cli.parse_pretrain`` accepts it."""
     parse_pretrain(text)
     return text
 

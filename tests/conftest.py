@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from kit import competition, data
+from kit import competition
+from kit.data import sartorius
 from kit.split import split_train_val
 
 SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "sartorius"
@@ -45,12 +46,12 @@ def shared_dir() -> Path:
 
 @pytest.fixture(scope="module")
 def samples(shared_dir) -> list:
-    """The first four annotated images of each cell type (12 ``kit.data.Sample``s, cort first)."""
-    layout = data.find_competition(shared_dir)
-    df = data.read_train_csv(layout.train_csv)
-    table = data.image_table(df)
+    """The first four annotated images of each cell type (12 ``kit.data.sartorius.Sample``s, cort first)."""
+    layout = sartorius.find_competition(shared_dir)
+    df = sartorius.read_train_csv(layout.train_csv)
+    table = sartorius.image_table(df)
     ids = [i for t in competition.CELL_TYPES for i in sorted(table.loc[table.cell_type == t, "id"])[:4]]
-    return data.load_samples(layout, ids, df)
+    return sartorius.load_samples(layout, ids, df)
 
 
 @pytest.fixture(scope="session")
@@ -61,8 +62,8 @@ def extras_dir(shared_dir, tmp_path_factory) -> Path:
     ``train_semi_supervised/`` of 2 images of each type, taken from the training split."""
     from benchmarks import fixture_data
 
-    layout = data.find_competition(shared_dir)
-    table = data.image_table(data.read_train_csv(layout.train_csv))
+    layout = sartorius.find_competition(shared_dir)
+    table = sartorius.image_table(sartorius.read_train_csv(layout.train_csv))
     train_ids, _ = split_train_val(table)
     by_type = {t: sorted(table.loc[table.cell_type == t, "id"]) for t in competition.CELL_TYPES}
     livecell_splits = {"train": [*by_type["shsy5y"][:2], by_type["cort"][0]], "val": [by_type["astro"][0]],

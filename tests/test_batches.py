@@ -1,12 +1,14 @@
-"""kit.batches: crops at each image's scale, flips that turn the flow vectors, validation truth."""
+"""kit.training.batches: crops at each image's scale, flips that turn the flow vectors, validation truth."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
 
-from kit import batches, data, flows, rescale, rle
-from kit.variants import VARIANTS
+from kit import flows, rle
+from kit.data import rescale, sartorius
+from kit.model.variants import VARIANTS
+from kit.training import batches
 
 
 def _split(labels: np.ndarray, cell_type: str = "cort", scale: float = 1.0) -> batches.TrainData:
@@ -75,8 +77,8 @@ def test_the_truth_of_a_rescaled_crop_matches_its_mask_target():
 
 
 def test_type_scales_bring_each_type_to_the_common_diameter(shared_dir):
-    df = data.read_train_csv(data.find_competition(shared_dir).train_csv)
-    diameters = data.cell_diameters(df)
+    df = sartorius.read_train_csv(sartorius.find_competition(shared_dir).train_csv)
+    diameters = sartorius.cell_diameters(df)
     assert 25 < diameters["astro"] < 35 and 13 < diameters["cort"] < 20 and 12 < diameters["shsy5y"] < 20
     scales = rescale.type_scales(diameters, 30.0)
     assert all(scales[t] * diameters[t] == pytest.approx(30.0) for t in scales)

@@ -9,15 +9,16 @@ import numpy as np
 import pytest
 
 from benchmarks import bench_quality
-from kit import competition, data, rle
+from kit import competition, rle
+from kit.data import sartorius
 from kit.split import split_train_val
 
 
 @pytest.fixture(scope="module")
 def val_truth(shared_dir):
-    layout = data.find_competition(shared_dir, need_test=False)
-    df = data.read_train_csv(layout.train_csv)
-    table = data.image_table(df)
+    layout = sartorius.find_competition(shared_dir, need_test=False)
+    df = sartorius.read_train_csv(layout.train_csv)
+    table = sartorius.image_table(df)
     val_ids = split_train_val(table)[1]
     annotations = df.groupby("id")["annotation"].apply(list)
     types = dict(zip(table["id"], table["cell_type"]))

@@ -2,6 +2,7 @@
 byte, carry the kit's exact source and nothing private."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -12,8 +13,10 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from kit import build_kernel, variants
+from kit import build_kernel
 from kit.competition import COMPETITION_SLUG
+from kit.kaggle import kernels
+from kit.model import variants
 
 USER = "kit-tester"
 REPO = Path(__file__).resolve().parent.parent
@@ -23,7 +26,7 @@ DUMMY_TOKEN = "KGAT_dummy-token-fedcba9876543210"
 
 
 def build(out: Path, tokens=("all",), **options) -> list[Path]:
-    return build_kernel.build_kernels(USER, build_kernel.parse_variant_groups(tokens), out, **options)
+    return kernels.build_kernels(USER, kernels.parse_variant_groups(tokens), out, **options)
 
 
 def read_notebook(folder: Path) -> dict:
@@ -36,15 +39,37 @@ def cell_text(cell: dict) -> str:
 
 
 def embedded_files(notebook: dict) -> dict[str, str]:
-    """{file name: content} of the notebook's %%writefile cells."""
+    """{path below kit/: content} of the notebook's %%writefile cells."""
     found = {}
     for cell in notebook["cells"]:
         text = cell_text(cell)
         first, _, body = text.partition("\n")
-        match = re.fullmatch(r"%%writefile \{KIT_SRC\}/kit/(\w+\.py)", first)
+        match = re.fullmatch(r"%%writefile \{KIT_SRC\}/kit/([\w/]+\.py)", first)
         if cell["cell_type"] == "code" and match:
             found[match.group(1)] = body
     return found
+
+
+def package_sources() -> dict[str, str]:
+    """{path below kit/: content} of every module of the package the kernels need: all but the builder."""
+    return {path.relative_to(KIT_DIR).as_posix(): path.read_text() for path in sorted(KIT_DIR.rglob("*.py"))
+            if path.relative_to(KIT_DIR).as_posix() not in ("build_kernel.py", "kaggle/kernels.py")
+            and "__pycache__" not in path.parts}
+
+
+def test_every_notebook_embeds_the_package_tree_checked_and_stays_well_under_kaggle_s_1_mb(tmp_path):
+    folders = build(tmp_path, ["all"], stages=kernels.kernel_stages(pretrain="livecell"))
+    expected = package_sources()
+    assert {"data/sartorius.py", "model/checkpoints.py", "training/run.py", "inference/ensemble.py",
+            "kaggle/notebook.py", "kaggle/compat.py", "data/__init__.py"} <= set(expected)
+    for folder in folders:
+        notebook = read_notebook(folder)
+        assert embedded_files(notebook) == expected
+        setup = next(cell_text(c) for c in notebook["cells"] if "KIT_FILES = {" in cell_text(c))
+        for name, text in expected.items():  # each file's SHA-256, checked by the import cell
+            assert f"{name!r}: {hashlib.sha256(text.encode()).hexdigest()!r}" in setup
+        size = (folder / f"{folder.name}.ipynb").stat().st_size
+        assert size < 600_000, f"{folder.name}: {size:,} bytes"
 
 
 # --- the real kaggle client, network intercepted ---------------------------------------------
@@ -110,7 +135,7 @@ def test_the_kaggle_client_accepts_every_built_folder(tmp_path, kaggle_push, cap
     assert [f.name for f in folders] == [f"sartorius-kit-train-{n}" for n in names] + ["sartorius-kit-infer"]
     flow = [n for n in names if variants.get_variant(n).target == "flow"]
     assert flow == ["hot-flow-unet", variants.RECIPE]  # the inference kernel picks one of these by score
-    repo_sources = {p.name: p.read_text() for p in sorted(KIT_DIR.glob("*.py")) if p.name != "build_kernel.py"}
+    repo_sources = package_sources()
     from slugify import slugify  # the kaggle client's own slug rule (python-slugify, a kaggle dependency)
 
     for folder in folders:
@@ -119,7 +144,7 @@ def test_the_kaggle_client_accepts_every_built_folder(tmp_path, kaggle_push, cap
         assert "does not resolve" not in output and "retired" not in output
         assert request.slug == f"{USER}/{folder.name}"
         assert slugify(request.new_title) == folder.name
-        assert 5 <= len(request.new_title) <= build_kernel.MAX_TITLE_LENGTH
+        assert 5 <= len(request.new_title) <= kernels.MAX_TITLE_LENGTH
         assert (request.language, request.kernel_type) == ("python", "notebook")
         assert request.enable_internet is False
         assert request.enable_gpu is True and request.is_private is True
@@ -146,7 +171,7 @@ def test_only_the_t4x2_shape_is_offered_and_the_retired_p100_is_refused_with_its
     from kaggle.api import kaggle_api_extended  # the client's own list of retired accelerators
 
     assert "nvidiateslap100" in kaggle_api_extended._RETIRED_ACCELERATORS
-    assert list(build_kernel.MACHINE_SHAPES) == ["NvidiaTeslaT4"] and build_kernel.MACHINE_SHAPES["NvidiaTeslaT4"] == 2
+    assert list(kernels.MACHINE_SHAPES) == ["NvidiaTeslaT4"] and kernels.MACHINE_SHAPES["NvidiaTeslaT4"] == 2
     with pytest.raises(ValueError, match=r"'NvidiaTeslaP100': retired.*sm_60.*use NvidiaTeslaT4"):
         build(tmp_path / "kernels", ["unet"], machine_shape="NvidiaTeslaP100")
     with pytest.raises(SystemExit):
@@ -257,7 +282,7 @@ def test_the_default_build_trains_only_what_the_inference_kernel_uses_and_prints
     folders = build_kernel.main(build_kernel.get_args_parser().parse_args(["--user", USER, "--out", str(out)]))
     flow = [name for name, v in variants.VARIANTS.items() if v.target == "flow"]
     assert [f.name for f in folders] == [f"sartorius-kit-train-{n}" for n in flow] + ["sartorius-kit-infer"]
-    assert len(folders) - 1 <= build_kernel.MAX_GPU_SESSIONS  # every training kernel runs at once
+    assert len(folders) - 1 <= kernels.MAX_GPU_SESSIONS  # every training kernel runs at once
     inference = json.loads((folders[-1] / "kernel-metadata.json").read_text())
     assert inference["kernel_sources"] == [f"{USER}/{f.name}" for f in folders[:-1]]
     printed = capsys.readouterr().out.splitlines()
@@ -272,13 +297,13 @@ def test_the_default_build_trains_only_what_the_inference_kernel_uses_and_prints
 
 def test_a_build_of_every_variant_pushes_in_pairs_and_warns_that_it_exceeds_a_week_s_quota(tmp_path):
     folders = build(tmp_path / "kernels")
-    lines = build_kernel.push_plan(folders, 8 * 3600 + 1800)
+    lines = kernels.push_plan(folders, 8 * 3600 + 1800)
     assert "6 training kernel(s) x 8:30 h = 51.0 session-hours" in lines[0]
     assert lines[1].startswith("warning: 51.0 session-hours is more than a week's GPU quota")
     steps = [line for line in lines if line.startswith("  ")]
     assert [line.split("python -m kit.push ")[1].split() for line in steps] == [
         [str(f) for f in folders[i:i + 2]] for i in (0, 2, 4)] + [[str(folders[6])]]
-    assert build_kernel.push_plan(folders[4:], 3 * 3600)[1].startswith("push in this order")  # 6 h: no note
+    assert kernels.push_plan(folders[4:], 3 * 3600)[1].startswith("push in this order")  # 6 h: no note
 
 
 def test_the_stages_are_off_by_default_and_each_flag_turns_one_on(tmp_path, capsys):
@@ -305,6 +330,10 @@ def test_the_stages_are_off_by_default_and_each_flag_turns_one_on(tmp_path, caps
     with pytest.raises(SystemExit, match="--min-confidence must be in \\[0, 1\\]"):
         build_kernel.main(build_kernel.get_args_parser().parse_args(
             ["--user", USER, "--out", str(tmp_path / "bad"), "--pseudo-round", "--min-confidence", "2"]))
+    with pytest.raises(SystemExit, match=r"--pseudo-round needs flow variants .* mask variant\(s\) unet, hot-unet: "):
+        build_kernel.main(build_kernel.get_args_parser().parse_args(
+            ["--user", USER, "--out", str(tmp_path / "bad"), "--variants", "unet+hot-unet", "hot-flow-unet",
+             "--pseudo-round"]))
     assert not (tmp_path / "bad").exists()
 
 
@@ -330,30 +359,30 @@ def test_the_inference_kernel_attaches_only_the_kernels_training_its_weights(tmp
 
 
 def test_inference_variants_share_one_target_type():
-    assert build_kernel.inference_variants([("hot-flow-unet",)]) == ["hot-flow-unet"]
-    assert build_kernel.inference_variants([("hot-flow-unet", "unet"), ("hot-unet",)]) == ["hot-flow-unet"]
-    assert build_kernel.inference_variants([("hot-unet", "unet")]) == ["hot-unet", "unet"]  # no flow: masks averaged
-    everything = build_kernel.parse_variant_groups(["all"])
-    assert build_kernel.inference_variants(everything) == ["hot-flow-unet", "hot-flow-unet-plus"]
-    assert build_kernel.inference_variants(everything, ["hot-unet", "unet"]) == ["unet", "hot-unet"]
+    assert kernels.inference_variants([("hot-flow-unet",)]) == ["hot-flow-unet"]
+    assert kernels.inference_variants([("hot-flow-unet", "unet"), ("hot-unet",)]) == ["hot-flow-unet"]
+    assert kernels.inference_variants([("hot-unet", "unet")]) == ["hot-unet", "unet"]  # no flow: masks averaged
+    everything = kernels.parse_variant_groups(["all"])
+    assert kernels.inference_variants(everything) == ["hot-flow-unet", "hot-flow-unet-plus"]
+    assert kernels.inference_variants(everything, ["hot-unet", "unet"]) == ["unet", "hot-unet"]
     with pytest.raises(ValueError, match="one target type"):
-        build_kernel.inference_variants(everything, ["unet", "hot-flow-unet"])
-    assert build_kernel.select_best(["hot-flow-unet", "hot-flow-unet-plus"], None)
-    assert not build_kernel.select_best(["hot-flow-unet", "hot-flow-unet-plus"], ["hot-flow-unet", "hot-flow-unet-plus"])
-    assert not build_kernel.select_best(["unet", "hot-unet"], None) and not build_kernel.select_best(["hot-flow-unet"], None)
+        kernels.inference_variants(everything, ["unet", "hot-flow-unet"])
+    assert kernels.select_best(["hot-flow-unet", "hot-flow-unet-plus"], None)
+    assert not kernels.select_best(["hot-flow-unet", "hot-flow-unet-plus"], ["hot-flow-unet", "hot-flow-unet-plus"])
+    assert not kernels.select_best(["unet", "hot-unet"], None) and not kernels.select_best(["hot-flow-unet"], None)
     with pytest.raises(ValueError, match="not trained"):
-        build_kernel.inference_variants([("unet",)], ["hot-unet"])
+        kernels.inference_variants([("unet",)], ["hot-unet"])
 
 
 def test_a_long_group_gets_a_short_stable_slug_matching_its_title():
     from slugify import slugify  # the kaggle client's own slug rule
 
     everything = tuple(variants.VARIANTS)
-    kernel = build_kernel.training_kernel(everything)
-    assert len(kernel.title) <= build_kernel.MAX_TITLE_LENGTH
-    assert slugify(kernel.title) == kernel.slug == build_kernel.training_kernel(everything).slug
+    kernel = kernels.training_kernel(everything)
+    assert len(kernel.title) <= kernels.MAX_TITLE_LENGTH
+    assert slugify(kernel.title) == kernel.slug == kernels.training_kernel(everything).slug
     assert kernel.slug.startswith(f"sartorius-kit-train-{len(everything)}-variants-")
-    assert kernel.slug != build_kernel.training_kernel(everything[::-1]).slug
+    assert kernel.slug != kernels.training_kernel(everything[::-1]).slug
 
 
 @pytest.mark.parametrize("tokens, message", [
@@ -363,16 +392,16 @@ def test_a_long_group_gets_a_short_stable_slug_matching_its_title():
 ])
 def test_bad_variant_lists_are_errors(tokens, message):
     with pytest.raises(ValueError, match=message):
-        build_kernel.parse_variant_groups(tokens)
+        kernels.parse_variant_groups(tokens)
 
 
 def test_time_limits():
-    assert build_kernel.parse_kernel_time_limit("11:00") == 39600
-    assert build_kernel.parse_kernel_time_limit("0:30") == 1800
-    assert build_kernel.parse_kernel_time_limit("12:00") == 43200
+    assert kernels.parse_kernel_time_limit("11:00") == 39600
+    assert kernels.parse_kernel_time_limit("0:30") == 1800
+    assert kernels.parse_kernel_time_limit("12:00") == 43200
     for bad in ("12:01", "13:00", "0:00", "1:5", "90", "1:60", "x:10"):
         with pytest.raises(ValueError):
-            build_kernel.parse_kernel_time_limit(bad)
+            kernels.parse_kernel_time_limit(bad)
 
 
 def test_unknown_machine_shape_is_an_error(tmp_path):
@@ -394,14 +423,14 @@ def no_kaggle_config(tmp_path, monkeypatch):
 
 def test_username_comes_from_the_option_then_the_environment_then_kaggle_json(no_kaggle_config, monkeypatch):
     with pytest.raises(ValueError, match="--user"):
-        build_kernel.resolve_username()
+        kernels.resolve_username()
     config = no_kaggle_config / ".kaggle" / "kaggle.json"
     config.parent.mkdir(parents=True)
     config.write_text(json.dumps({"username": "from-json", "key": DUMMY_KEY}))
-    assert build_kernel.resolve_username() == "from-json"
+    assert kernels.resolve_username() == "from-json"
     monkeypatch.setenv("KAGGLE_USERNAME", "from-env")
-    assert build_kernel.resolve_username() == "from-env"
-    assert build_kernel.resolve_username("from-option") == "from-option"
+    assert kernels.resolve_username() == "from-env"
+    assert kernels.resolve_username("from-option") == "from-option"
 
 
 def test_kaggle_config_dir_and_xdg_are_searched_like_the_kaggle_client(no_kaggle_config, tmp_path, monkeypatch):
@@ -409,13 +438,13 @@ def test_kaggle_config_dir_and_xdg_are_searched_like_the_kaggle_client(no_kaggle
     (xdg / "kaggle").mkdir(parents=True)
     (xdg / "kaggle" / "kaggle.json").write_text(json.dumps({"username": "from-xdg", "key": DUMMY_KEY}))
     monkeypatch.setenv("XDG_CONFIG_HOME", str(xdg))
-    assert build_kernel.resolve_username() == "from-xdg"
+    assert kernels.resolve_username() == "from-xdg"
     explicit = tmp_path / "explicit"
     explicit.mkdir()
     (explicit / "kaggle.json").write_text(json.dumps({"key": DUMMY_KEY}))
     monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(explicit))
     with pytest.raises(ValueError, match="no 'username'"):
-        build_kernel.resolve_username()
+        kernels.resolve_username()
 
 
 def test_a_username_from_kaggle_json_builds_without_copying_the_key(no_kaggle_config, tmp_path):
@@ -432,4 +461,4 @@ def test_a_username_from_kaggle_json_builds_without_copying_the_key(no_kaggle_co
 @pytest.mark.parametrize("bad", ["", "a b", "../x", "user/x", "-x"])
 def test_a_malformed_username_is_an_error(bad):
     with pytest.raises(ValueError, match="Kaggle username"):
-        build_kernel.check_username(bad)
+        kernels.check_username(bad)

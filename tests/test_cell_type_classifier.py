@@ -5,27 +5,29 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kit import cell_type_classifier as ctc, data
+from kit import cell_type_classifier as ctc
+from kit.data import sartorius
+from kit.inference import type_classifier
 from kit.split import split_train_val
 
 
 @pytest.fixture(scope="module")
 def shared_features(shared_dir) -> tuple[np.ndarray, list[str]]:
     """(features float64[120, 19], cell types) of every annotated shared image."""
-    layout = data.find_competition(shared_dir)
-    table = data.image_table(data.read_train_csv(layout.train_csv))
-    features = np.stack([ctc.image_features(data.load_image(layout.train_dir / f"{i}.png")) for i in table["id"]])
+    layout = sartorius.find_competition(shared_dir)
+    table = sartorius.image_table(sartorius.read_train_csv(layout.train_csv))
+    features = np.stack([type_classifier.image_features(sartorius.load_image(layout.train_dir / f"{i}.png")) for i in table["id"]])
     return features, table["cell_type"].tolist()
 
 
 def test_cell_type_classifier_on_held_out_shared_images(shared_dir):
     """Fitted on the training split's images, it names the validation images' types (cort always)."""
-    layout = data.find_competition(shared_dir)
-    df = data.read_train_csv(layout.train_csv)
-    train_ids, val_ids = split_train_val(data.image_table(df))
+    layout = sartorius.find_competition(shared_dir)
+    df = sartorius.read_train_csv(layout.train_csv)
+    train_ids, val_ids = split_train_val(sartorius.image_table(df))
     fit_df = df[df["id"].isin(train_ids)]
-    truth = data.image_table(df).set_index("id").loc[val_ids, "cell_type"].tolist()
-    got = ctc.predict_cell_types(layout, fit_df, [layout.train_dir / f"{i}.png" for i in val_ids])
+    truth = sartorius.image_table(df).set_index("id").loc[val_ids, "cell_type"].tolist()
+    got = type_classifier.predict_cell_types(layout, fit_df, [layout.train_dir / f"{i}.png" for i in val_ids])
     accuracy = np.mean(np.array(got) == np.array(truth))
     assert accuracy >= 0.8, list(zip(truth, got))
     assert all(g == "cort" for g, t in zip(got, truth) if t == "cort")
@@ -41,10 +43,10 @@ def _queries(features: np.ndarray) -> np.ndarray:
 
 def test_the_saved_file_predicts_as_the_fitted_model(shared_features, tmp_path):
     features, types = shared_features
-    model = ctc.make_model().fit(features, types)
-    path = ctc.save_classifier(tmp_path / ctc.FILE_NAME, ctc.from_fitted(model))
-    assert [p.name for p in tmp_path.iterdir()] == [ctc.FILE_NAME]  # no temporary left behind
-    loaded = ctc.load_classifier(path)
+    model = type_classifier.make_model().fit(features, types)
+    path = type_classifier.save_classifier(tmp_path / type_classifier.FILE_NAME, type_classifier.from_fitted(model))
+    assert [p.name for p in tmp_path.iterdir()] == [type_classifier.FILE_NAME]  # no temporary left behind
+    loaded = type_classifier.load_classifier(path)
     queries = _queries(features)
     expected = model.predict(queries).tolist()
     assert len(set(expected)) == 3
@@ -56,8 +58,8 @@ def test_two_classes_predict_as_sklearn_too(shared_features, tmp_path):
     """sklearn stores one coefficient row for two classes; the saved arrays still decide the same."""
     features, types = shared_features
     keep = [k for k, t in enumerate(types) if t != "cort"]  # astro vs shsy5y: the pair that gets confused
-    model = ctc.make_model().fit(features[keep], [types[k] for k in keep])
-    loaded = ctc.load_classifier(ctc.save_classifier(tmp_path / "two.npz", ctc.from_fitted(model)))
+    model = type_classifier.make_model().fit(features[keep], [types[k] for k in keep])
+    loaded = type_classifier.load_classifier(type_classifier.save_classifier(tmp_path / "two.npz", type_classifier.from_fitted(model)))
     queries = _queries(features[keep])
     assert loaded.predict(queries) == model.predict(queries).tolist()
     assert loaded.coef.shape == (2, features.shape[1])
@@ -67,39 +69,39 @@ def test_fit_and_save_from_a_data_folder(shared_dir, tmp_path, capsys):
     path = ctc.main(ctc.get_args_parser().parse_args(["fit", "--data", str(shared_dir),
                                                       "--out", str(tmp_path / "types.npz")]))
     assert "cell-type classifier (astro, cort, shsy5y) fitted" in capsys.readouterr().out
-    layout = data.find_competition(shared_dir)
-    train_df = data.read_train_csv(layout.train_csv)
-    refitted = ctc.fit_classifier(layout, train_df)
-    loaded = ctc.load_classifier(path)
+    layout = sartorius.find_competition(shared_dir)
+    train_df = sartorius.read_train_csv(layout.train_csv)
+    refitted = type_classifier.fit_classifier(layout, train_df)
+    loaded = type_classifier.load_classifier(path)
     for name in ("mean", "scale", "coef", "intercept"):
         np.testing.assert_array_equal(getattr(loaded, name), getattr(refitted, name))
 
 
 def test_missing_and_malformed_files_are_errors_naming_the_file(shared_features, tmp_path):
     features, types = shared_features
-    good = ctc.from_fitted(ctc.make_model().fit(features, types))
+    good = type_classifier.from_fitted(type_classifier.make_model().fit(features, types))
     with pytest.raises(FileNotFoundError, match=r"missing\.npz.*kit\.cell_type_classifier fit"):
-        ctc.load_classifier(tmp_path / "missing.npz")
+        type_classifier.load_classifier(tmp_path / "missing.npz")
     (tmp_path / "junk.npz").write_bytes(b"not a zip file")
     with pytest.raises(ValueError, match=r"junk\.npz is not a readable \.npz"):
-        ctc.load_classifier(tmp_path / "junk.npz")
+        type_classifier.load_classifier(tmp_path / "junk.npz")
     np.savez(tmp_path / "other.npz", table=np.zeros(3))
     with pytest.raises(ValueError, match=r"other\.npz is not a cell-type classifier"):
-        ctc.load_classifier(tmp_path / "other.npz")
-    pickled = {"format": np.array(ctc.FORMAT), "classes": np.array(good.classes, dtype=object), "mean": good.mean,
+        type_classifier.load_classifier(tmp_path / "other.npz")
+    pickled = {"format": np.array(type_classifier.FORMAT), "classes": np.array(good.classes, dtype=object), "mean": good.mean,
                "scale": good.scale, "coef": good.coef, "intercept": good.intercept,
                "spectrum_bands": np.geomspace(2e-3, 0.71, 17)}
     np.savez(tmp_path / "pickled.npz", **pickled)  # an object array needs pickle to load: refused
     with pytest.raises(ValueError, match=r"pickled\.npz is not a readable"):
-        ctc.load_classifier(tmp_path / "pickled.npz")
-    ctc.save_classifier(tmp_path / "short.npz", ctc.CellTypeClassifier(good.classes, good.mean[:5], good.scale,
+        type_classifier.load_classifier(tmp_path / "pickled.npz")
+    type_classifier.save_classifier(tmp_path / "short.npz", type_classifier.CellTypeClassifier(good.classes, good.mean[:5], good.scale,
                                                                         good.coef, good.intercept))
     with pytest.raises(ValueError, match=r"short\.npz: array shapes .* 19 features"):
-        ctc.load_classifier(tmp_path / "short.npz")
-    ctc.save_classifier(tmp_path / "zero.npz", ctc.CellTypeClassifier(good.classes, good.mean, good.scale * 0,
+        type_classifier.load_classifier(tmp_path / "short.npz")
+    type_classifier.save_classifier(tmp_path / "zero.npz", type_classifier.CellTypeClassifier(good.classes, good.mean, good.scale * 0,
                                                                        good.coef, good.intercept))
     with pytest.raises(ValueError, match=r"zero\.npz: .*non-positive-scale"):
-        ctc.load_classifier(tmp_path / "zero.npz")
+        type_classifier.load_classifier(tmp_path / "zero.npz")
 
 
 def test_an_unwritable_out_is_one_line_before_the_fit(shared_dir, unwritable_dir):

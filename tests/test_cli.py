@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from kit import cli, variants
+from kit import cli
+from kit.model import variants
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -1,4 +1,4 @@
-"""kit.compat: the supported minimum versions, and the notebooks' first cell that checks them."""
+"""kit.kaggle.compat: the supported minimum versions, and the notebooks' first cell that checks them."""
 from __future__ import annotations
 
 import re
@@ -11,7 +11,7 @@ import nbclient
 import nbformat
 import pytest
 
-from kit import build_kernel, compat
+from kit.kaggle import compat, kernels
 
 REPO = Path(__file__).resolve().parent.parent
 SUPPORTED = {"python": "3.10.13", "torch": "2.4.1", "numpy": "1.26.4", "pandas": "2.1.4", "numba": "0.58.1",
@@ -86,7 +86,7 @@ def test_the_minimums_are_the_oldest_set_the_compat_script_tests():
 
 
 def test_the_requirements_lower_bounds_are_the_minimums():
-    """requirements.txt, requirements-oldest.txt and kit.compat name one minimum per library."""
+    """requirements.txt, requirements-oldest.txt and kit.kaggle.compat name one minimum per library."""
     bounds = dict(re.findall(r"^([A-Za-z0-9_-]+)>=(\S+)", (REPO / "requirements.txt").read_text(), re.M))
     names = {"opencv": "opencv-python-headless"}
     for library, minimum in compat.MINIMUM.items():
@@ -96,24 +96,24 @@ def test_the_requirements_lower_bounds_are_the_minimums():
 
 
 def test_importing_compat_loads_no_heavy_library():
-    probe = "import sys, kit.compat; print(' '.join(sorted({m.split('.')[0] for m in sys.modules})))"
+    probe = "import sys, kit.kaggle.compat; print(' '.join(sorted({m.split('.')[0] for m in sys.modules})))"
     done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, check=True)
     assert not set(done.stdout.split()) & {"torch", "numpy", "pandas", "numba", "cv2", "sklearn", "scipy"}
 
 
 def test_every_notebook_starts_with_the_version_check_from_kit_compat(tmp_path):
-    built = build_kernel.build_kernels("tester", [["unet"]], tmp_path)
+    built = kernels.build_kernels("tester", [["unet"]], tmp_path)
     for folder in built:
         notebook = nbformat.read(next(folder.glob("*.ipynb")), as_version=4)
         first_code = next(cell for cell in notebook.cells if cell.cell_type == "code")
         assert first_code.source.endswith("\ncheck_environment()\n")
-        assert (REPO / "kit" / "compat.py").read_text() in first_code.source
+        assert (REPO / "kit" / "kaggle" / "compat.py").read_text() in first_code.source
 
 
 def test_the_first_cell_stops_the_notebook_before_its_work_when_torch_is_too_old(tmp_path):
     """In a real kernel: a session whose torch reports 2.1.2 prints its versions, ends with the one
     line, and runs no later cell (here a cell that would leave a file)."""
-    folder = build_kernel.build_kernels("tester", [["unet"]], tmp_path / "kernels")[0]
+    folder = kernels.build_kernels("tester", [["unet"]], tmp_path / "kernels")[0]
     notebook = nbformat.read(next(folder.glob("*.ipynb")), as_version=4)
     check = next(cell for cell in notebook.cells if cell.cell_type == "code")
     old_torch = ("from importlib import metadata\n_real = metadata.version\n"

@@ -1,11 +1,12 @@
-"""kit.data on the shared slice and on broken copies of it."""
+"""kit.data.sartorius on the shared slice and on broken copies of it."""
 import shutil
 
 import cv2
 import numpy as np
 import pytest
 
-from kit import competition, data, rle
+from kit import competition, rle
+from kit.data import sartorius
 from kit.split import split_train_val
 
 
@@ -14,33 +15,33 @@ def test_finds_the_layout_below_a_deeper_root(shared_dir, tmp_path):
     mount.parent.mkdir(parents=True)
     mount.symlink_to(shared_dir, target_is_directory=True)
     (tmp_path / "input" / "weights-dataset").mkdir()
-    layout = data.find_competition(tmp_path / "input")
+    layout = sartorius.find_competition(tmp_path / "input")
     assert layout.root == mount
     assert layout.train_csv == mount / "train.csv" and layout.test_dir == mount / "test"
 
 
 def test_missing_layout_and_two_copies_are_clear_errors(shared_dir, tmp_path):
     with pytest.raises(FileNotFoundError, match="kaggle competitions download"):
-        data.find_competition(tmp_path)
+        sartorius.find_competition(tmp_path)
     for name in ("a", "b"):
         (tmp_path / name).symlink_to(shared_dir, target_is_directory=True)
     with pytest.raises(ValueError, match="several copies"):
-        data.find_competition(tmp_path)
+        sartorius.find_competition(tmp_path)
 
 
 def test_inference_only_layout_needs_no_train_csv(tmp_path):
     (tmp_path / "comp" / "test").mkdir(parents=True)
-    layout = data.find_competition(tmp_path, need_train=False)
+    layout = sartorius.find_competition(tmp_path, need_train=False)
     assert layout.train_csv is None and layout.test_dir == tmp_path / "comp" / "test"
     with pytest.raises(FileNotFoundError, match="no .png"):
-        data.test_image_paths(layout)
+        sartorius.test_image_paths(layout)
 
 
 def test_read_train_csv(shared_dir):
-    df = data.read_train_csv(shared_dir / "train.csv")
+    df = sartorius.read_train_csv(shared_dir / "train.csv")
     assert len(df) == 17101
     assert df["width"].eq(704).all() and df["height"].eq(520).all()
-    table = data.image_table(df)
+    table = sartorius.image_table(df)
     assert len(table) == 120
     assert table.groupby("cell_type")["n_cells"].sum().to_dict() == {"astro": 3140, "cort": 1443, "shsy5y": 12518}
     assert (df.loc[df["id"] == "0030fd0e6378", "plate_time"] != "").all()
@@ -66,39 +67,31 @@ def test_bad_train_csv_rows_name_the_line(shared_dir, tmp_path, column, value, m
     broken = tmp_path / "train.csv"
     broken.write_text("\n".join(lines) + "\n")
     with pytest.raises(ValueError, match=message):
-        data.read_train_csv(broken)
+        sartorius.read_train_csv(broken)
 
 
 def test_missing_column_is_named(tmp_path):
     (tmp_path / "train.csv").write_text("id,annotation\nabc,1 2\n")
     with pytest.raises(ValueError, match=r"missing column\(s\) \['width', 'height', 'cell_type'\]"):
-        data.read_train_csv(tmp_path / "train.csv")
+        sartorius.read_train_csv(tmp_path / "train.csv")
 
 
 def test_load_image_checks_size_and_type(shared_dir, tmp_path):
-    image = data.load_image(shared_dir / "train" / "0030fd0e6378.png")
+    image = sartorius.load_image(shared_dir / "train" / "0030fd0e6378.png")
     assert image.dtype == np.uint8 and image.shape == (520, 704)
     cv2.imwrite(str(tmp_path / "small.png"), image[:512, :512])
     with pytest.raises(ValueError, match="small.png: expected 520x704"):
-        data.load_image(tmp_path / "small.png")
+        sartorius.load_image(tmp_path / "small.png")
     cv2.imwrite(str(tmp_path / "color.png"), np.dstack([image] * 3))
     with pytest.raises(ValueError, match="color.png: expected 8-bit grayscale"):
-        data.load_image(tmp_path / "color.png")
+        sartorius.load_image(tmp_path / "color.png")
     (tmp_path / "junk.png").write_bytes(b"not a png")
     with pytest.raises(ValueError, match="cannot read image .*junk.png"):
-        data.load_image(tmp_path / "junk.png")
-
-
-def test_one_hot_order_and_unknown_type():
-    np.testing.assert_array_equal(data.one_hot("cort"), [1, 0, 0])
-    np.testing.assert_array_equal(data.one_hot("astro"), [0, 1, 0])
-    np.testing.assert_array_equal(data.one_hot("shsy5y"), [0, 0, 1])
-    with pytest.raises(ValueError, match="valid: cort, astro, shsy5y"):
-        data.one_hot("neuron")
+        sartorius.load_image(tmp_path / "junk.png")
 
 
 def test_split_is_stratified_deterministic_and_order_free(shared_dir):
-    table = data.image_table(data.read_train_csv(shared_dir / "train.csv"))
+    table = sartorius.image_table(sartorius.read_train_csv(shared_dir / "train.csv"))
     train, val = split_train_val(table)
     assert (len(train), len(val)) == (96, 24)
     assert not set(train) & set(val)
@@ -108,8 +101,8 @@ def test_split_is_stratified_deterministic_and_order_free(shared_dir):
 
 
 def test_samples_hold_image_labels_and_original_annotations(shared_dir):
-    layout = data.find_competition(shared_dir)
-    (sample,) = data.load_samples(layout, ["0030fd0e6378"])
+    layout = sartorius.find_competition(shared_dir)
+    (sample,) = sartorius.load_samples(layout, ["0030fd0e6378"])
     assert sample.cell_type == "shsy5y"
     assert sample.labels.dtype == np.int32 and sample.labels.max() == len(sample.annotations) == 395
     union = np.zeros(competition.IMAGE_SHAPE, bool)
@@ -117,11 +110,11 @@ def test_samples_hold_image_labels_and_original_annotations(shared_dir):
         union |= rle.decode(a)
     np.testing.assert_array_equal(sample.labels > 0, union)
     with pytest.raises(KeyError, match="no annotations"):
-        data.load_samples(layout, ["000000000000"])
+        sartorius.load_samples(layout, ["000000000000"])
 
 
 def test_test_image_paths(shared_dir, tmp_path):
-    paths = data.test_image_paths(data.find_competition(shared_dir))
+    paths = sartorius.test_image_paths(sartorius.find_competition(shared_dir))
     assert list(paths) == ["7ae19de7bc2a", "d48ec7815252", "d8bfd1dafdc4"]
     shutil.copytree(shared_dir / "test", tmp_path / "comp" / "test")
-    assert list(data.test_image_paths(data.find_competition(tmp_path, need_train=False))) == list(paths)
+    assert list(sartorius.test_image_paths(sartorius.find_competition(tmp_path, need_train=False))) == list(paths)

@@ -20,10 +20,14 @@ import pandas as pd
 import pytest
 import torch
 
-from kit import (build_kernel, data, files, infer, models, progress, rle, train, train_loop, train_outputs, train_setup,
-                 validate, variants)
+from kit import build_kernel, files, infer, progress, rle, train, validate
+from kit.data import sartorius
+from kit.inference import submit
+from kit.kaggle import kernels
+from kit.model import checkpoints, network, variants
 from kit.split import split_train_val
 from kit.submission import write_submission
+from kit.training import loop, run_folder, setup
 
 REPO = Path(__file__).resolve().parent.parent
 RUN_FILES = ["unet.pt", "unet-last.pt", "unet-metrics.csv", "unet-curves.png"]
@@ -84,12 +88,12 @@ def earlier_run(first_run, tmp_path) -> Path:
 def empty_weights(tmp_path_factory) -> Path:
     """Weights of a unet that finds no cell anywhere (every logit -30)."""
     variant = variants.get_variant("unet")
-    model = models.build_model(variant)
+    model = network.build_model(variant)
     with torch.no_grad():
         model.head.weight.zero_()
         model.head.bias.fill_(-30.0)
     path = tmp_path_factory.mktemp("weights") / "unet.pt"
-    models.save_checkpoint(path, model, variant)
+    checkpoints.save_checkpoint(path, model, variant)
     return path
 
 
@@ -97,7 +101,7 @@ def empty_weights(tmp_path_factory) -> Path:
 
 def test_a_second_run_into_the_same_folder_is_refused_and_keeps_the_weights(shared_dir, earlier_run, monkeypatch):
     before = _snapshot(earlier_run)
-    monkeypatch.setattr(train_loop, "train_epoch", _no_training)
+    monkeypatch.setattr(loop, "train_epoch", _no_training)
     with pytest.raises(SystemExit) as excinfo:
         _train(*_train_args(shared_dir, earlier_run))
     message = _user_error(excinfo, "kit.train")
@@ -138,7 +142,7 @@ def test_a_missing_gpu_is_named_not_reported_as_a_corrupt_checkpoint(shared_dir,
 
 def test_train_on_a_missing_gpu_and_no_silent_cpu_fallback(shared_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(train_loop, "train_epoch", _no_training)
+    monkeypatch.setattr(loop, "train_epoch", _no_training)
     argv = ["--variant", "unet", "--data", str(shared_dir), "--out", str(tmp_path)]
     with pytest.raises(SystemExit) as excinfo:
         _train(*argv, "--device", "cuda")
@@ -162,9 +166,9 @@ def test_bench_train_on_a_missing_gpu_is_one_line():
 # ---------------------------------------------------------------- 3. a submission missing images
 
 def test_validate_scores_missing_images_as_zero(shared_dir, tmp_path, capsys):
-    layout = data.find_competition(shared_dir, need_test=False)
-    frame = data.read_train_csv(layout.train_csv)
-    val_ids = split_train_val(data.image_table(frame))[1]
+    layout = sartorius.find_competition(shared_dir, need_test=False)
+    frame = sartorius.read_train_csv(layout.train_csv)
+    val_ids = split_train_val(sartorius.image_table(frame))[1]
     labels = {i: rle.decode_labels(frame.loc[frame["id"] == i, "annotation"].tolist()) for i in val_ids}
     for image_id in val_ids[::2]:  # imperfect predictions: every other image loses its odd labels
         labels[image_id] = np.where(labels[image_id] % 2 == 1, 0, labels[image_id])
@@ -198,7 +202,7 @@ def test_train_data_errors_are_one_line_without_traceback(tmp_path):
 
 
 def test_resume_errors_are_one_line_and_found_before_loading_images(shared_dir, tmp_path, monkeypatch):
-    monkeypatch.setattr(train_setup, "load_split", _no_training)
+    monkeypatch.setattr(setup, "load_split", _no_training)
     with pytest.raises(SystemExit) as excinfo:
         _train(*_train_args(shared_dir, tmp_path, "--resume"))
     assert f"--resume: no checkpoint {tmp_path / 'unet-last.pt'}; run without --resume" \
@@ -212,7 +216,7 @@ def test_a_run_stopped_in_its_first_epoch_says_to_restart(shared_dir, earlier_ru
     for name in ("unet-metrics.csv", "unet-curves.png"):
         (earlier_run / name).unlink()
     with monkeypatch.context() as patched:
-        patched.setattr(train_setup, "load_split", _no_training)
+        patched.setattr(setup, "load_split", _no_training)
         for extra, instead in ((("--resume",), " of --resume"), ((), "")):
             with pytest.raises(SystemExit) as excinfo:
                 _train(*_train_args(shared_dir, earlier_run, *extra))
@@ -227,8 +231,8 @@ def test_a_run_stopped_in_its_first_epoch_says_to_restart(shared_dir, earlier_ru
 # ---------------------------------------------------------------- 4b. argument combinations before any data
 
 def test_fp16_on_the_cpu_is_refused_before_any_data_and_leaves_no_out_folder(shared_dir, tmp_path, monkeypatch):
-    monkeypatch.setattr(train_setup, "load_split", _no_training)
-    monkeypatch.setattr(train_setup.data, "find_competition", _no_training)
+    monkeypatch.setattr(setup, "load_split", _no_training)
+    monkeypatch.setattr(setup.sartorius, "find_competition", _no_training)
     out = tmp_path / "runs" / "a"
     for extra, expected in (
             (("--precision", "fp16"), "--precision fp16 needs a CUDA GPU (--device cuda); on the CPU use "
@@ -255,17 +259,17 @@ def test_an_early_failure_keeps_an_out_folder_the_user_made_or_wrote_in(shared_d
         (cache_dir / "flows.npy").write_bytes(b"work already done")
         raise ValueError("an image fails after the cache was written")
 
-    monkeypatch.setattr(train_setup, "split_from_samples", cache_then_fail)
+    monkeypatch.setattr(setup, "split_from_samples", cache_then_fail)
     with pytest.raises(SystemExit):
         _train(*_train_args(shared_dir, tmp_path / "kept"))
     assert (tmp_path / "kept" / "cache" / "flows.npy").is_file()
 
 
 def test_train_takes_cuda_n_as_the_other_commands_do(shared_dir, tmp_path, monkeypatch):
-    monkeypatch.setattr(train_setup, "load_split", _no_training)
+    monkeypatch.setattr(setup, "load_split", _no_training)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    with pytest.raises(SystemExit) as excinfo:  # accepted by argparse, then resolved by models.resolve_device
+    with pytest.raises(SystemExit) as excinfo:  # accepted by argparse, then resolved by hardware.resolve_device
         _train(*_train_args(shared_dir, tmp_path / "out", "--device", "cuda:1"))
     assert "--device cuda:1: this machine has 1 CUDA GPU(s), numbered from 0" in _user_error(excinfo, "kit.train")
     with pytest.raises(SystemExit) as excinfo:
@@ -288,7 +292,7 @@ def test_train_takes_cuda_n_as_the_other_commands_do(shared_dir, tmp_path, monke
 
 def test_a_full_disk_is_found_before_training(shared_dir, earlier_run, monkeypatch):
     before = _snapshot(earlier_run)
-    monkeypatch.setattr(train_loop, "train_epoch", _no_training)
+    monkeypatch.setattr(loop, "train_epoch", _no_training)
     monkeypatch.setattr(files.shutil, "disk_usage", lambda path: SimpleNamespace(total=10**9, used=10**9, free=10**6))
     with pytest.raises(SystemExit) as excinfo:
         _train(*_train_args(shared_dir, earlier_run, "--resume", "--epochs", "2"))
@@ -306,7 +310,7 @@ def test_a_disk_that_fills_during_a_checkpoint_save_names_the_file(shared_dir, e
         Path(path).write_bytes(b"\0" * 100)
         raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 53504 vs 53400")
 
-    monkeypatch.setattr(models.torch, "save", full_disk_save)
+    monkeypatch.setattr(checkpoints.torch, "save", full_disk_save)
     with pytest.raises(SystemExit) as excinfo:
         _train(*_train_args(shared_dir, earlier_run, "--resume", "--epochs", "2"))
     message = _user_error(excinfo, "kit.train")
@@ -321,11 +325,11 @@ def test_a_disk_that_fills_during_a_checkpoint_save_names_the_file(shared_dir, e
 
 def test_the_free_space_check_counts_a_saves_temporary_copy(tmp_path):
     variant = variants.get_variant("unet")
-    size = models.checkpoint_bytes(variant)
-    assert train_outputs.checkpoint_space(tmp_path, variant) == 3 * size  # best + last + the temporary of last
+    size = checkpoints.checkpoint_bytes(variant)
+    assert run_folder.checkpoint_space(tmp_path, variant) == 3 * size  # best + last + the temporary of last
     (tmp_path / "unet.pt").write_bytes(b"\0" * (size // 3))
     (tmp_path / "unet-last.pt").write_bytes(b"\0" * size)  # a resumed run: both are replaced in turn
-    assert train_outputs.checkpoint_space(tmp_path, variant) == 3 * size - size // 3 - size
+    assert run_folder.checkpoint_space(tmp_path, variant) == 3 * size - size // 3 - size
 
 
 def test_enospc_from_a_plain_write_names_the_file_and_keeps_the_old_one(tmp_path):
@@ -358,7 +362,7 @@ def read_only(tmp_path, monkeypatch) -> Path:
 
 
 def test_train_into_an_unwritable_out_fails_before_the_first_epoch(shared_dir, read_only, monkeypatch):
-    monkeypatch.setattr(train_loop, "train_epoch", _no_training)
+    monkeypatch.setattr(loop, "train_epoch", _no_training)
     with pytest.raises(SystemExit) as excinfo:
         _train(*_train_args(shared_dir, read_only))
     assert (f"cannot write to {read_only} (Permission denied); pass a folder you can write to with --out"
@@ -366,7 +370,7 @@ def test_train_into_an_unwritable_out_fails_before_the_first_epoch(shared_dir, r
 
 
 def test_infer_into_an_unwritable_out_fails_before_predicting(shared_dir, empty_weights, read_only, monkeypatch):
-    monkeypatch.setattr(infer, "predict_labels", _no_training)
+    monkeypatch.setattr(submit, "predict_labels", _no_training)
     argv = ["--data", str(shared_dir), "--weights", str(empty_weights), "--out", str(read_only / "s.csv"),
             "--device", "cpu"]
     with pytest.raises(SystemExit) as excinfo:
@@ -397,16 +401,17 @@ def test_the_other_commands_name_an_unwritable_output_in_one_line(shared_dir, re
 
 _DYING_SAVE = """
 import os, signal, sys
-from kit import files, models, variants
+from kit import files
+from kit.model import checkpoints, network, variants
 files.exit_on_sigterm()
 variant = variants.get_variant("unet")
-model = models.build_model(variant)
+model = network.build_model(variant)
 def dying_save(obj, path):
     with open(path, "wb") as handle:
         handle.write(b"half a checkpoint")
     os.kill(os.getpid(), getattr(signal, sys.argv[2]))
-models.torch.save = dying_save
-models.save_checkpoint(sys.argv[1], model, variant)
+checkpoints.torch.save = dying_save
+checkpoints.save_checkpoint(sys.argv[1], model, variant)
 """
 
 
@@ -501,20 +506,20 @@ def test_malformed_weights_files_are_named_as_unreadable(tmp_path, content, expe
     path = tmp_path / "weights.pt"
     path.write_bytes(content)
     with pytest.raises(ValueError, match=re.escape(f"{path} {expected}")):
-        models.load_checkpoint(path)
+        checkpoints.load_checkpoint(path)
 
 
 def test_a_truncated_checkpoint_and_a_newer_format(first_run, tmp_path):
     truncated = tmp_path / "truncated.pt"
     truncated.write_bytes((first_run / "unet.pt").read_bytes()[:5000])
     with pytest.raises(ValueError, match="truncated.pt is not a readable checkpoint"):
-        models.load_checkpoint(truncated)
+        checkpoints.load_checkpoint(truncated)
     newer = tmp_path / "newer.pt"
     checkpoint = torch.load(first_run / "unet.pt", weights_only=True)
     torch.save({**checkpoint, "format": "kit-checkpoint-v3"}, newer)
     with pytest.raises(ValueError, match=r"newer.pt is a kit checkpoint of a newer format \('kit-checkpoint-v3'; "
                                          r"this kit reads 'kit-checkpoint-v2'\): update the kit"):
-        models.load_checkpoint(newer)
+        checkpoints.load_checkpoint(newer)
 
 
 def test_a_text_file_given_as_weights_is_one_line(shared_dir, tmp_path):
@@ -546,10 +551,10 @@ def test_overlays_of_an_earlier_validation_are_removed(shared_dir, tmp_path):
 
 def test_kernel_folders_of_an_earlier_build_are_removed(tmp_path, capsys):
     progress.show_progress()  # as python -m kit.build_kernel shows its lines
-    build_kernel.build_kernels("someone", [("unet",), ("hot-unet",), ("hot-unet-weighted",)], tmp_path)
+    kernels.build_kernels("someone", [("unet",), ("hot-unet",), ("hot-unet-weighted",)], tmp_path)
     kept_by_user = tmp_path / "sartorius-kit-train-hot-unet" / "my-notes.txt"
     kept_by_user.write_text("mine")
-    build_kernel.build_kernels("someone", [("unet",)], tmp_path)
+    kernels.build_kernels("someone", [("unet",)], tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "sartorius-kit-infer", "sartorius-kit-train-hot-unet", "sartorius-kit-train-unet"]
     assert kept_by_user.read_text() == "mine"
@@ -566,7 +571,7 @@ def test_the_curves_show_lr_images_per_s_and_the_best_epoch(tmp_path, monkeypatc
     history = [{"epoch": e, "train_loss": 1.0 / e, "val_loss": 1.0, "val_dice": 0.5, "val_iou": 0.4,
                 "val_accuracy": 0.9, "val_score": score, "lr": 0.01 / e, "images_per_s": 3.0}
                for e, score in ((1, 0.1), (2, 0.3), (3, 0.2))]
-    train_outputs.plot_curves(tmp_path / "curves.png", history, "unet")
+    run_folder.plot_curves(tmp_path / "curves.png", history, "unet")
     (figure,) = drawn
     titles = [axes.get_title() for axes in figure.axes]
     assert titles == ["unet: loss", "unet: validation", "unet: learning rate", "unet: throughput"]

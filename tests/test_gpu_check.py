@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from benchmarks import gpu_check
-from kit.variants import PAPER_VARIANTS, RECIPE
+from kit.model.variants import PAPER_VARIANTS, RECIPE
 
 
 def test_the_gpu_mode_plans_the_issue_s_steps(tmp_path):

@@ -12,24 +12,28 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kit import cell_type_classifier, data, ensemble as kit_ensemble, infer, models, submission, tune, variants
+from kit import infer, submission
+from kit.data import sartorius
+from kit.inference import ensemble as kit_ensemble
+from kit.inference import tuning, type_classifier
+from kit.model import checkpoints, hardware, network, variants
 
 TEST_IDS = ["7ae19de7bc2a", "d48ec7815252", "d8bfd1dafdc4"]
 
 
 def _checkpoint(path: Path, name: str, head_bias: float | None = None, nan: bool = False) -> Path:
-    """An untrained network of variant ``name`` saved through kit.models; ``head_bias`` with zero
+    """An untrained network of variant ``name`` saved through kit.model; ``head_bias`` with zero
     head weights makes every output logit equal it (-30: a model that finds nothing)."""
     torch.manual_seed(0)
     variant = variants.get_variant(name)
-    model = models.build_model(variant)
+    model = network.build_model(variant)
     with torch.no_grad():
         if head_bias is not None:
             model.head.weight.zero_()
             model.head.bias.fill_(head_bias)
         if nan:
             model.head.bias.fill_(float("nan"))
-    models.save_checkpoint(path, model, variant)
+    checkpoints.save_checkpoint(path, model, variant)
     return path
 
 
@@ -65,8 +69,8 @@ def test_two_flow_checkpoints_on_an_annotated_image_with_evaluate(shared_dir, tm
 def _tuned(path: Path, head_bias: float, type_mean: float, image_ids=("a", "b")) -> Path:
     """A flow checkpoint as kit.tune leaves it: tuned settings and its validation score."""
     _checkpoint(path, "hot-flow-unet", head_bias=head_bias)
-    fit = tune.Fit({"cell_prob": {"cort": 0.4}}, "", {"cort": type_mean})
-    tune.save_tuned(path, path, fit.settings, tune.validation_record(fit, list(image_ids), "val", tta=False))
+    fit = tuning.Fit({"cell_prob": {"cort": 0.4}}, "", {"cort": type_mean})
+    tuning.save_tuned(path, path, fit.settings, tuning.validation_record(fit, list(image_ids), "val", tta=False))
     return path
 
 
@@ -155,7 +159,7 @@ def test_cpu_prediction_opens_no_autocast_that_older_torch_refuses(monkeypatch):
             return torch.full_like(x[:, :1], 1.0)
 
     monkeypatch.setattr(torch, "autocast", OldTorchAutocast)
-    monkeypatch.setattr(models, "_this_cpu_has_native_bf16", lambda: False)  # a CPU that predicts in fp32
+    monkeypatch.setattr(hardware, "_this_cpu_has_native_bf16", lambda: False)  # a CPU that predicts in fp32
     images = np.zeros((2, 4, 5), np.uint8)
     member = kit_ensemble.Member(Constant(), variants.get_variant("unet"), Path("a.pt"))
     prob, _ = kit_ensemble.predict([member], images, ["cort"] * 2, torch.device("cpu"), tta=True)
@@ -178,8 +182,8 @@ def test_bad_weights_files(shared_dir, empty_unet, tmp_path):
     with pytest.raises(SystemExit, match="corrupt.pt"):
         _run("--data", shared_dir, "--weights", corrupt, "--out", tmp_path / "s.csv")
     mismatched = tmp_path / "mismatched.pt"  # a unet's weights under the hot-unet variant's name
-    unet = models.build_model(variants.get_variant("unet"))
-    models.save_checkpoint(mismatched, unet, variants.get_variant("hot-unet"))
+    unet = network.build_model(variants.get_variant("unet"))
+    checkpoints.save_checkpoint(mismatched, unet, variants.get_variant("hot-unet"))
     with pytest.raises(SystemExit, match="mismatched.pt.*hot-unet"):
         _run("--data", shared_dir, "--weights", mismatched, "--out", tmp_path / "s.csv")
     assert not (tmp_path / "s.csv").exists()
@@ -215,7 +219,7 @@ def test_argument_errors(shared_dir, empty_unet, tmp_path):
 @pytest.fixture(scope="module")
 def saved_classifier(shared_dir, tmp_path_factory) -> Path:
     """The cell-type classifier fitted on the shared images, as the training kernel saves it."""
-    return cell_type_classifier.fit_and_save(shared_dir, tmp_path_factory.mktemp("types") / "types.npz")
+    return type_classifier.fit_and_save(shared_dir, tmp_path_factory.mktemp("types") / "types.npz")
 
 
 def test_a_saved_cell_type_classifier_spares_the_training_images(shared_dir, empty_unet, saved_classifier,
@@ -232,9 +236,9 @@ def test_a_saved_cell_type_classifier_spares_the_training_images(shared_dir, emp
                "--cell-type-model", saved_classifier)
     printed = capsys.readouterr().out
     assert f"cell types from the classifier in {saved_classifier}" in printed and "fitting one" not in printed
-    layout = data.find_competition(shared_dir)
-    test_paths = data.test_image_paths(layout)
-    refitted = cell_type_classifier.predict_cell_types(layout, data.read_train_csv(layout.train_csv),
+    layout = sartorius.find_competition(shared_dir)
+    test_paths = sartorius.test_image_paths(layout)
+    refitted = type_classifier.predict_cell_types(layout, sartorius.read_train_csv(layout.train_csv),
                                                        [test_paths[i] for i in TEST_IDS])
     for image_id, cell_type in zip(TEST_IDS, refitted):  # the same types as a classifier refitted at start-up
         assert f"  {image_id}: predicted cell type {cell_type}\n" in printed
@@ -243,7 +247,7 @@ def test_a_saved_cell_type_classifier_spares_the_training_images(shared_dir, emp
 
 def test_the_classifier_beside_the_first_weights_file_is_the_default(shared_dir, saved_classifier, tmp_path, capsys):
     weights = _checkpoint(tmp_path / "run" / "hot-unet.pt", "hot-unet", head_bias=-30.0)
-    beside = shutil.copy(saved_classifier, weights.parent / cell_type_classifier.FILE_NAME)
+    beside = shutil.copy(saved_classifier, weights.parent / type_classifier.FILE_NAME)
     _run("--data", shared_dir, "--weights", weights, "--out", tmp_path / "s.csv")
     printed = capsys.readouterr().out
     assert f"cell types from the classifier in {beside}" in printed and "fitting one" not in printed

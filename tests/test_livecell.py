@@ -1,4 +1,4 @@
-"""kit.livecell on a LIVECell tree in the competition's own layout (built from the shared slice)."""
+"""kit.data.livecell on a LIVECell tree in the competition's own layout (built from the shared slice)."""
 from __future__ import annotations
 
 import json
@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 import skimage.draw
 
-from kit import competition, data, livecell, rle
+from benchmarks.numpy_twins import polygon_area
+from kit import cli, rle
+from kit.data import livecell, sartorius
 
 
 @pytest.fixture()
@@ -54,14 +56,14 @@ def test_both_json_shapes_give_the_same_images_and_annotations(extras_dir):
 
 
 def test_samples_are_the_competition_images_with_their_cells(extras_dir, shared_dir):
-    layout = data.find_competition(shared_dir)
-    df = data.read_train_csv(layout.train_csv)
+    layout = sartorius.find_competition(shared_dir)
+    df = sartorius.read_train_csv(layout.train_csv)
     samples = livecell.load_samples(livecell.find_livecell(extras_dir))  # train + val: 3 + 1 images
     assert sorted(s.cell_type for s in samples) == ["a172", "bv2", "shsy5y", "shsy5y"]
     for sample in samples:
         image_id = sample.id.split("_")[2]
         assert sample.id.startswith(sample.cell_type.upper()) and sample.id.endswith("_1")
-        np.testing.assert_array_equal(sample.image, data.load_image(layout.train_dir / f"{image_id}.png"))
+        np.testing.assert_array_equal(sample.image, sartorius.load_image(layout.train_dir / f"{image_id}.png"))
         truth = rle.decode_labels(df.loc[df.id == image_id, "annotation"].tolist())
         union = ((truth > 0) & (sample.labels > 0)).sum() / ((truth > 0) | (sample.labels > 0)).sum()
         assert union > 0.97, (sample.id, union)
@@ -74,12 +76,12 @@ def test_cell_lines_pick_the_single_cells_files_and_max_images_keeps_every_line(
     assert [s.cell_type for s in livecell.load_samples(root, ("shsy5y",))] == ["shsy5y", "shsy5y"]
     assert [s.cell_type for s in livecell.load_samples(root, ("shsy5y",), splits=("test",))] == ["shsy5y"]
     assert sorted(s.cell_type for s in livecell.load_samples(root, max_images=3)) == ["a172", "bv2", "shsy5y"]
-    assert competition.parse_pretrain("livecell:SHSY5Y, a172") == ("shsy5y", "a172")
-    assert competition.parse_pretrain("LIVECell") is None
+    assert cli.parse_pretrain("livecell:SHSY5Y, a172") == ("shsy5y", "a172")
+    assert cli.parse_pretrain("LIVECell") is None
     with pytest.raises(ValueError, match="'hela'.*valid: a172, bt474"):
-        competition.parse_pretrain("livecell:shsy5y,hela")
+        cli.parse_pretrain("livecell:shsy5y,hela")
     with pytest.raises(ValueError, match="the source is 'livecell' or 'livecell:LINE,LINE'"):
-        competition.parse_pretrain("coco")
+        cli.parse_pretrain("coco")
 
 
 def test_a_polygon_covers_the_pixels_whose_centres_it_holds_and_the_first_listed_cell_wins():
@@ -91,7 +93,7 @@ def test_a_polygon_covers_the_pixels_whose_centres_it_holds_and_the_first_listed
     second = np.zeros_like(first)
     second[15:25, 15:25] = True
     np.testing.assert_array_equal(labels == 2, second & ~first)  # overlap given to the first-listed cell
-    assert livecell.polygon_area(square) == 100.0
+    assert polygon_area(square) == 100.0  # the fixtures' COCO area (benchmarks.numpy_twins)
 
 
 def _crossing_twin(points: np.ndarray) -> bool:
@@ -143,7 +145,7 @@ def test_what_cannot_become_a_cell_is_skipped_counted_and_named_in_the_summary(t
     before = livecell.read_annotations(path)
     document = _edit(path, lambda d: d["annotations"][next(iter(d["annotations"]))].update(segmentation=segmentation))
     first, n = next(iter(document["annotations"])), len(document["annotations"])
-    caplog.set_level("INFO", logger="kit.livecell")
+    caplog.set_level("INFO", logger="kit.data.livecell")
     summary = _summary(tree)
     assert (summary.annotations, summary.kept, dict(summary.skipped)) == (n, n - 1, {summary.skipped.most_common(1)[0][0]: 1})
     assert re.search(f"skipped 1: 1 {reason} \\(ids {first}\\)", summary.line())

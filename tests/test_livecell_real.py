@@ -1,4 +1,4 @@
-"""kit.livecell on real LIVECell (../shared/livecell-real, see its README.md): both json shapes read,
+"""kit.data.livecell on real LIVECell (../shared/livecell-real, see its README.md): both json shapes read,
 drawn and held against each polygon's own area, the real counts, and kit.train pretraining on it."""
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from kit import livecell, train
+from benchmarks.numpy_twins import polygon_area
+from kit import train
+from kit.data import livecell
 
 VAL = Path("LIVECell_dataset_2021/annotations/LIVECell/livecell_coco_val.json")
 SINGLE = {"huh7": (73, 0), "bt474": (351, 2), "mcf7": (819, 6)}  # val annotations, self-crossing ones
@@ -33,7 +35,7 @@ def test_the_real_val_sample_is_read_whole_and_drawn_to_each_polygons_own_area(l
         labels = image.labels()
         assert labels.max() == len(image.annotation_ids)
         for annotation_id, parts in zip(image.annotation_ids, image.polygons):
-            own = livecell.polygon_area(parts[0])
+            own = polygon_area(parts[0])
             assert own == pytest.approx(stated[annotation_id], rel=1e-3, abs=0.5)  # the file's area is the shoelace's
             drawn = int((livecell.label_image([parts]) > 0).sum())  # alone: overlaps go to the first-listed cell
             assert abs(drawn - own) <= 0.5 * _perimeter(parts[0]) + 1.0, annotation_id

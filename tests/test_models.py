@@ -6,10 +6,13 @@ import pytest
 import torch
 from torch import nn
 
-from kit import models, train_loop, train_setup
-from kit.losses import build_loss
-from kit.models import UNet, build_model, decode_output, load_checkpoint, model_input, save_checkpoint
-from kit.variants import OPTIMIZERS, VARIANTS
+from kit.model import checkpoints, hardware
+from kit.model.checkpoints import load_checkpoint, save_checkpoint
+from kit.model.encoding import decode_output, model_input
+from kit.model.losses import build_loss
+from kit.model.network import build_model, UNet
+from kit.model.variants import OPTIMIZERS, VARIANTS
+from kit.training import loop, setup
 
 
 def _expected_parameters(in_channels: int, out_channels: int) -> int:
@@ -210,7 +213,7 @@ def test_a_failed_save_leaves_the_previous_checkpoint_intact(saved, monkeypatch)
             handle.write(b"half a file")
         raise OSError("disk full")
 
-    monkeypatch.setattr(models.torch, "save", broken_save)
+    monkeypatch.setattr(checkpoints.torch, "save", broken_save)
     with pytest.raises(OSError, match="disk full"):
         save_checkpoint(path, model, variant, epoch=4)
     assert path.read_bytes() == before
@@ -224,7 +227,7 @@ def test_a_failed_save_leaves_the_previous_checkpoint_intact(saved, monkeypatch)
     ("Features\t: fp asimd sve bf16 i8mm\n", True),  # Arm Neoverse V1 / Graviton 3
     ("Features\t: fp asimd evtstrm aes\n", False), ("", False)])
 def test_cpu_bf16_is_native_only_where_the_kernel_lists_the_instructions(cpuinfo, expected):
-    assert models.cpu_has_native_bf16(cpuinfo) is expected
+    assert hardware.cpu_has_native_bf16(cpuinfo) is expected
 
 
 @pytest.mark.parametrize("capability, expected", [((9, 0), torch.bfloat16), ((8, 0), torch.bfloat16),
@@ -233,15 +236,15 @@ def test_gpus_with_bf16_get_bf16_and_t4_p100_get_fp16(capability, expected, monk
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla T4")
     gpu = torch.device("cuda", 0)
-    assert models.amp_dtype(gpu) is expected
-    assert models.amp_dtype(torch.device("cpu")) is (torch.bfloat16 if models.cpu_has_native_bf16() else None)
-    assert train_setup.autocast_dtype(gpu, "auto") is expected and train_setup.autocast_dtype(gpu, "fp32") is None
-    assert train_setup.autocast_dtype(gpu, "fp16") is torch.float16
+    assert hardware.amp_dtype(gpu) is expected
+    assert hardware.amp_dtype(torch.device("cpu")) is (torch.bfloat16 if hardware.cpu_has_native_bf16() else None)
+    assert hardware.autocast_dtype(gpu, "auto") is expected and hardware.autocast_dtype(gpu, "fp32") is None
+    assert hardware.autocast_dtype(gpu, "fp16") is torch.float16
     if expected is torch.float16:
         with pytest.raises(ValueError, match="Tesla T4 has no bf16; use --precision fp16"):
-            train_setup.autocast_dtype(gpu, "bf16")
+            hardware.autocast_dtype(gpu, "bf16")
     else:
-        assert train_setup.autocast_dtype(gpu, "bf16") is torch.bfloat16
+        assert hardware.autocast_dtype(gpu, "bf16") is torch.bfloat16
 
 
 def test_v1_checkpoints_of_the_old_input_scaling_are_refused(saved, tmp_path):
@@ -279,26 +282,26 @@ def test_checkpoint_bytes_is_room_for_the_resumable_checkpoint_of_every_optimize
     step (when the optimiser's buffers exist), and overshoots it by less than one weights copy."""
     variant = VARIANTS["unet"].replace(optimizer=optimizer)
     model = build_model(variant)
-    optimizer_state = train_setup.build_optimizer(model, variant)
+    optimizer_state = setup.build_optimizer(model, variant)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer_state, variant.lr_step, variant.lr_gamma)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     x, target = torch.rand(1, 1, 32, 32), (torch.rand(1, 1, 32, 32) > 0.5).float()
-    train_loop.train_step(model, x, target, build_loss(variant), optimizer_state, scaler, None)
+    loop.train_step(model, x, target, build_loss(variant), optimizer_state, scaler, None)
     path = tmp_path / "unet-last.pt"
     save_checkpoint(path, model, variant, optimizer=optimizer_state, scheduler=scheduler, scaler=scaler, epoch=1)
     weights = 4 * sum(p.numel() for p in model.parameters())
-    size, estimate = path.stat().st_size, models.checkpoint_bytes(variant)
+    size, estimate = path.stat().st_size, checkpoints.checkpoint_bytes(variant)
     assert size <= estimate < size + weights // 10
 
 
 def test_inference_settings_read_older_checkpoints_and_refuse_newer_ones():
     legacy = {"cell_diameters": {"cort": 20.0}, "scales": {"cort": 1.5}}  # written before the version
-    settings = models.InferenceSettings.from_dict(legacy)
+    settings = checkpoints.InferenceSettings.from_dict(legacy)
     assert settings.scales == {"cort": 1.5} and settings.validation is None and not settings.postprocess
-    assert models.InferenceSettings.from_dict(settings.to_dict()) == settings
-    assert settings.to_dict() == {"version": models.INFERENCE_SETTINGS_VERSION, **legacy}
-    assert models.InferenceSettings.from_dict({}) == models.InferenceSettings()
+    assert checkpoints.InferenceSettings.from_dict(settings.to_dict()) == settings
+    assert settings.to_dict() == {"version": checkpoints.INFERENCE_SETTINGS_VERSION, **legacy}
+    assert checkpoints.InferenceSettings.from_dict({}) == checkpoints.InferenceSettings()
     with pytest.raises(ValueError, match="newer than this kit's .*update the kit"):
-        models.InferenceSettings.from_dict({"version": models.INFERENCE_SETTINGS_VERSION + 1})
+        checkpoints.InferenceSettings.from_dict({"version": checkpoints.INFERENCE_SETTINGS_VERSION + 1})
     with pytest.raises(ValueError, match=r"unknown inference setting\(s\) \['scale'\]"):
-        models.InferenceSettings.from_dict({"scale": {"cort": 1.5}})
+        checkpoints.InferenceSettings.from_dict({"scale": {"cort": 1.5}})

@@ -1,13 +1,17 @@
-"""kit.notebook, what the built notebooks run: the time split, child commands, finding weights, training."""
+"""kit.kaggle.notebook, what the built notebooks run: the time split, child commands, finding weights, training."""
 from __future__ import annotations
 
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from kit import cell_type_classifier, notebook
+from kit.data import pseudo_labels
+from kit.inference import type_classifier
+from kit.kaggle import notebook
+from kit.training.stage_options import StageOptions
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -148,7 +152,7 @@ def test_train_variants_saves_the_classifier_first_then_trains_each_in_its_share
     deadline = time.monotonic() + 2 * 3600 + 120
     notebook.train_variants(["unet", "hot-unet"], deadline, data_root=shared_dir, working=tmp_path,
                             train_args=["--epochs", "1"])
-    assert cell_type_classifier.load_classifier(tmp_path / cell_type_classifier.FILE_NAME).classes == (
+    assert type_classifier.load_classifier(tmp_path / type_classifier.FILE_NAME).classes == (
         "astro", "cort", "shsy5y")
     (first, first_timeout), (second, _) = commands
     assert first[:4] == ("torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m")
@@ -156,7 +160,7 @@ def test_train_variants_saves_the_classifier_first_then_trains_each_in_its_share
     assert first[-4:] == ("--time-limit", "0:55", "--epochs", "1")
     assert 3600 < first_timeout <= 3660
     assert not (tmp_path / "cache").exists()  # the flow cache is not kept in the output
-    assert f"{cell_type_classifier.FILE_NAME}  " in capsys.readouterr().out
+    assert f"{type_classifier.FILE_NAME}  " in capsys.readouterr().out
     commands.clear()
     with pytest.raises(RuntimeError, match="only .* s left for unet; raise --time-limit"):
         notebook.train_variants(["unet"], time.monotonic() + 200, data_root=shared_dir, working=tmp_path,
@@ -164,12 +168,34 @@ def test_train_variants_saves_the_classifier_first_then_trains_each_in_its_share
     assert commands == []
 
 
+def _recording(commands: list, cells: int):
+    """A ``run_kit`` that records each call; its ``kit.pseudo`` writes a label file of ``cells`` cells."""
+    def run_kit(*args, timeout=None):
+        commands.append((args, timeout))
+        if args[0] == "kit.pseudo":
+            rows = [pseudo_labels.pseudo_rows("img", "astro", np.ones((520, 704), np.int32), [0.9])] * cells
+            Path(args[args.index("--out") + 1]).write_text(pseudo_labels.rows_to_csv([r for row in rows for r in row]))
+    return run_kit
+
+
+def test_a_pseudo_round_without_a_kept_cell_is_skipped_and_said(shared_dir, tmp_path, monkeypatch, capsys):
+    commands = []
+    monkeypatch.setattr(notebook, "run_kit", _recording(commands, cells=0))
+    monkeypatch.setattr(notebook, "training_gpus", lambda use_all_gpus: 0)
+    notebook.train_variants(["hot-flow-unet"], time.monotonic() + 3 * 3600, data_root=shared_dir, working=tmp_path,
+                            stages=StageOptions(pseudo_round=True, min_confidence=0.7))
+    assert [args[0] for args, _ in commands] == ["kit.train", "kit.tune", "kit.pseudo"]
+    assert ("no pseudo-labelled cell at --min-confidence 0.7: the pseudo-label round of hot-flow-unet is skipped"
+            in capsys.readouterr().out)
+
+
 def test_train_variants_shares_a_variant_s_time_between_pretraining_fine_tuning_and_a_pseudo_round(
         shared_dir, tmp_path, monkeypatch):
     commands = []
-    monkeypatch.setattr(notebook, "run_kit", lambda *args, timeout=None: commands.append((args, timeout)))
+    monkeypatch.setattr(notebook, "run_kit", _recording(commands, cells=1))
     monkeypatch.setattr(notebook, "training_gpus", lambda use_all_gpus: 0)
-    stages = notebook.TrainingStages("livecell:shsy5y", 5, 100, True, 0.7)
+    stages = StageOptions(pretrain="livecell:shsy5y", pretrain_epochs=5, pretrain_max_images=100, pseudo_round=True,
+                          min_confidence=0.7)
     # Three hours and two minutes for one variant: an hour for each of its three stages.
     notebook.train_variants(["hot-flow-unet"], time.monotonic() + 3 * 3600 + 120, data_root=shared_dir,
                             working=tmp_path, stages=stages)

@@ -10,6 +10,7 @@ import pytest
 from scipy import ndimage
 
 from kit import boundary_table as bt, competition, metrics, postprocess as pp
+from kit.inference import boundary_fit
 
 
 def python_flood(levels: np.ndarray, seeds: np.ndarray) -> np.ndarray:
@@ -75,7 +76,7 @@ def test_boundary_band_matches_scipy_twin():
 
 @pytest.fixture(scope="module")
 def boundary_pixels(samples):
-    return bt.sample_boundary_pixels(samples, pixels_per_image=30, seed=1)
+    return boundary_fit.sample_boundary_pixels(samples, pixels_per_image=30, seed=1)
 
 
 def test_sample_boundary_pixels_come_from_the_band(samples, boundary_pixels):
@@ -91,23 +92,23 @@ def test_sample_boundary_pixels_come_from_the_band(samples, boundary_pixels):
 
 def test_table_equals_the_classifier_on_the_whole_grid(boundary_pixels):
     features, inside = boundary_pixels
-    lut = bt.fit_boundary_lut(features, inside, n_splits=3)
-    assert lut.classifier in bt.CLASSIFIERS and lut.n_pixels == len(inside)
-    assert set(lut.accuracies) == set(bt.CLASSIFIERS)
+    lut = boundary_fit.fit_boundary_lut(features, inside, n_splits=3)
+    assert lut.classifier in boundary_fit.CLASSIFIERS and lut.n_pixels == len(inside)
+    assert set(lut.accuracies) == set(boundary_fit.CLASSIFIERS)
     assert all(len(acc) == 3 and np.all((acc >= 0) & (acc <= 1)) for acc in lut.accuracies.values())
     best_mean = max(acc.mean() for acc in lut.accuracies.values())
     assert lut.accuracies[lut.classifier].mean() == best_mean
-    model = bt.make_classifier(lut.classifier).fit(features, inside)
+    model = boundary_fit.make_classifier(lut.classifier).fit(features, inside)
     ii, ss = np.meshgrid(np.arange(256), np.arange(256), indexing="ij")
     grid = np.stack([ii.ravel(), ss.ravel()], axis=1)
     np.testing.assert_array_equal(lut.table, model.predict(grid).reshape(256, 256))
 
 
-@pytest.mark.parametrize("name", bt.CLASSIFIERS)
+@pytest.mark.parametrize("name", boundary_fit.CLASSIFIERS)
 def test_tune_boundary_equals_predict_on_band_pixels(samples, boundary_pixels, name):
     features, inside = boundary_pixels
-    model = bt.make_classifier(name).fit(features, inside)
-    lut = pp.BoundaryLUT(bt.classifier_table(model), name)
+    model = boundary_fit.make_classifier(name).fit(features, inside)
+    lut = pp.BoundaryLUT(boundary_fit.classifier_table(model), name)
     sample = samples[5]
     mask = ndimage.binary_erosion(sample.labels > 0, iterations=2)
     band = pp.boundary_band(mask)
@@ -121,7 +122,7 @@ def test_separable_features_give_a_threshold_table():
     rng = np.random.default_rng(0)
     features = rng.integers(0, 256, size=(400, 2)).astype(np.uint8)
     inside = features[:, 0] > 128
-    lut = bt.fit_boundary_lut(features, inside, n_splits=4)
+    lut = boundary_fit.fit_boundary_lut(features, inside, n_splits=4)
     assert all(acc.mean() > 0.95 for acc in lut.accuracies.values())
     assert lut.table[200:, :].mean() > 0.95 and lut.table[:60, :].mean() < 0.05
 
@@ -220,13 +221,3 @@ def test_mask_to_labels_with_a_table_and_bad_inputs(samples):
         pp.mask_to_labels(prob, s.image, "neuron")
     with pytest.raises(ValueError, match="uint8"):
         pp.mask_to_labels(prob, s.image.astype(np.float32), s.cell_type)
-
-
-def test_table_lookup_matches_numpy_indexing():
-    rng = np.random.default_rng(3)
-    table = rng.random((256, 256)) > 0.5
-    intensity = rng.integers(0, 256, size=(40, 30)).astype(np.uint8)
-    sobel = rng.integers(0, 256, size=(40, 30)).astype(np.uint8)
-    np.testing.assert_array_equal(pp.table_lookup(table, intensity, sobel), table[intensity, sobel])
-    with pytest.raises(ValueError, match="uint8"):
-        pp.table_lookup(table, intensity.astype(np.int64), sobel)

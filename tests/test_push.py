@@ -9,7 +9,8 @@ import sys
 
 import pytest
 
-from kit import build_kernel, push
+from kit import push
+from kit.kaggle import kernels as kaggle_kernels
 
 USER = "kit-tester"
 
@@ -78,7 +79,7 @@ def kaggle(tmp_path, monkeypatch):
 @pytest.fixture
 def kernels(tmp_path):
     """The default build: two training kernels, then the inference kernel attaching both."""
-    return build_kernel.build_kernels(USER, build_kernel.default_variant_groups(), tmp_path / "kernels")
+    return kaggle_kernels.build_kernels(USER, kaggle_kernels.default_variant_groups(), tmp_path / "kernels")
 
 
 def run(*arguments):

@@ -12,13 +12,16 @@ import pandas as pd
 import pytest
 import torch
 
-from kit import boundary_table, data, infer, models, pseudo, train, tune, validate, variants
+from kit import infer, train, tune, validate
+from kit.data import sartorius
+from kit.inference import boundary_fit, pseudo_labelling
+from kit.model import checkpoints, network, variants
 from kit.split import DEFAULT_SEED, DEFAULT_VAL_FRACTION, Split, of_weights, split_train_val
 
 
 @pytest.fixture(scope="module")
 def images(shared_dir) -> pd.DataFrame:
-    return data.image_table(data.read_train_csv(shared_dir / "train.csv"))
+    return sartorius.image_table(sartorius.read_train_csv(shared_dir / "train.csv"))
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +59,7 @@ def test_tune_infer_and_validate_use_only_the_runs_own_validation_images(seed_1_
     tuned = tmp_path / "tuned.pt"
     tune.main(tune.get_args_parser().parse_args(["--data", str(shared_dir), "--weights", str(seed_1_run),
                                                  "--device", "cpu", "--out", str(tuned)]))
-    record = models.InferenceSettings.of(torch.load(tuned, weights_only=True), tuned)
+    record = checkpoints.InferenceSettings.of(torch.load(tuned, weights_only=True), tuned)
     assert record.validation["images"] == len(val_ids)
     assert record.validation["image_ids_sha256"] == _recorded(seed_1_run).sha256  # exactly those ids
     assert record.split == _recorded(seed_1_run).to_dict()  # kit.tune keeps the split in the file it writes
@@ -112,7 +115,7 @@ def test_infer_split_train_names_the_images_the_weights_trained_on(seed_1_run, s
 
 
 def _ids(shared_dir: Path) -> list[str]:
-    return sorted(data.image_table(data.read_train_csv(shared_dir / "train.csv"))["id"])
+    return sorted(sartorius.image_table(sartorius.read_train_csv(shared_dir / "train.csv"))["id"])
 
 
 def test_resume_with_another_seed_is_refused_naming_the_validation_images(seed_1_run, shared_dir):
@@ -128,8 +131,8 @@ def test_resume_with_another_seed_is_refused_naming_the_validation_images(seed_1
 def test_older_weights_get_the_default_split_with_a_note(images, tmp_path, caplog):
     variant = variants.get_variant("hot-flow-unet")
     older = tmp_path / "older.pt"
-    models.save_checkpoint(older, models.build_model(variant), variant)  # no split recorded, as before
-    assert models.InferenceSettings.of(torch.load(older, weights_only=True), older).split is None
+    checkpoints.save_checkpoint(older, network.build_model(variant), variant)  # no split recorded, as before
+    assert checkpoints.InferenceSettings.of(torch.load(older, weights_only=True), older).split is None
     with caplog.at_level(logging.INFO, logger="kit"):
         split = of_weights([(str(older), None)], images)
     assert split.val_ids == Split.compute(images).val_ids and not split.recorded
@@ -150,14 +153,14 @@ def test_weights_of_different_splits_are_scored_only_where_all_held_out(images, 
 
 
 def test_boundary_table_leaves_out_the_weights_validation_split(seed_1_run, images):
-    ids = boundary_table.training_ids(images, [seed_1_run])
+    ids = boundary_fit.training_ids(images, [seed_1_run])
     assert set(ids) == set(images["id"]) - set(_recorded(seed_1_run).val_ids)
 
 
 def test_pseudo_names_the_split_its_labels_keep_unseen(seed_1_run, shared_dir, caplog):
-    members = [pseudo.ensemble.Member(None, variants.get_variant("hot-flow-unet"), seed_1_run,
-                                      models.InferenceSettings(split=_recorded(seed_1_run).to_dict()))]
+    members = [pseudo_labelling.ensemble.Member(None, variants.get_variant("hot-flow-unet"), seed_1_run,
+                                      checkpoints.InferenceSettings(split=_recorded(seed_1_run).to_dict()))]
     with caplog.at_level(logging.INFO, logger="kit"):
-        pseudo.report_teacher_split(members, data.find_competition(shared_dir, need_test=False))
+        pseudo_labelling.report_teacher_split(members, sartorius.find_competition(shared_dir, need_test=False))
     assert "the weights held out the validation split (seed 1, val-fraction 0.1, 12 images): train on these " \
            "pseudo-labels with the same --seed and --val-fraction" in caplog.text

@@ -18,11 +18,15 @@ import pytest
 import torch
 from torch import nn
 
-from kit import batches, competition, data, flows, rle, train, train_loop, train_outputs, train_setup
-from kit.losses import FlowLoss, MaskLoss, build_loss, flow_loss, mask_loss
-from kit.models import build_model, load_checkpoint, model_input, save_checkpoint
+from kit import cli, flows, rle, train
+from kit.data import sartorius
+from kit.model.checkpoints import load_checkpoint, save_checkpoint
+from kit.model.encoding import model_input
+from kit.model.losses import build_loss, flow_loss, FlowLoss, mask_loss, MaskLoss
+from kit.model.network import build_model
+from kit.model.variants import VARIANTS
 from kit.split import split_train_val
-from kit.variants import VARIANTS
+from kit.training import batches, config, loop, run_folder, setup
 
 CROP = ["--crop", "96x128"]  # small enough for CPU, large enough to hold cells
 REPO = Path(__file__).resolve().parent.parent
@@ -60,7 +64,7 @@ def test_build_loss_follows_the_variant_and_checks_shapes():
     weighted = build_loss(VARIANTS["hot-unet-weighted"])
     assert isinstance(weighted, MaskLoss) and weighted.pos_weight == 3.0
     with pytest.raises(ValueError, match=r"\[B, 3, H, W\]"):
-        flow_loss(torch.zeros(1, 1, 4, 4), torch.zeros(1, 1, 4, 4))
+        flow_loss(torch.zeros(1, 1, 4, 4), torch.zeros(1, 1, 4, 4), flow_scale=5.0)
     with pytest.raises(ValueError, match=r"\[B, 1, H, W\]"):
         mask_loss(torch.zeros(1, 1, 4, 4), torch.zeros(1, 1, 4, 5))
 
@@ -68,11 +72,11 @@ def test_build_loss_follows_the_variant_and_checks_shapes():
 # ---------------------------------------------------------------- batches and augmentation
 
 def test_parse_time_limit_and_crop():
-    assert competition.parse_time_limit("8:30") == 8.5 * 3600
-    assert competition.parse_time_limit("0:05") == 300
+    assert cli.parse_time_limit("8:30") == 8.5 * 3600
+    assert cli.parse_time_limit("0:05") == 300
     for bad in ("830", "1:75", "1:5", "-1:00"):
         with pytest.raises(Exception, match="is not H:MM"):
-            competition.parse_time_limit(bad)
+            cli.parse_time_limit(bad)
     parser = train.get_args_parser()
     assert parser.parse_args(["--crop", "64x96"]).crop == (64, 96)
     assert parser.parse_args(["--crop", "128"]).crop == (128, 128)
@@ -179,7 +183,7 @@ def test_evaluate_gives_perfect_scores_to_a_perfect_mask_prediction():
                             [[rle.encode(labels == k) for k in (1, 2)]])
     logits = torch.from_numpy(np.where(labels > 0, 20.0, -20.0).astype(np.float32))[None, None]
     variant = VARIANTS["hot-unet"]
-    scores = train_loop.evaluate(_Fixed(logits), split, variant, build_loss(variant))
+    scores = loop.evaluate(_Fixed(logits), split, variant, build_loss(variant))
     assert scores["val_loss"] < 1e-6
     assert (scores["val_dice"], scores["val_iou"], scores["val_accuracy"]) == (1.0, 1.0, 1.0)
     assert scores["val_score"] >= 0.9
@@ -193,7 +197,7 @@ def test_flow_outputs_decode_into_the_true_instances():
                             torch.from_numpy(target)[None], [[rle.encode(labels == k) for k in (1, 2)]])
     variant = VARIANTS["hot-flow-unet"]
     output = torch.from_numpy(np.concatenate([5.0 * truth, np.where(labels > 0, 20.0, -20.0)[None]]))
-    scores = train_loop.evaluate(_Fixed(output[None].float()), split, variant, build_loss(variant))
+    scores = loop.evaluate(_Fixed(output[None].float()), split, variant, build_loss(variant))
     assert scores["val_score"] == 1.0 and scores["val_dice"] == 1.0
     assert scores["val_loss"] < 1e-3  # flows stored in float16
 
@@ -202,12 +206,12 @@ def test_flow_outputs_decode_into_the_true_instances():
 
 @pytest.fixture(scope="module")
 def layout(shared_dir):
-    return data.find_competition(shared_dir, need_test=False)
+    return sartorius.find_competition(shared_dir, need_test=False)
 
 
 @pytest.fixture(scope="module")
 def four_ids(layout):
-    train_ids, _ = split_train_val(data.image_table(data.read_train_csv(layout.train_csv)))
+    train_ids, _ = split_train_val(sartorius.image_table(sartorius.read_train_csv(layout.train_csv)))
     return train_ids[:4]
 
 
@@ -220,11 +224,11 @@ def test_every_variant_learns_a_fixed_batch(name, layout, four_ids):
     assert x.shape == (4, variant.in_channels, 64, 96) and target.shape == (4, variant.out_channels, 64, 96)
     torch.manual_seed(0)
     model = build_model(variant)
-    optimizer = train_setup.build_optimizer(model, variant)
+    optimizer = setup.build_optimizer(model, variant)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     criterion = build_loss(variant)
     model.train()
-    losses = [train_loop.train_step(model, x, target, criterion, optimizer, scaler, None).item() for _ in range(6)]
+    losses = [loop.train_step(model, x, target, criterion, optimizer, scaler, None).item() for _ in range(6)]
     assert all(math.isfinite(loss) for loss in losses)
     assert np.mean(losses[-2:]) < 0.95 * losses[0], losses
 
@@ -233,7 +237,7 @@ def test_flow_targets_are_cached_and_reused(layout, four_ids, tmp_path, monkeypa
     variant = VARIANTS["hot-flow-unet"]
     first = batches.load_split(layout, four_ids[:2], variant, torch.device("cpu"), tmp_path)
     assert len(list(tmp_path.glob(f"{four_ids[0]}-*.npy"))) == 1
-    sample = data.load_samples(layout, four_ids[:1])[0]
+    sample = sartorius.load_samples(layout, four_ids[:1])[0]
     expected = flows.masks_to_flows(sample.labels)
     assert np.allclose(first.targets[0, :2].float().numpy(), expected, atol=1e-3)
     assert torch.equal(first.targets[0, 2], torch.from_numpy(sample.labels > 0).half())
@@ -279,9 +283,9 @@ def test_the_eta_is_the_time_limits_end_when_that_comes_before_the_last_epoch():
     row = {"epoch": 1, "train_loss": 0.5, "val_loss": 0.4, "val_dice": 0.6, "val_iou": 0.4, "val_accuracy": 0.9,
            "val_score": 0.1, "lr": 1e-3, "images_per_s": 0.5, "epoch_s": 600.0}
     # 199 epochs of 10 minutes left (33 h), but the budget ends in 5 minutes: the run stops then.
-    assert train_outputs.progress_line(row, 200, [600.0], budget_left=300.0).endswith("ETA 0:05 (time limit)")
-    assert train_outputs.progress_line(row, 200, [600.0]).endswith("ETA 33:10")
-    assert train_outputs.progress_line(row, 3, [600.0], budget_left=7200.0).endswith("ETA 0:20")
+    assert run_folder.progress_line(row, 200, [600.0], budget_left=300.0).endswith("ETA 0:05 (time limit)")
+    assert run_folder.progress_line(row, 200, [600.0]).endswith("ETA 33:10")
+    assert run_folder.progress_line(row, 3, [600.0], budget_left=7200.0).endswith("ETA 0:20")
 
 
 def test_smoke_run_writes_weights_metrics_and_curves(smoke_run):
@@ -290,7 +294,7 @@ def test_smoke_run_writes_weights_metrics_and_curves(smoke_run):
     epochs = [line for line in printed.splitlines() if line.startswith("epoch ")]
     assert len(epochs) == 2 and all("img/s" in line and "ETA" in line and "score" in line for line in epochs)
     metrics = pd.read_csv(out / "hot-unet-metrics.csv")
-    assert list(metrics.columns) == list(train_outputs.METRIC_COLUMNS)
+    assert list(metrics.columns) == list(run_folder.METRIC_COLUMNS)
     assert metrics["epoch"].tolist() == [1, 2] and np.isfinite(metrics.drop(columns="stage").to_numpy()).all()
     assert metrics["stage"].tolist() == ["finetune", "finetune"]  # one stage: no --pretrain, no --extra-data
     assert metrics["steps"].tolist() == [2, 4]  # 4 images at batch 2
@@ -309,7 +313,7 @@ def test_smoke_run_writes_weights_metrics_and_curves(smoke_run):
 
 def test_resume_after_an_interrupted_run_continues_from_the_saved_epoch(shared_dir, tmp_path, smoke_run,
                                                                         monkeypatch):
-    real_epoch, calls = train_loop.train_epoch, []
+    real_epoch, calls = loop.train_epoch, []
 
     def interrupted_in_epoch_2(*args, **kwargs):
         calls.append(1)
@@ -317,11 +321,11 @@ def test_resume_after_an_interrupted_run_continues_from_the_saved_epoch(shared_d
             raise KeyboardInterrupt
         return real_epoch(*args, **kwargs)
 
-    monkeypatch.setattr(train_loop, "train_epoch", interrupted_in_epoch_2)
+    monkeypatch.setattr(loop, "train_epoch", interrupted_in_epoch_2)
     with pytest.raises(KeyboardInterrupt):
         _run(*_cli(shared_dir, tmp_path, "hot-unet", "--epochs", "2"))
     assert torch.load(tmp_path / "hot-unet-last.pt", weights_only=True)["epoch"] == 1
-    monkeypatch.setattr(train_loop, "train_epoch", real_epoch)
+    monkeypatch.setattr(loop, "train_epoch", real_epoch)
     printed = _run(*_cli(shared_dir, tmp_path, "hot-unet", "--epochs", "2", "--resume"))
     assert "epochs 2-2" in printed and "epoch 1/2" not in printed and "epoch 2/2" in printed
     resumed = pd.read_csv(tmp_path / "hot-unet-metrics.csv")
@@ -364,11 +368,11 @@ def test_bf16_autocast_the_gpus_use_runs_end_to_end(shared_dir, layout, tmp_path
     weights = torch.load(tmp_path / "hot-flow-unet.pt", weights_only=True)["model"]
     assert {tensor.dtype for tensor in weights.values() if tensor.is_floating_point()} == {torch.float32}
     model, variant, _ = load_checkpoint(tmp_path / "hot-flow-unet.pt")
-    _, val_ids = split_train_val(data.image_table(data.read_train_csv(layout.train_csv)), seed=1)
+    _, val_ids = split_train_val(sartorius.image_table(sartorius.read_train_csv(layout.train_csv)), seed=1)
     split = batches.load_split(layout, val_ids[:1], variant, torch.device("cpu"))
     criterion, crop = build_loss(variant), (96, 128)
-    bf16 = train_loop.evaluate(model, split, variant, criterion, torch.bfloat16, crop)
-    fp32 = train_loop.evaluate(model, split, variant, criterion, None, crop)
+    bf16 = loop.evaluate(model, split, variant, criterion, torch.bfloat16, crop)
+    fp32 = loop.evaluate(model, split, variant, criterion, None, crop)
     assert bf16["val_loss"] == pytest.approx(row["val_loss"], rel=1e-4)  # what the run recorded
     assert bf16["val_loss"] == pytest.approx(fp32["val_loss"], rel=0.03)
     assert bf16["val_dice"] == pytest.approx(fp32["val_dice"], abs=0.02)
@@ -378,20 +382,20 @@ def test_the_fp16_grad_scaler_state_survives_a_resume(tmp_path):
     """T4 / P100 runs train in fp16 with a GradScaler: its scale must come back with --resume."""
     variant = VARIANTS["unet"]
     model = build_model(variant)
-    optimizer = train_setup.build_optimizer(model, variant)
+    optimizer = setup.build_optimizer(model, variant)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, variant.lr_step, variant.lr_gamma)
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 16, enabled=True)
     x, target = torch.rand(1, 1, 32, 32), (torch.rand(1, 1, 32, 32) > 0.5).float()
-    train_loop.train_step(model, x, target, build_loss(variant), optimizer, scaler, torch.float16)
+    loop.train_step(model, x, target, build_loss(variant), optimizer, scaler, torch.float16)
     scaler.update(new_scale=512.0)  # as after overflow steps halved it
     history = [{"epoch": 1, "val_score": 0.1, "val_loss": 1.0}]
     save_checkpoint(tmp_path / "unet-last.pt", model, variant, optimizer=optimizer, scheduler=scheduler,
                     scaler=scaler, epoch=1, history=history)
     fresh_model = build_model(variant)
-    fresh_optimizer = train_setup.build_optimizer(fresh_model, variant)
+    fresh_optimizer = setup.build_optimizer(fresh_model, variant)
     fresh_scheduler = torch.optim.lr_scheduler.StepLR(fresh_optimizer, variant.lr_step, variant.lr_gamma)
     fresh_scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 16, enabled=True)
-    restored = train_setup.resume(tmp_path / "unet-last.pt", variant, fresh_model, fresh_optimizer, fresh_scheduler,
+    restored = setup.resume(tmp_path / "unet-last.pt", variant, fresh_model, fresh_optimizer, fresh_scheduler,
                                 fresh_scaler)
     assert restored == history and fresh_scaler.get_scale() == 512.0
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), fresh_model.state_dict().values()))
@@ -420,38 +424,38 @@ def test_model_selection_scores_only_the_crops_that_hold_cells():
                               [[rle.encode(labels == k) for k in (1, 2)], []])
     variant = VARIANTS["hot-unet"]
     nothing = _Fixed(torch.full((2, 1, 64, 96), -20.0))
-    scores = train_loop.evaluate(nothing, split, variant, build_loss(variant), crop=(64, 96))
+    scores = loop.evaluate(nothing, split, variant, build_loss(variant), crop=(64, 96))
     assert scores["val_score"] == 0.0
     only_empty = batches.TrainData(["empty"], ["cort"], split.images[1:], split.targets[1:], [[]])
-    alone = train_loop.evaluate(_Fixed(torch.full((1, 1, 64, 96), -20.0)), only_empty, variant, build_loss(variant),
+    alone = loop.evaluate(_Fixed(torch.full((1, 1, 64, 96), -20.0)), only_empty, variant, build_loss(variant),
                            crop=(64, 96))
     assert math.isnan(alone["val_score"])  # the epochs are then ranked by validation loss
 
 
 def test_the_cosine_factor_warms_up_then_follows_the_larger_of_step_and_time_progress():
-    factor = train_setup.cosine_factor(0.1, 100, train_setup.Budget(limit=0.0))  # no time limit: steps alone
+    factor = setup.cosine_factor(0.1, 100, config.Budget(limit=0.0))  # no time limit: steps alone
     assert factor(5) == pytest.approx(0.5) and factor(10) == pytest.approx(1.0)
     assert factor(55) == pytest.approx(0.5) and factor(100) == pytest.approx(0.0, abs=1e-12)
-    half_spent = train_setup.Budget(limit=100.0, started=time.monotonic() - 50.0)  # half of a 100 s limit is spent
-    timed = train_setup.cosine_factor(0.0, 10 ** 6, half_spent)
+    half_spent = config.Budget(limit=100.0, started=time.monotonic() - 50.0)  # half of a 100 s limit is spent
+    timed = setup.cosine_factor(0.0, 10 ** 6, half_spent)
     assert timed(0) == pytest.approx(0.5, abs=0.01)
-    resumed = train_setup.Budget(limit=100.0, resumed=50.0)  # a resumed run's 50 s count as spent
-    assert train_setup.cosine_factor(0.0, 10 ** 6, resumed)(0) == pytest.approx(0.5, abs=0.01)
+    resumed = config.Budget(limit=100.0, resumed=50.0)  # a resumed run's 50 s count as spent
+    assert setup.cosine_factor(0.0, 10 ** 6, resumed)(0) == pytest.approx(0.5, abs=0.01)
 
 
 def test_a_single_process_stops_when_its_budget_less_the_reserve_is_spent():
     steps = []
-    budget = train_setup.Budget(limit=100.0, started=time.monotonic() - 50.0)
+    budget = config.Budget(limit=100.0, started=time.monotonic() - 50.0)
     state = SimpleNamespace(scheduler=SimpleNamespace(step=lambda: steps.append(1)), world=1, step_lr_per_batch=True,
                             budget=budget, steps=0, keep_steps=(), rank=0)
-    assert not train_loop.after_step(state) and not budget.out_of_time
+    assert not loop.after_step(state) and not budget.out_of_time
     budget.reserve = 60.0  # the last validation and save took a minute: 40 s were left, now none
-    assert train_loop.after_step(state) and budget.out_of_time
+    assert loop.after_step(state) and budget.out_of_time
     state.world = 2  # DDP ranks keep to the stop they decide together at each epoch's end
-    assert not train_loop.after_step(state)
+    assert not loop.after_step(state)
     assert len(steps) == 3  # the lr moved at every step
     state.world, state.step_lr_per_batch = 1, False  # the step schedule: lr moves per epoch, the stop is the same
-    assert train_loop.after_step(state) and len(steps) == 3
+    assert loop.after_step(state) and len(steps) == 3
     assert state.steps == 4  # every optimiser step counted, for --keep-steps and the metrics' steps column
 
 

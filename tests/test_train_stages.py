@@ -8,8 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from kit import data, models, pseudo, rle, stages, train, tune
-from kit.variants import get_variant
+from kit import rle, train
+from kit.data import pseudo_labels, sartorius
+from kit.inference import tuning
+from kit.model import encoding
+from kit.model.variants import get_variant
+from kit.training import run, stages
 
 pytestmark = pytest.mark.slow
 
@@ -42,9 +46,9 @@ def test_pretraining_then_fine_tuning_fill_one_checkpoint(extras_dir, tmp_path, 
     header, *rows = (out / "hot-flow-unet-metrics.csv").read_text().splitlines()
     column = header.split(",").index("stage")
     assert [row.split(",")[column] for row in rows] == ["pretrain", "pretrain", "finetune"]
-    read = checkpoint["stages"][0]["livecell_read"]  # each file's summary line (kit.livecell)
+    read = checkpoint["stages"][0]["livecell_read"]  # each file's summary line (kit.data.livecell)
     assert len(read) == 4 and read[0].startswith("livecell_shsy5y_train.json: ") and "skipped 0" in read[0]
-    tune.save_tuned(out / "hot-flow-unet.pt", out / "tuned.pt", {})  # kit.tune rewrites the weights: stages stay
+    tuning.save_tuned(out / "hot-flow-unet.pt", out / "tuned.pt", {})  # kit.tune rewrites the weights: stages stay
     assert torch.load(out / "tuned.pt", weights_only=True)["stages"] == checkpoint["stages"]
 
 
@@ -54,9 +58,9 @@ def test_resume_continues_pretraining_as_an_unbroken_run_then_fine_tunes(extras_
     train.main(_args(extras_dir, unbroken, *options))
     broken = tmp_path / "broken"
     config = train.run_config(_args(extras_dir, broken, *options))
-    first = stages.next_stage(config.stages, None)
+    first = stages.next_stage(config.stages, config.variant.epochs, config.time_limit, None)
     # the first session stops after one pretraining epoch (a time limit of 0:00 still runs one)
-    train.train(dataclasses.replace(config, stage=first, time_limit=0))
+    run.train_stage(dataclasses.replace(config, stage=first, time_limit=0))
     assert [row["stage"] for row in _history(broken)] == ["pretrain"]
     capsys.readouterr()
     train.main(_args(extras_dir, broken, *options, "--resume"))
@@ -73,12 +77,12 @@ def test_resume_continues_pretraining_as_an_unbroken_run_then_fine_tunes(extras_
 
 def _pseudo_csv(extras_dir, shared_dir, path):
     """Pseudo-labels that are the true cells of the fixture's unannotated copies."""
-    df = data.read_train_csv(data.find_competition(shared_dir).train_csv)
+    df = sartorius.read_train_csv(sartorius.find_competition(shared_dir).train_csv)
     rows = []
-    for image_id, (_, cell_type) in pseudo.semi_supervised_images(extras_dir).items():
+    for image_id, (_, cell_type) in pseudo_labels.semi_supervised_images(extras_dir).items():
         labels = rle.decode_labels(df.loc[df.id == image_id.split("_", 1)[1], "annotation"].tolist())
-        rows += pseudo.pseudo_rows(image_id, cell_type, labels, np.ones(labels.max()))
-    path.write_text(pseudo.rows_to_csv(rows))
+        rows += pseudo_labels.pseudo_rows(image_id, cell_type, labels, np.ones(labels.max()))
+    path.write_text(pseudo_labels.rows_to_csv(rows))
     return path
 
 
@@ -103,10 +107,10 @@ def test_extra_data_trains_beside_the_annotations_and_new_labels_start_a_round(e
 def test_livecell_lines_get_their_competition_plane_or_none():
     variant = get_variant("hot-flow-unet")
     images = torch.full((3, 8, 8), 7, dtype=torch.uint8)
-    planes = models.model_input(images, ["shsy5y", "a172", "cort"], variant)[:, 1:, 0, 0]
+    planes = encoding.model_input(images, ["shsy5y", "a172", "cort"], variant)[:, 1:, 0, 0]
     np.testing.assert_array_equal(planes.numpy(), [[0, 0, 1], [0, 0, 0], [1, 0, 0]])
     with pytest.raises(ValueError, match="unknown cell type\\(s\\) \\['hela'\\]"):
-        models.model_input(images, ["hela", "a172", "cort"], variant)
+        encoding.model_input(images, ["hela", "a172", "cort"], variant)
 
 
 def test_bad_stage_options_are_refused(extras_dir, tmp_path, capsys):
@@ -126,19 +130,19 @@ def shared_root(extras_dir):
 
 def test_extra_data_without_a_cell_or_with_annotated_ids_is_refused_before_training(extras_dir, shared_dir, tmp_path,
                                                                                      monkeypatch):
-    from kit import train_loop
+    from kit.training import loop
 
     def no_training(*args, **kwargs):
         raise AssertionError("a stage started on pseudo-labels that cannot be trained on")
 
-    monkeypatch.setattr(train_loop, "train_epoch", no_training)
+    monkeypatch.setattr(loop, "train_epoch", no_training)
     empty = tmp_path / "empty.csv"
-    empty.write_text(pseudo.rows_to_csv([]))
+    empty.write_text(pseudo_labels.rows_to_csv([]))
     with pytest.raises(SystemExit, match=f"kit.train: error: {empty} holds no pseudo-labelled cell"):
         train.main(_args(extras_dir, tmp_path / "a", "--epochs", "1", "--extra-data", str(empty)))
     labels = _pseudo_csv(extras_dir, shared_dir, tmp_path / "pseudo.csv")
-    frame = data.read_train_csv(labels)
-    annotated = sorted(data.read_train_csv(data.find_competition(shared_dir).train_csv)["id"])[0]
+    frame = sartorius.read_train_csv(labels)
+    annotated = sorted(sartorius.read_train_csv(sartorius.find_competition(shared_dir).train_csv)["id"])[0]
     frame.loc[0, "id"] = annotated
     frame.to_csv(tmp_path / "mixed.csv", index=False)
     with pytest.raises(SystemExit, match=f"line 2: image {annotated} is an annotated training image \\(in train.csv\\), "

@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from kit import flows, models, postprocess, rle, tune
-from kit.variants import VARIANTS
+from kit import flows, postprocess, rle, tune
+from kit.inference import tuning
+from kit.model import checkpoints, network
+from kit.model.variants import VARIANTS
 
 
 def _cells(shift: int = 0) -> np.ndarray:
@@ -28,12 +30,12 @@ def test_the_fit_finds_the_threshold_a_timid_network_needs_and_keeps_defaults_el
     outputs = {i: _outputs(labels, p) for i, (_, labels, p) in ids.items()}
     truth = {i: [r for r in rle.encode_labels(labels) if r] for i, (_, labels, _) in ids.items()}
     types = {i: t for i, (t, _, _) in ids.items()}
-    fit = tune.fit_settings(outputs, truth, types)
+    fit = tuning.fit_settings(outputs, truth, types)
     tuned, report = fit.settings, fit.report
     assert fit.scores == {"astro": 1.0, "cort": 1.0}  # each type's score at its tuned settings
-    record = tune.validation_record(fit, list(types), "val", tta=False)
+    record = tuning.validation_record(fit, list(types), "val", tta=False)
     assert record["type_mean"] == 1.0 and record["images"] == 3
-    assert record["image_ids_sha256"] == tune.validation_record(fit, ["c2", "a1", "c1"], "val", False)["image_ids_sha256"]
+    assert record["image_ids_sha256"] == tuning.validation_record(fit, ["c2", "a1", "c1"], "val", False)["image_ids_sha256"]
     assert tuned["cell_prob"]["cort"] < 0.45  # at the default 0.5 the cort cells vanish
     assert tuned["cell_prob"]["astro"] == 0.5  # every threshold scores 1.0 there: a tie keeps the default
     assert set(tuned) == set(postprocess.TUNABLE)
@@ -50,17 +52,17 @@ def test_the_fit_finds_the_threshold_a_timid_network_needs_and_keeps_defaults_el
 def test_tuned_settings_are_written_into_a_copy_of_the_checkpoint(tmp_path):
     variant = VARIANTS["hot-flow-unet"]
     torch.manual_seed(0)
-    model = models.build_model(variant)
+    model = network.build_model(variant)
     weights = tmp_path / "w.pt"
-    models.save_checkpoint(weights, model, variant, inference=models.InferenceSettings(scales={"cort": 1.5}))
+    checkpoints.save_checkpoint(weights, model, variant, inference=checkpoints.InferenceSettings(scales={"cort": 1.5}))
     tuned = {"cell_prob": {"cort": 0.3}, "flow_threshold": {"cort": 0.6}, "min_size": {"cort": 38}}
     validation = {"type_mean": 0.3, "images": 2}
-    tune.save_tuned(weights, tmp_path / "tuned.pt", tuned, validation)
-    _, _, checkpoint = models.load_checkpoint(tmp_path / "tuned.pt")
-    assert models.InferenceSettings.of(checkpoint, "tuned.pt") == models.InferenceSettings(
+    tuning.save_tuned(weights, tmp_path / "tuned.pt", tuned, validation)
+    _, _, checkpoint = checkpoints.load_checkpoint(tmp_path / "tuned.pt")
+    assert checkpoints.InferenceSettings.of(checkpoint, "tuned.pt") == checkpoints.InferenceSettings(
         scales={"cort": 1.5}, postprocess=tuned, validation=validation)
-    original = models.read_checkpoint(weights)
-    assert not models.InferenceSettings.of(original, weights).postprocess
+    original = checkpoints.read_checkpoint(weights)
+    assert not checkpoints.InferenceSettings.of(original, weights).postprocess
     assert all(torch.equal(checkpoint["model"][k], original["model"][k]) for k in original["model"])
 
 

@@ -11,8 +11,9 @@ import pandas as pd
 import pytest
 
 from kit import competition, metrics, rle
+from kit.inference.validation import PRED_COLOUR, TRUTH_COLOUR
 from kit.submission import write_submission
-from kit.validate import PRED_COLOUR, TRUTH_COLOUR, get_args_parser, main
+from kit.validate import get_args_parser, main
 
 ROOT = Path(__file__).resolve().parent.parent
 

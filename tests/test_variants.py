@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from kit.variants import PAPER_VARIANTS, VARIANTS, Variant, describe_variants, get_variant
+from kit.model.variants import describe_variants, get_variant, PAPER_VARIANTS, Variant, VARIANTS
 
 # The table, written out independently of the registry.
 EXPECTED = {

@@ -4,7 +4,7 @@ The training notebook shares its time limit between the variants it trains and r
 for each (through DDP where the session has several GPUs), after saving the cell-type classifier
 beside the weights, and ``kit.tune`` after each flow variant; each variant's share is split evenly
 (``time_share``) between its stages: LIVECell pretraining, fine-tuning and a pseudo-label round,
-as ``TrainingStages`` turns them on; the inference notebook finds the attached training kernels' weights, runs
+as ``kit.training.stage_options.StageOptions`` turns them on; the inference notebook finds the attached training kernels' weights, runs
 ``kit.infer`` and validates the submission. Every kit command runs as a child process
 (``run_kit``), its output echoed into the notebook and stopped at its share of the time.
 """
@@ -18,12 +18,16 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from kit import cell_type_classifier, competition, data, submission, variants
+from kit import submission
+from kit.cli import format_time_limit
+from kit.data import pseudo_labels, sartorius
+from kit.inference import type_classifier
+from kit.model import variants
 from kit.progress import show_progress
+from kit.training.stage_options import StageOptions
 
 
 def run_kit(*args, timeout=None):
@@ -69,32 +73,15 @@ def time_share(seconds_left: float, variants_left: int, save_margin_s: float) ->
     return budget, int(budget - save_margin_s) // 60
 
 
-@dataclass(frozen=True)
-class TrainingStages:
-    """Which stages a training kernel runs for each variant besides fine-tuning on the competition's
-    images: LIVECell pretraining before it (``pretrain``: ``"livecell[:LINES]"``, None for none) and a
-    pseudo-label round after it (``kit.pseudo`` on ``train_semi_supervised/``, then ``kit.train --resume
-    --extra-data``)."""
-
-    pretrain: str | None = None
-    pretrain_epochs: int = competition.DEFAULT_PRETRAIN_EPOCHS
-    pretrain_max_images: int | None = None
-    pseudo_round: bool = False
-    min_confidence: float = competition.DEFAULT_MIN_CONFIDENCE
-
-    def names(self) -> list[str]:
-        return ["pretrain"] * (self.pretrain is not None) + ["finetune"] + ["pseudo-1"] * self.pseudo_round
-
-
 def train_variants(names: Sequence[str], deadline: float, *, data_root: Path, working: Path,
                    use_all_gpus: bool = True, save_margin_s: float = 300, train_args: Sequence[str] = (),
-                   stages: TrainingStages = TrainingStages()) -> None:
+                   stages: StageOptions = StageOptions()) -> None:
     """The training notebook: the cell-type classifier, then ``kit.train`` for each variant until
     ``deadline`` (a ``time.monotonic()`` time), in ``stages``; outputs in ``working``, the flow cache dropped."""
     show_progress()  # the kit's lines in the notebook's output, as its commands print them
-    layout = data.find_competition(data_root)
+    layout = sartorius.find_competition(data_root)
     # Saved first and beside the weights: the inference kernel finds it there even if training runs out of time.
-    cell_type_classifier.fit_and_save(layout.root, working / cell_type_classifier.FILE_NAME)
+    type_classifier.fit_and_save(layout.root, working / type_classifier.FILE_NAME)
     gpus = training_gpus(use_all_gpus)
     # Several GPUs (Kaggle's T4 x2) train one model through DDP; --batch-size is then per GPU.
     launcher = ["torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}", "-m"] if gpus > 1 else []
@@ -118,7 +105,7 @@ def train_variants(names: Sequence[str], deadline: float, *, data_root: Path, wo
             print(f"{path.relative_to(working)}  {path.stat().st_size:,} bytes")
 
 
-def _first_stages(stages: TrainingStages, deadline: float, save_margin_s: float) -> tuple[list[str], float]:
+def _first_stages(stages: StageOptions, deadline: float, save_margin_s: float) -> tuple[list[str], float]:
     """(kit.train's stage arguments, its hard stop in seconds) for the call that pretrains (if asked)
     then fine-tunes: each stage gets an even share of the variant's time left (``time_share``); a
     pseudo-label round keeps its share for after."""
@@ -136,13 +123,18 @@ def _first_stages(stages: TrainingStages, deadline: float, save_margin_s: float)
     return [*arguments, "--time-limit", _minutes(minutes)], hard_stop + budget
 
 
-def _pseudo_round(name: str, common: Sequence, root: Path, working: Path, stages: TrainingStages, deadline: float,
+def _pseudo_round(name: str, common: Sequence, root: Path, working: Path, stages: StageOptions, deadline: float,
                   save_margin_s: float, train_args: Sequence[str]) -> None:
     """Pseudo-labels of ``train_semi_supervised/`` from the fine-tuned weights, then one more stage
-    trained on them beside the split (``kit.train --resume --extra-data``) in the time left."""
+    trained on them beside the split (``kit.train --resume --extra-data``) in the time left. Where the
+    network kept no cell, the round is skipped and says so: the fine-tuned, tuned weights stand."""
     labels = working / f"{name}-pseudo-labels.csv"
     run_kit("kit.pseudo", "--data", root, "--weights", working / f"{name}.pt", "--out", labels,
             "--min-confidence", stages.min_confidence, timeout=max(deadline - time.monotonic() - save_margin_s, 1))
+    if not pseudo_labels.holds_cells(labels):
+        print(f"--- no pseudo-labelled cell at --min-confidence {stages.min_confidence:g}: the pseudo-label round of "
+              f"{name} is skipped; its fine-tuned weights stand", flush=True)
+        return
     _, minutes = time_share(deadline - time.monotonic(), 1, save_margin_s)
     _check_minutes(minutes, "the pseudo-label round")
     run_kit(*common, "--resume", "--extra-data", labels, "--time-limit", _minutes(minutes), *train_args,
@@ -161,7 +153,7 @@ def _check_minutes(minutes: int, what: str) -> None:
 
 
 def _minutes(minutes: int) -> str:
-    return f"{minutes // 60}:{minutes % 60:02d}"
+    return format_time_limit(60 * minutes)
 
 
 def training_gpus(use_all_gpus: bool) -> int:
@@ -229,7 +221,7 @@ def write_submission(weight_files: Sequence[str], weight_kernels: Sequence[str],
     ``weight_kernels``). With ``--select-best`` in ``infer_options`` the attached weights are enough
     (``attached_weights``); where only one is, it is used as it is.
     """
-    layout = data.find_competition(input_root, need_train=False)
+    layout = sartorius.find_competition(input_root, need_train=False)
     sources = dict(weight_sources or {name: _either(weight_kernels) for name in weight_files})
     select_best = "--select-best" in infer_options
     weights = attached_weights(weight_files, sources, input_root, layout.root.resolve(), select_best)
@@ -237,7 +229,7 @@ def write_submission(weight_files: Sequence[str], weight_kernels: Sequence[str],
         infer_options = [option for option in infer_options if option != "--select-best"]
     target = working / "submission.csv"
     run_kit("kit.infer", "--data", layout.root, "--weights", *weights, "--out", target, *infer_options)
-    test_ids = list(data.test_image_paths(layout))
+    test_ids = list(sartorius.test_image_paths(layout))
     submission.validate(target, test_ids)
     print(f"{target} is valid: {len(test_ids)} test image(s)")
     return target

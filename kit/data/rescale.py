@@ -1,9 +1,10 @@
 """Per-cell-type rescaling, shared by training and inference: the factor that brings each cell
 type's median diameter to a variant's ``cell_diameter``, and the batched resampling (crop, scale and
-flips through one ``grid_sample``) that applies it."""
+flips through one ``grid_sample``) that applies it; ``warp``, the kit's one affine resampling (the
+training augmentation's too)."""
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -44,5 +45,11 @@ def resample(batch: torch.Tensor, scales: torch.Tensor, crop: tuple[int, int] | 
         row = 1 - axis  # affine_grid's theta rows are (x, y)
         theta[:, row, row] = sign * span / in_size
         theta[:, row, 2] = (2 * start + span) / in_size - 1
-    grid = F.affine_grid(theta.to(batch.device), [n, 1, *crop], align_corners=False)
+    return warp(batch, theta, crop, mode)
+
+
+def warp(batch: torch.Tensor, theta: torch.Tensor, size: Sequence[int], mode: str = "bilinear") -> torch.Tensor:
+    """float[B, C, *size]: each item of float[B, C, H, W] resampled through its affine map ``theta[b]``
+    (float[B, 2, 3] in ``grid_sample``'s [-1, 1] coordinates, rows (x, y)), reflected at the borders."""
+    grid = F.affine_grid(theta.to(batch.device), [len(batch), 1, *size], align_corners=False)
     return F.grid_sample(batch, grid, mode=mode, padding_mode="reflection", align_corners=False)

@@ -12,13 +12,17 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from kit import metrics, models, postprocess
-from kit.batches import TrainData, make_batch, validation_batch
-from kit.stages import FINETUNE, describe
-from kit.train_outputs import clock, finish_epoch, progress_line, quality
-from kit.models import autocast
-from kit.train_setup import RunConfig, TrainingState, precision_name
-from kit.variants import Variant
+from kit import metrics, postprocess
+from kit.model.checkpoints import save_checkpoint
+from kit.model.encoding import decode_output
+from kit.model.hardware import autocast, precision_name
+from kit.model.variants import Variant
+from kit.training.batches import TrainData, make_batch, validation_batch
+from kit.training.config import RunConfig, TrainingState
+from kit.training.run_folder import (best_weights, clock, finish_epoch, last_checkpoint, progress_line, quality,
+                                     step_weights)
+from kit.training.stage_options import FINETUNE
+from kit.training.stages import describe
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +35,7 @@ def train_epochs(state: TrainingState, config: RunConfig, device: torch.device, 
     variant, out, budget = state.variant, state.out, state.budget
     done, last = len(state.history), state.stage.last_epoch if state.stage else variant.epochs
     if done >= last:
-        log(f"{out / f'{variant.name}-last.pt'} already holds {done} epochs; raise --epochs to go on")
+        log(f"{last_checkpoint(out, variant.name)} already holds {done} epochs; raise --epochs to go on")
     else:
         if state.stage is not None and (state.stage.name != FINETUNE or state.stage.extra_data
                                         or state.stage.first_epoch > 1):  # a run with stages
@@ -49,7 +53,7 @@ def train_epochs(state: TrainingState, config: RunConfig, device: torch.device, 
                                                                   budget.limit):
             log(f"stopping before epoch {epoch}: it would end past the time limit {clock(budget.limit)} "
                 f"({clock(budget.process_seconds())} used, an epoch takes {clock(next_epoch)}); "
-                f"best weights kept in {out / f'{variant.name}.pt'}; --resume continues")
+                f"best weights kept in {best_weights(out, variant.name)}; --resume continues")
             break
         epoch_start = time.monotonic()
         row = run_epoch(state, epoch, train_data, val_data, config.seed)
@@ -58,12 +62,12 @@ def train_epochs(state: TrainingState, config: RunConfig, device: torch.device, 
             log(progress_line(row, last, epoch_seconds, budget.left()))
         if budget.out_of_time:
             log(f"stopped within epoch {epoch}: its training spent the time limit "
-                f"{clock(budget.limit)}; best weights in {out / f'{variant.name}.pt'}")
+                f"{clock(budget.limit)}; best weights in {best_weights(out, variant.name)}")
             break
     if state.history:
         best = max(state.history, key=quality)
         log(f"best epoch {best['epoch']}: score {best['val_score']:.4f}, dice {best['val_dice']:.3f}; "
-            f"weights in {out / f'{variant.name}.pt'}")
+            f"weights in {best_weights(out, variant.name)}")
 
 
 def run_epoch(state: TrainingState, epoch: int, train_data: TrainData, val_data: TrainData | None,
@@ -112,8 +116,8 @@ def after_step(state: TrainingState) -> bool:
 def keep_step_weights(state: TrainingState) -> None:
     """``OUT/NAME-stepN.pt``: the weights after N optimiser steps (``--keep-steps``), for a learning curve;
     a weights file as ``NAME.pt`` is, its ``epoch`` the epoch in progress."""
-    path = state.out / f"{state.variant.name}-step{state.steps}.pt"
-    models.save_checkpoint(path, state.raw_model, state.variant, epoch=len(state.history) + 1,
+    path = step_weights(state.out, state.variant.name, state.steps)
+    save_checkpoint(path, state.raw_model, state.variant, epoch=len(state.history) + 1,
                            history=state.history, inference=state.inference, stages=state.stage_records)
     logger.info(f"kept {path} (step {state.steps})")
 
@@ -174,12 +178,12 @@ def evaluate(model: nn.Module, split: TrainData, variant: Variant, criterion: nn
         with autocast(x.device, amp_dtype):
             output = model(x)
         losses.append(criterion(output, target).item() * len(index))
-        prob, flow = models.decode_output(output, variant)
+        prob, flow = decode_output(output, variant)
         prob, flow = prob.cpu().numpy(), None if flow is None else flow.cpu().numpy()
         images = images.cpu().numpy()
         true_masks = (target[:, -1] > 0.5).cpu().numpy()  # one device-to-host copy per batch
         for k, i in enumerate(index.tolist()):
-            pixel.append(metrics.pixel_metrics(true_masks[k], prob[k] > 0.5))
+            pixel.append(metrics.pixel_metrics(true_masks[k], prob[k] > postprocess.CELL_MASK_THRESHOLD))
             labels.append(predict_instances(prob[k], None if flow is None else flow[k], images[k],
                                             split.cell_types[i], variant))
     scored = [i for i in range(len(split)) if crop is None or len(truth[i])]

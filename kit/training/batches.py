@@ -9,11 +9,9 @@ go, with the flow vectors turned with the image.
 """
 from __future__ import annotations
 
-import argparse
 import functools
 import hashlib
 import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -21,13 +19,15 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 
-from kit import data, flows, models, rle
+from kit import flows, rle
 from kit.competition import IMAGE_SHAPE
+from kit.data import sartorius
+from kit.data.rescale import CENTRED, resample, warp
 from kit.files import atomic_output
-from kit.rescale import CENTRED, resample
-from kit.variants import Variant
+from kit.model.encoding import model_input
+from kit.model.hardware import memory_format
+from kit.model.variants import Variant
 
 # Augmentation ranges (hot-drop-unet); the paper names "random affine" without its ranges.
 MAX_ROTATION_DEG = 20.0
@@ -43,7 +43,7 @@ class TrainData:
     ``images``: uint8[N, H, W]; ``targets``: uint8[N, 1, H, W] union masks, or float16[N, 3, H, W]
     (dy, dx, cell mask) for the flow target; ``annotations``: each image's original RLEs;
     ``scales``: float32[N] resampling factor of each image (1 at native scale, see
-    ``kit.rescale.type_scales``); ``labels``: int32[N, H, W] instances, kept only where validation crops
+    ``kit.data.rescale.type_scales``); ``labels``: int32[N, H, W] instances, kept only where validation crops
     rescaled images (their truth is cut from them); ``shards``: the DDP ranks each of which holds only its
     own share of the images (LIVECell pretraining), 1 where every rank holds them all.
     """
@@ -97,22 +97,22 @@ class TrainData:
         return truth
 
 
-def load_split(layout: data.CompetitionLayout, ids: Sequence[str], variant: Variant, device: torch.device,
+def load_split(layout: sartorius.CompetitionLayout, ids: Sequence[str], variant: Variant, device: torch.device,
                cache_dir: Path | None = None, df: pd.DataFrame | None = None,
                scales: Mapping[str, float] | None = None, keep_labels: bool = False) -> TrainData:
     """Decode the images and build the targets of ``ids`` once; tensors end up on ``device``.
 
     ``df``: the already read ``train.csv`` (read again when None); ``cache_dir``: see ``flow_target``;
-    ``scales``: ``kit.rescale.type_scales`` of the run (native scale when None); ``keep_labels``: keep the
+    ``scales``: ``kit.data.rescale.type_scales`` of the run (native scale when None); ``keep_labels``: keep the
     label images (a validation split whose crops are rescaled).
     """
-    return split_from_samples(data.load_samples(layout, ids, df), variant, device, cache_dir, scales, keep_labels)
+    return split_from_samples(sartorius.load_samples(layout, ids, df), variant, device, cache_dir, scales, keep_labels)
 
 
-def split_from_samples(samples: Sequence[data.Sample], variant: Variant, device: torch.device,
+def split_from_samples(samples: Sequence[sartorius.Sample], variant: Variant, device: torch.device,
                        cache_dir: Path | None = None, scales: Mapping[str, float] | None = None,
                        keep_labels: bool = False) -> TrainData:
-    """``load_split`` for samples already loaded: competition images, LIVECell's (``kit.livecell``) or
+    """``load_split`` for samples already loaded: competition images, LIVECell's (``kit.data.livecell``) or
     pseudo-labelled ones (``kit.pseudo``) take the same path to targets on ``device``; ``scales``
     needs every sample's cell type."""
     images = torch.from_numpy(np.stack([s.image for s in samples]))
@@ -156,10 +156,10 @@ def _batch(split: TrainData, index: torch.Tensor, variant: Variant, crop: tuple[
     else:
         images, targets = batch_images(split, index, crop, generator, with_targets=True)
         target = targets.float()
-    x = models.model_input(images, [split.cell_types[i] for i in index.tolist()], variant)
+    x = model_input(images, [split.cell_types[i] for i in index.tolist()], variant)
     if augment and variant.target == "mask":
         x, target = augment_batch(x, target, generator)
-    x = x.contiguous(memory_format=models.memory_format(x.device))
+    x = x.contiguous(memory_format=memory_format(x.device))
     return x, target, images
 
 
@@ -223,13 +223,12 @@ def augment_batch(x: torch.Tensor, target: torch.Tensor,
     theta[:, 0, 0], theta[:, 0, 1] = cos * flip_x, -sin * flip_y * height / width
     theta[:, 1, 0], theta[:, 1, 1] = sin * flip_x * width / height, cos * flip_y
     theta[:, :, 2] = (2 * u[:, 4:6] - 1) * 2 * MAX_TRANSLATE
-    grid = F.affine_grid(theta, [batch, 1, height, width], align_corners=False)
-    image = F.grid_sample(x[:, :1], grid, mode="bilinear", padding_mode="reflection", align_corners=False)
-    mask = F.grid_sample(target, grid, mode="nearest", padding_mode="reflection", align_corners=False)
+    image = warp(x[:, :1], theta, (height, width), "bilinear")
+    mask = warp(target, theta, (height, width), "nearest")
     return torch.cat([image, x[:, 1:]], dim=1), mask
 
 
-def flow_target(sample: data.Sample, cache_dir: Path | None = None) -> np.ndarray:
+def flow_target(sample: sartorius.Sample, cache_dir: Path | None = None) -> np.ndarray:
     """float16[2, H, W] (dy, dx) of ``kit.flows.masks_to_flows``, cached as ``cache_dir/ID-DIGEST.npy``.
 
     The digest covers the labels and the source of ``kit.flows``, so a changed annotation or flow
@@ -246,14 +245,6 @@ def flow_target(sample: data.Sample, cache_dir: Path | None = None) -> np.ndarra
     with atomic_output(path) as tmp, open(tmp, "wb") as handle:
         np.save(handle, flow)
     return flow
-
-
-def crop_size(text: str) -> tuple[int, int]:
-    """``"HxW"`` or ``"N"`` (square) -> (height, width); the ``--crop`` argument type."""
-    match = re.fullmatch(r"(\d+)(?:x(\d+))?", text.strip())
-    if not match or int(match.group(1)) < 1 or int(match.group(2) or 1) < 1:
-        raise argparse.ArgumentTypeError(f"crop {text!r} is not HxW (e.g. 128x128) or N")
-    return int(match.group(1)), int(match.group(2) or match.group(1))
 
 
 @functools.cache

@@ -1,21 +1,19 @@
-"""The paper's U-Net, its inputs and outputs, and checkpoints that say which variant they hold.
+"""Checkpoints that say which variant they hold: the format, ``InferenceSettings``, and the one
+writer and readers of the files.
 
 A checkpoint is a plain dict (tensors, numbers, strings, lists, dicts) so that
 ``torch.load(path, weights_only=True)`` reads it: ``format``, ``variant`` (``Variant.to_dict()``),
 ``model`` (state dict), ``epoch``, ``best_score``, ``history`` (the per-epoch metrics rows), ``inference``
 (``InferenceSettings.to_dict()``: per-type scales, tuned post-processing settings, the validation split
 the weights were trained with, possibly empty),
-``stages`` (a staged run's pretraining / fine-tuning / pseudo-label stages, ``kit.stages``; empty
-before); a
-resumable checkpoint adds ``optimizer``, ``scheduler`` and ``scaler`` states. No random state is
+``stages`` (a staged run's pretraining / fine-tuning / pseudo-label stages, ``kit.training.stages``;
+empty before); a resumable checkpoint adds ``optimizer``, ``scheduler`` and ``scaler`` states. No random state is
 saved: the trainer seeds batch order, crops and augmentation per epoch (only dropout masks differ
 after a resume).
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import functools
 import os
 import pickle
 import zipfile
@@ -24,19 +22,14 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from kit.competition import CELL_TYPES, LIVECELL_CELL_LINES
 from kit.files import atomic_output, no_space_error
-from kit.variants import IMAGE_CHANNELS, Variant
+from kit.model.network import UNet, build_model
+from kit.model.variants import Variant
 
-# v2: the image channel is standardised per image (v1 fed image / 255, see model_input).
+# v2: the image channel is standardised per image (v1 fed image / 255, see kit.model.encoding.model_input).
 CHECKPOINT_FORMAT = "kit-checkpoint-v2"
-MIN_IMAGE_STD = 1.0  # grey levels: a flat image is centred, not blown up
-ENCODER_WIDTHS = (32, 64, 128, 256)
-BOTTLENECK_WIDTH = 512
-SIZE_MULTIPLE = 2 ** len(ENCODER_WIDTHS)  # four 2x poolings: H and W are padded to a multiple of 16
 # v2 adds ``split`` (older kits then ask for an update instead of naming an unknown entry); v1 files load as ever.
 INFERENCE_SETTINGS_VERSION = 2
 OPTIMIZER_STATE_COPIES = {"sgd": 1, "adam": 2, "adamw": 2}  # weight-sized buffers: momentum; first and second moments
@@ -54,7 +47,7 @@ class InferenceSettings:
     training images and the factor each type's images are resampled by (empty: native scale).
     ``postprocess``: ``kit.tune``'s per-type extraction settings, ``{"cell_prob": {type: value},
     "flow_threshold": {...}, "min_size": {...}}`` (empty: untuned). ``validation``: ``kit.tune``'s
-    record of the tuned score (``kit.tune.validation_record``; None: not tuned). ``split``: the
+    record of the tuned score (``kit.inference.tuning.validation_record``; None: not tuned). ``split``: the
     validation split the weights were trained with (``kit.split.Split.to_dict``; None: weights from
     before it was recorded, taken to have the default split).
     """
@@ -108,160 +101,6 @@ class InferenceSettings:
             raise ValueError(f"{os.fspath(path)}: unreadable inference settings: {err}") from None
 
 
-class UNet(nn.Module):
-    """U-Net of the paper: 4 encoder levels (32-256 filters) of 2x(3x3 conv + BN + ReLU) with max
-    pooling, a 512-filter bottleneck, transposed-conv upsampling with skip connections, 1x1 head.
-
-    ``residual`` (beyond the paper, as in Cellpose's network): every block adds its input through
-    a 1x1 projection, and a style vector, the bottleneck's features averaged over the image and
-    scaled to unit length, is added per channel (one linear map per decoder) to every decoder's
-    output, so that each pixel's decision sees the whole image's look.
-
-    ``forward``: float[B, in_channels, H, W] -> float[B, out_channels, H, W] logits, any H x W:
-    the input is reflect-padded at the bottom/right to a multiple of 16 and the output cropped back.
-    """
-
-    def __init__(self, in_channels: int, out_channels: int, dropout: float = 0.0, residual: bool = False):
-        super().__init__()
-        block = _ResidualBlock if residual else _double_conv
-        self.encoders = nn.ModuleList()
-        width_in = in_channels
-        for width in ENCODER_WIDTHS:
-            self.encoders.append(block(width_in, width, dropout))
-            width_in = width
-        self.bottleneck = block(width_in, BOTTLENECK_WIDTH, dropout)
-        self.upsamplers = nn.ModuleList()
-        self.decoders = nn.ModuleList()
-        width_in = BOTTLENECK_WIDTH
-        for width in reversed(ENCODER_WIDTHS):
-            self.upsamplers.append(nn.ConvTranspose2d(width_in, width, kernel_size=2, stride=2))
-            self.decoders.append(block(2 * width, width, dropout))
-            width_in = width
-        self.styles = nn.ModuleList(nn.Linear(BOTTLENECK_WIDTH, width) for width in reversed(ENCODER_WIDTHS)) \
-            if residual else None
-        self.head = nn.Conv2d(width_in, out_channels, kernel_size=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        height, width = x.shape[-2:]
-        pad_h, pad_w = -height % SIZE_MULTIPLE, -width % SIZE_MULTIPLE
-        if pad_h or pad_w:
-            # Reflection continues the image texture; it needs the pad smaller than the side.
-            mode = "reflect" if pad_h < height and pad_w < width else "replicate"
-            x = F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
-        skips = []
-        for encoder in self.encoders:
-            x = encoder(x)
-            skips.append(x)
-            x = F.max_pool2d(x, 2)
-        x = self.bottleneck(x)
-        style = F.normalize(x.mean(dim=(2, 3)), dim=1) if self.styles is not None else None
-        for k, (upsample, decoder, skip) in enumerate(zip(self.upsamplers, self.decoders, reversed(skips))):
-            x = decoder(torch.cat([upsample(x), skip], dim=1))
-            if style is not None:
-                x = x + self.styles[k](style)[:, :, None, None]
-        return self.head(x)[..., :height, :width]
-
-
-def build_model(variant: Variant) -> UNet:
-    """The network of ``variant``: 1 output channel for mask targets, 3 (dy, dx, cell logit) for flows."""
-    return UNet(variant.in_channels, variant.out_channels, variant.dropout, variant.residual)
-
-
-def model_input(images: torch.Tensor, cell_types: Sequence[str], variant: Variant) -> torch.Tensor:
-    """The network input for a batch: float32[B, C, H, W] on the images' device.
-
-    ``images``: uint8[B, H, W] or uint8[B, 1, H, W]. Channel 0 is each image standardised to mean
-    0 and standard deviation 1 (over its own pixels). One-hot variants append ``len(CELL_TYPES)``
-    constant 0/1 planes in ``CELL_TYPES`` order; a LIVECell line (pretraining) sets its type's plane
-    where it is one (shsy5y), else none (``kit.stages``).
-
-    Why standardise: the competition's images have a standard deviation of only 9 to 16 grey
-    levels, so image / 255 would vary by about 0.05 while the one-hot planes jump by 1 between cell
-    types. The first layer's batch-norm statistics would then depend on which cell types a batch of
-    2 happens to mix, and a network trained on those batch statistics would not hold with its
-    running ones.
-    """
-    if images.dtype != torch.uint8:
-        raise TypeError(f"model_input expects uint8 images, got {images.dtype}")
-    if images.ndim == 4 and images.shape[1] == IMAGE_CHANNELS:
-        images = images[:, 0]
-    if images.ndim != 3:
-        raise ValueError(f"model_input expects images of shape [B, H, W] or [B, 1, H, W], got {tuple(images.shape)}")
-    if len(cell_types) != images.shape[0]:
-        raise ValueError(f"{images.shape[0]} images but {len(cell_types)} cell types")
-    x = images.unsqueeze(1).float()
-    mean = x.mean(dim=(2, 3), keepdim=True)
-    std = x.std(dim=(2, 3), keepdim=True).clamp_(min=MIN_IMAGE_STD)
-    x = (x - mean) / std
-    if not variant.one_hot:
-        return x
-    unknown = sorted(set(cell_types) - set(CELL_TYPES) - set(LIVECELL_CELL_LINES))
-    if unknown:
-        raise ValueError(f"unknown cell type(s) {unknown}; valid: {', '.join(CELL_TYPES)} (and LIVECell's lines "
-                         f"{', '.join(LIVECELL_CELL_LINES)})")
-    # LIVECell's lines other than SH-SY5Y (the competition's shsy5y) are no competition type: no plane is set.
-    index = torch.tensor([CELL_TYPES.index(c) if c in CELL_TYPES else len(CELL_TYPES) for c in cell_types],
-                         device=images.device)
-    planes = F.one_hot(index, len(CELL_TYPES) + 1)[:, :len(CELL_TYPES)].to(x.dtype)[:, :, None, None]
-    return torch.cat([x, planes.expand(-1, -1, *x.shape[-2:])], dim=1)
-
-
-def decode_output(output: torch.Tensor, variant: Variant) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Network output float[B, out_channels, H, W] -> (cell probability float[B, H, W],
-    flows float[B, 2, H, W] as (dy, dx) in the units of ``kit.flows.masks_to_flows``, or None)."""
-    output = output.float()
-    if variant.target == "flow":
-        return torch.sigmoid(output[:, 2]), output[:, :2] / variant.flow_scale
-    return torch.sigmoid(output[:, 0]), None
-
-
-def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
-    """Whether this CPU computes bf16 in hardware: x86's ``avx512_bf16`` or ``amx_bf16`` flag, Arm's
-    ``bf16`` feature, as Linux lists them in ``/proc/cpuinfo`` (``cpuinfo``: its text, for the tests).
-    Read from the kernel, not from torch, because the oldest torch the kit supports (2.4) has no public
-    query for it; without /proc/cpuinfo (macOS, Windows) the answer is False and the CPU trains in fp32.
-    Elsewhere a CPU bf16 autocast is emulated and slower than fp32."""
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")
-        except OSError:
-            return False
-    for line in cpuinfo.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip().lower() in ("flags", "features"):
-            return bool({"avx512_bf16", "amx_bf16", "bf16"} & set(value.split()))
-    return False
-
-
-@functools.lru_cache(maxsize=None)
-def _this_cpu_has_native_bf16() -> bool:
-    return cpu_has_native_bf16()
-
-
-def amp_dtype(device: torch.device) -> torch.dtype | None:
-    """The mixed-precision dtype for ``device`` (``--precision auto``): bf16 on GPUs of compute capability
-    8.0 and up (A100, H100) and on CPUs with native bf16 (``cpu_has_native_bf16``: 1.84x the fp32 step
-    here, ``benchmarks.bench_precision``), fp16 on older GPUs (Kaggle's T4, which lacks bf16), else None (fp32)."""
-    if device.type == "cpu":
-        return torch.bfloat16 if _this_cpu_has_native_bf16() else None
-    if device.type != "cuda":
-        return None
-    return torch.bfloat16 if torch.cuda.get_device_capability(device) >= (8, 0) else torch.float16
-
-
-def autocast(device: torch.device, dtype: torch.dtype | None):
-    """``torch.autocast`` to ``dtype`` on ``device``'s type; no context at all for fp32 (None): torch 2.1
-    refuses a CPU autocast of any dtype but bf16 even with enabled=False ("AutocastCPU only support Bfloat16"),
-    and torch 2.4 warns of it."""
-    return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
-
-
-def memory_format(device: torch.device) -> torch.memory_format:
-    """channels_last on CUDA and on the CPU (oneDNN's convolutions; 1.16x the fp32 step and 1.21x the bf16
-    one here, ``benchmarks.bench_precision``), else the default layout."""
-    return torch.channels_last if device.type in ("cuda", "cpu") else torch.contiguous_format
-
-
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, variant: Variant, *,
                     optimizer: torch.optim.Optimizer | None = None, scheduler: Any = None,
                     scaler: torch.amp.GradScaler | None = None, epoch: int = 0,
@@ -274,7 +113,7 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, variant: Variant,
     optimizer, scheduler and scaler to make it resumable: each an object with ``state_dict()`` or
     the state dict a checkpoint already holds (``kit.tune`` rewriting one). ``inference``: what
     inference needs beyond the variant (``InferenceSettings``). ``stages``: the run's training
-    stages (``kit.stages``), whose rows ``history`` holds.
+    stages (``kit.training.stages``), whose rows ``history`` holds.
     """
     checkpoint: dict[str, Any] = {
         "format": CHECKPOINT_FORMAT,
@@ -356,32 +195,12 @@ def load_checkpoint(path: str | os.PathLike, expected_variant: str | Variant | N
     return model.to(map_location).eval(), variant, checkpoint
 
 
-def resolve_device(name: str | None) -> torch.device:
-    """The torch device of a ``--device`` value (default: cuda when available), refused before any
-    work when it is no device or is not present on this machine."""
-    if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError):
-        device = None
-    if device is None or device.type not in ("cuda", "cpu"):
-        raise ValueError(f"--device {name!r} is not a device this kit runs on: use cuda, cuda:N or cpu")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: no CUDA GPU is visible (torch.cuda.is_available() is False); "
-                         "use --device cpu, or run on a machine with a GPU")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise ValueError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA GPU(s), "
-                         f"numbered from 0")
-    return device
-
-
 def checkpoint_bytes(variant: Variant) -> int:
     """About the size of ``variant``'s resumable checkpoint: float32 weights plus the optimizer's
     weight-sized buffers (``OPTIMIZER_STATE_COPIES``), and 1 MB for the rest."""
     if variant.optimizer not in OPTIMIZER_STATE_COPIES:
         raise ValueError(f"checkpoint_bytes knows no optimizer {variant.optimizer!r}; add it to "
-                         "kit.models.OPTIMIZER_STATE_COPIES")
+                         "kit.model.checkpoints.OPTIMIZER_STATE_COPIES")
     weights = 4 * sum(p.numel() for p in build_model(variant).parameters())
     return weights * (1 + OPTIMIZER_STATE_COPIES[variant.optimizer]) + 1_000_000
 
@@ -405,25 +224,3 @@ def _check_variant(path: str, found: Variant, expected: str | Variant) -> None:
             raise ValueError(f"{path}: variant {found.name!r} was saved with other settings: {', '.join(differ)}")
 
 
-def _double_conv(width_in: int, width: int, dropout: float) -> nn.Sequential:
-    """Two 3x3 conv + BatchNorm + ReLU blocks, each followed by dropout when ``dropout > 0``."""
-    layers: list[nn.Module] = []
-    for block_in in (width_in, width):
-        layers += [nn.Conv2d(block_in, width, kernel_size=3, padding=1, bias=False),
-                   nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
-        if dropout > 0:
-            layers.append(nn.Dropout(dropout))
-    return nn.Sequential(*layers)
-
-
-class _ResidualBlock(nn.Module):
-    """``_double_conv`` plus its input through a 1x1 projection (Cellpose's residual block):
-    float[B, width_in, H, W] -> float[B, width, H, W]."""
-
-    def __init__(self, width_in: int, width: int, dropout: float):
-        super().__init__()
-        self.convs = _double_conv(width_in, width, dropout)
-        self.project = nn.Conv2d(width_in, width, kernel_size=1, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.convs(x) + self.project(x)

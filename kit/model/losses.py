@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kit.variants import Variant
+from kit.model.variants import Variant
 
 # Cellpose's weighting: 0.5 x MSE on 5 x flows + BCE. Unit flows (|v| <= 1, mostly ~0.5 per
 # component) would make a raw MSE small beside the BCE; x5 brings the two terms to similar size.
@@ -31,12 +31,13 @@ def mask_loss(logits: torch.Tensor, target: torch.Tensor, pos_weight: float = 1.
     return F.binary_cross_entropy_with_logits(logits.float(), target.float(), pos_weight=weight)
 
 
-def flow_loss(output: torch.Tensor, target: torch.Tensor, flow_scale: float = 5.0) -> torch.Tensor:
+def flow_loss(output: torch.Tensor, target: torch.Tensor, flow_scale: float) -> torch.Tensor:
     """``FLOW_MSE_WEIGHT`` x MSE(output flows, ``flow_scale`` x target flows) + BCE(cell logit, cell mask).
 
     ``output``: float[B, 3, H, W] (dy, dx, cell logit); ``target``: float[B, 3, H, W] (dy, dx unit
-    flows, cell mask in {0, 1}). The network thus learns flows scaled by ``flow_scale``
-    (``kit.models.decode_output`` divides them back). Returns a float32 scalar.
+    flows, cell mask in {0, 1}). The network thus learns flows scaled by ``flow_scale`` (the variant's,
+    ``kit.model.variants.Variant.flow_scale``; ``kit.model.encoding.decode_output`` divides them back).
+    Returns a float32 scalar.
     """
     _check_shapes(output, target, 3)
     output, target = output.float(), target.float()
@@ -59,7 +60,7 @@ class MaskLoss(nn.Module):
 class FlowLoss(nn.Module):
     """``flow_loss`` with a fixed ``flow_scale``."""
 
-    def __init__(self, flow_scale: float = 5.0):
+    def __init__(self, flow_scale: float):
         super().__init__()
         self.flow_scale = flow_scale
 

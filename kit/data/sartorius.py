@@ -8,7 +8,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import cv2
 import numpy as np
@@ -17,7 +17,10 @@ import pandas as pd
 from kit import paths, rle
 from kit.competition import CELL_TYPES, COMPETITION_SLUG, IMAGE_SHAPE
 
-REQUIRED_COLUMNS = ("id", "annotation", "width", "height", "cell_type")
+# train.csv's columns as Kaggle ships them: the kit reads the first five; the metadata may be blank.
+TRAIN_CSV_COLUMNS = ("id", "annotation", "width", "height", "cell_type", "plate_time", "sample_date",
+                     "sample_id", "elapsed_timedelta")
+REQUIRED_COLUMNS = TRAIN_CSV_COLUMNS[:5]
 _SEARCH_DEPTH = 4  # Kaggle has mounted competition data at /kaggle/input/<slug>[/<...>]
 _DOWNLOAD_HINT = f"download it with `kaggle competitions download -c {COMPETITION_SLUG}` and unzip it"
 
@@ -141,27 +144,38 @@ def check_image_header(path: str | Path, shape: tuple[int, int] = IMAGE_SHAPE) -
                          f"{height}x{width}: restore the original or remove it")
 
 
-def one_hot(cell_type: str) -> np.ndarray:
-    """float32[3] one-hot vector in ``CELL_TYPES`` order."""
-    if cell_type not in CELL_TYPES:
-        raise ValueError(f"unknown cell type {cell_type!r}; valid: {', '.join(CELL_TYPES)}")
-    return np.eye(len(CELL_TYPES), dtype=np.float32)[CELL_TYPES.index(cell_type)]
-
-
 def cell_diameters(df: pd.DataFrame, ids: Iterable[str] | None = None) -> dict[str, float]:
-    """``{cell type: median cell diameter in pixels}`` over the annotations of ``ids`` (all when None).
-
-    A cell's diameter is that of the disc of its area, 2 sqrt(area / pi), its area the sum of its
-    run lengths (the annotation as drawn, overlaps included). On the 305-image slice: astro 29.9,
-    cort 16.2, shsy5y 15.7.
+    """``{cell type: median cell diameter in pixels}`` over the annotations of ``ids`` (all when None),
+    each cell's area the sum of its run lengths (the annotation as drawn, overlaps included). On the
+    305-image slice: astro 29.9, cort 16.2, shsy5y 15.7.
     """
     rows = df if ids is None else df[df["id"].isin(set(ids))]
     if rows.empty:
         raise ValueError("cell_diameters: no annotations for the given images")
-    areas = rows["annotation"].map(lambda text: sum(int(n) for n in text.split()[1::2]))
-    diameters = 2.0 * np.sqrt(areas.to_numpy(np.float64) / np.pi)
-    by_type = pd.Series(diameters, index=rows["cell_type"].to_numpy()).groupby(level=0).median()
-    return {str(cell_type): float(value) for cell_type, value in by_type.items()}
+    runs = rle.decode_many(rows["annotation"].tolist(), IMAGE_SHAPE)
+    owners = np.repeat(np.arange(len(rows)), np.diff(runs.offsets))
+    areas = np.bincount(owners, weights=runs.lengths, minlength=len(rows))
+    return median_diameters(rows["cell_type"].to_numpy(), areas)
+
+
+def sample_diameters(samples: Sequence[Sample]) -> dict[str, float]:
+    """``{cell type or line: median cell diameter}`` of samples' label images (LIVECell's lines,
+    pretraining a rescaling variant), each cell's area its label's pixels."""
+    types, areas = [], []
+    for sample in samples:
+        counts = np.bincount(sample.labels.ravel())[1:]
+        counts = counts[counts > 0]
+        types += [sample.cell_type] * len(counts)
+        areas.append(counts)
+    return median_diameters(np.asarray(types, dtype=object), np.concatenate(areas) if areas else np.zeros(0))
+
+
+def median_diameters(cell_types: np.ndarray, areas: np.ndarray) -> dict[str, float]:
+    """``{cell type: median diameter}`` of cells of ``areas`` (pixels) and ``cell_types`` (one each),
+    sorted by type: a cell's diameter is that of the disc of its area, 2 sqrt(area / pi)."""
+    diameters = 2.0 * np.sqrt(np.asarray(areas, np.float64) / np.pi)
+    by_type = pd.Series(diameters, index=cell_types).groupby(level=0).median()
+    return {str(cell_type): float(value) for cell_type, value in sorted(by_type.items())}
 
 
 def load_samples(layout: CompetitionLayout, ids: Iterable[str] | None = None,

@@ -1,19 +1,22 @@
-"""An ensemble of weights files and its prediction, shared by ``kit.infer`` and ``kit.tune``:
-loading the files (one target type), picking the best-validated one, and the averaged (and
-flip-augmented) network outputs at each image's native size."""
+"""An ensemble of weights files and its prediction, shared by ``kit.infer``, ``kit.tune`` and
+``kit.pseudo``: loading the files (one target type), picking the best-validated one, the averaged
+(and flip-augmented) network outputs at each image's native size, and the batched predict ->
+extract loop (``predicted_instances``)."""
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Mapping, NamedTuple, Sequence
+from typing import Iterator, Mapping, NamedTuple, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from kit import models
-from kit.rescale import resample
-from kit.variants import Variant
+from kit import postprocess
+from kit.data import sartorius
+from kit.data.rescale import resample
+from kit.model import checkpoints, encoding, hardware
+from kit.model.variants import Variant
 
 logger = logging.getLogger(__name__)
 
@@ -27,16 +30,16 @@ class Member(NamedTuple):
     model: torch.nn.Module
     variant: Variant
     path: Path
-    settings: models.InferenceSettings = models.InferenceSettings()
+    settings: checkpoints.InferenceSettings = checkpoints.InferenceSettings()
 
 
 def load_ensemble(weights: Sequence[str | Path], device: torch.device) -> list[Member]:
     """One ``Member`` per file; every file must hold the same target type."""
     ensemble = []
     for path in weights:
-        model, variant, checkpoint = models.load_checkpoint(path, map_location=device)
-        model = model.to(memory_format=models.memory_format(device))  # as the trainer ran
-        ensemble.append(Member(model, variant, Path(path), models.InferenceSettings.of(checkpoint, path)))
+        model, variant, checkpoint = checkpoints.load_checkpoint(path, map_location=device)
+        model = model.to(memory_format=hardware.memory_format(device))  # as the trainer ran
+        ensemble.append(Member(model, variant, Path(path), checkpoints.InferenceSettings.of(checkpoint, path)))
     targets = {member.variant.target for member in ensemble}
     if len(targets) > 1:
         listed = ", ".join(f"{m.path.name} ({m.variant.name}: {m.variant.target})" for m in ensemble)
@@ -49,7 +52,8 @@ def split_records(weights: Sequence[Member | str | Path]) -> list[tuple[str, Map
     """Each weights file's path and recorded validation split, for ``kit.split.of_weights``: a loaded
     ``Member``'s, or read from the file (``kit.validate``, ``kit.boundary_table``: no model needed)."""
     return [(str(item.path), item.settings.split) if isinstance(item, Member) else
-            (str(item), models.InferenceSettings.of(models.read_checkpoint(item), item).split) for item in weights]
+            (str(item), checkpoints.InferenceSettings.of(checkpoints.read_checkpoint(item), item).split)
+            for item in weights]
 
 
 def best_validated(ensemble: Sequence[Member]) -> Member:
@@ -96,24 +100,54 @@ def predict(ensemble: Sequence[Member], images: np.ndarray, cell_types: Sequence
     return prob, None if flow_sum is None else (flow_sum / n).cpu().numpy()
 
 
+class Extracted(NamedTuple):
+    """One image's prediction: its id and cell type, the ensemble's cell probability float32[H, W]
+    and the instances extracted from it, int32[H, W]."""
+
+    id: str
+    cell_type: str
+    prob: np.ndarray
+    labels: np.ndarray
+
+
+def predicted_instances(ensemble: Sequence[Member], images: Mapping[str, tuple[Path, str]], device: torch.device,
+                        batch_size: int = DEFAULT_BATCH_SIZE, tta: bool = False,
+                        config: postprocess.PostprocessConfig = postprocess.PostprocessConfig(),
+                        flow_threshold: float | None = None) -> Iterator[Extracted]:
+    """Each of ``images`` (``{id: (PNG path, cell type)}``) predicted in batches of ``batch_size`` and
+    extracted (``kit.postprocess.output_to_labels``; ``flow_threshold``, when given, overrides the
+    config's per-type flow-error thresholds), in order, one image at a time: what ``kit.infer`` and
+    ``kit.pseudo`` predict."""
+    ids = list(images)
+    for start in range(0, len(ids), batch_size):
+        batch = ids[start:start + batch_size]
+        pixels = np.stack([sartorius.load_image(images[i][0]) for i in batch])
+        types = [images[i][1] for i in batch]
+        prob, flow = predict(ensemble, pixels, types, device, tta, batch)
+        for k, image_id in enumerate(batch):
+            labels = postprocess.output_to_labels(prob[k], None if flow is None else flow[k], pixels[k], types[k],
+                                                  config, flow_threshold)
+            yield Extracted(image_id, types[k], prob[k], labels)
+
+
 def _member_output(member: Member, images: torch.Tensor, cell_types: Sequence[str], dims: tuple[int, ...],
                    device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One member's decoded output for uint8[B, H, W] ``images`` at their native size.
 
     A member trained on rescaled images (``settings.scales``) sees each image resampled to its
-    cell type's scale exactly as training cut its crops (``kit.rescale.resample``, rounded to
+    cell type's scale exactly as training cut its crops (``kit.data.rescale.resample``, rounded to
     uint8); its outputs are resized back bilinearly. Flows are unit vectors, so only their grid
     changes, not their length.
     """
     scales = member.settings.scales
     if not scales:
-        return _forward(member.model, member.variant, models.model_input(images, cell_types, member.variant),
+        return _forward(member.model, member.variant, encoding.model_input(images, cell_types, member.variant),
                         dims, device)
     probs, flows_out = [], []
     for k, cell_type in enumerate(cell_types):
         scale = torch.tensor([float(scales[cell_type])])
         image = resample(images[k:k + 1, None].float(), scale, None, mode="bilinear")
-        x = models.model_input(image[:, 0].round().clamp(0, 255).to(torch.uint8), [cell_type], member.variant)
+        x = encoding.model_input(image[:, 0].round().clamp(0, 255).to(torch.uint8), [cell_type], member.variant)
         prob, flow = _forward(member.model, member.variant, x, dims, device)
         probs.append(F.interpolate(prob[:, None], size=images.shape[-2:], mode="bilinear", align_corners=False)[:, 0])
         if flow is not None:
@@ -127,9 +161,9 @@ def _forward(model: torch.nn.Module, variant: Variant, x: torch.Tensor, dims: tu
     also negates the component along each flipped axis (dy for H, dx for W)."""
     if dims:
         x = torch.flip(x, dims)
-    with models.autocast(device, models.amp_dtype(device)):  # as the trainer ran: bf16 where the device has it
-        output = model(x.contiguous(memory_format=models.memory_format(device)))
-    prob, flow = models.decode_output(output, variant)
+    with hardware.autocast(device, hardware.amp_dtype(device)):  # as the trainer ran: bf16 where the device has it
+        output = model(x.contiguous(memory_format=hardware.memory_format(device)))
+    prob, flow = encoding.decode_output(output, variant)
     if not dims:
         return prob, flow
     prob = torch.flip(prob, dims)

@@ -32,7 +32,7 @@ class Variant:
 
     ``flow_scale`` (flow target only): the network learns ``flow_scale * (dy, dx)``, as Cellpose
     does with 5, so that the flow term of the loss weighs about as much as the probability term;
-    ``kit.models.decode_output`` divides it back out.
+    ``kit.model.encoding.decode_output`` divides it back out.
 
     ``cell_diameter`` > 0 rescales every image, in training and at inference, so that its cell
     type's median diameter (measured on the training annotations, kept in the checkpoint) becomes
@@ -64,7 +64,7 @@ class Variant:
     flow_scale: float = 5.0
     cell_diameter: float = 0.0  # pixels; 0: images at native scale
     crop_size: int = 0  # 0: whole images
-    residual: bool = False  # residual blocks + a style vector, as in Cellpose's network (kit.models.UNet)
+    residual: bool = False  # residual blocks + a style vector, as in Cellpose's network (kit.model.network.UNet)
     schedule: str = "step"
     warmup: float = 0.0  # fraction of the run (cosine schedule)
     description: str = ""

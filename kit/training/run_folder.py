@@ -13,22 +13,40 @@ from typing import Sequence
 
 import numpy as np
 
-from kit import models
+from kit.cli import format_time_limit
 from kit.files import (atomic_output, check_free_space, check_writable_dir, guard_existing_run,
                        remove_stale_temporaries, write_text_atomic)
-from kit.variants import Variant
+from kit.model.checkpoints import checkpoint_bytes, save_checkpoint
+from kit.model.variants import Variant
+from kit.training.stage_options import FINETUNE
 
 logger = logging.getLogger(__name__)
 
 METRIC_COLUMNS = ("epoch", "train_loss", "val_loss", "val_dice", "val_iou", "val_accuracy", "val_score",
                   "lr", "images_per_s", "epoch_s", "elapsed_s", "stage", "steps")
 # Written as they are; the value is what a row of an older kit (no stage, no steps) gets.
-_TEXT_COLUMNS = {"epoch": None, "stage": "finetune", "steps": ""}
+_TEXT_COLUMNS = {"epoch": None, "stage": FINETUNE, "steps": ""}
+
+
+def best_weights(out: Path, name: str) -> Path:
+    """``OUT/NAME.pt``: the weights of the run's best epoch (what ``kit.infer`` takes)."""
+    return out / f"{name}.pt"
+
+
+def last_checkpoint(out: Path, name: str) -> Path:
+    """``OUT/NAME-last.pt``: the resumable checkpoint of the run's last epoch."""
+    return out / f"{name}-last.pt"
+
+
+def step_weights(out: Path, name: str, steps: int) -> Path:
+    """``OUT/NAME-stepN.pt``: the weights after N optimiser steps (``kit.train --keep-steps``)."""
+    return out / f"{name}-step{steps}.pt"
 
 
 def run_files(name: str) -> list[str]:
     """The files a run of variant ``name`` writes in ``--out``."""
-    return [f"{name}.pt", f"{name}-last.pt", f"{name}-metrics.csv", f"{name}-curves.png"]
+    return [best_weights(Path(), name).name, last_checkpoint(Path(), name).name, f"{name}-metrics.csv",
+            f"{name}-curves.png"]
 
 
 def prepare_out(out: Path, variant: Variant, resume: bool, restart: bool) -> None:
@@ -40,15 +58,14 @@ def prepare_out(out: Path, variant: Variant, resume: bool, restart: bool) -> Non
     names = run_files(variant.name)
     for path in remove_stale_temporaries(out, names):
         logger.info(f"removed {path}: a partial file left by a save that was killed")
-    last = out / f"{variant.name}-last.pt"
-    if not last.is_file():  # found now, not after the images and flow targets are loaded
+    if not last_checkpoint(out, variant.name).is_file():  # found now, not after the images and flow targets are loaded
         _refuse_without_checkpoint(out, variant.name, resume, restart)
     if not resume:
         kept = guard_existing_run(out, names, restart)
         if kept is not None:
             logger.info(f"--restart: the earlier {variant.name} run's files were moved to {kept}")
     check_free_space(out, checkpoint_space(out, variant),
-                     f"the checkpoints {variant.name}.pt and {variant.name}-last.pt and the temporary copy a "
+                     f"the checkpoints {' and '.join(run_files(variant.name)[:2])} and the temporary copy a "
                      "save writes beside them")
 
 
@@ -57,11 +74,12 @@ def _refuse_without_checkpoint(out: Path, name: str, resume: bool, restart: bool
     in its first epoch), only ``--restart`` can go on; both refusals say so."""
     left = [n for n in run_files(name) if (out / n).exists()]
     if resume and not left:
-        raise FileNotFoundError(f"--resume: no checkpoint {out / f'{name}-last.pt'}; run without --resume to "
+        raise FileNotFoundError(f"--resume: no checkpoint {last_checkpoint(out, name)}; run without --resume to "
                                 "start training")
     if left and not restart:
         raise FileExistsError(f"{out} holds a {name} run that finished no epoch ({', '.join(left)}, no "
-                              f"{name}-last.pt), so it cannot be resumed: run again with --restart instead"
+                              f"{last_checkpoint(out, name).name}), so it cannot be resumed: run again with --restart "
+                              "instead"
                               f"{' of --resume' if resume else ''} (its files are moved to {out / 'previous'}/), "
                               "or pass another --out")
 
@@ -70,14 +88,14 @@ def checkpoint_space(out: Path, variant: Variant) -> int:
     """Bytes a run's saves may still need in ``out``: the best weights, the resumable checkpoint and the
     temporary copy of the larger that a save writes beside it (``kit.files.atomic_output``), less what
     those two files already take (a resumed run replaces them)."""
-    largest = models.checkpoint_bytes(variant)
-    present = sum((out / n).stat().st_size for n in (f"{variant.name}.pt", f"{variant.name}-last.pt")
-                  if (out / n).is_file())
+    largest = checkpoint_bytes(variant)
+    present = sum(path.stat().st_size for path in (best_weights(out, variant.name), last_checkpoint(out, variant.name))
+                  if path.is_file())
     return max(3 * largest - present, largest)
 
 
 def finish_epoch(row: dict, state, epoch_start: float) -> None:
-    """Record the epoch in ``state.history`` (a ``kit.train_setup.TrainingState``); write the best
+    """Record the epoch in ``state.history`` (a ``kit.training.config.TrainingState``); write the best
     weights (if best), the resumable checkpoint, the CSV and the curves."""
     history, variant, out = state.history, state.variant, state.out
     row["epoch_s"] = time.monotonic() - epoch_start
@@ -85,10 +103,10 @@ def finish_epoch(row: dict, state, epoch_start: float) -> None:
     history.append(row)
     best = max(history, key=quality)
     if best is row:
-        models.save_checkpoint(out / f"{variant.name}.pt", state.raw_model, variant, epoch=row["epoch"],
+        save_checkpoint(best_weights(out, variant.name), state.raw_model, variant, epoch=row["epoch"],
                                best_score=row["val_score"], history=history, inference=state.inference,
                                stages=state.stage_records)
-    models.save_checkpoint(out / f"{variant.name}-last.pt", state.raw_model, variant, optimizer=state.optimizer,
+    save_checkpoint(last_checkpoint(out, variant.name), state.raw_model, variant, optimizer=state.optimizer,
                            scheduler=state.scheduler, scaler=state.scaler, epoch=row["epoch"],
                            best_score=best["val_score"], history=history, inference=state.inference,
                            stages=state.stage_records)
@@ -108,7 +126,7 @@ def progress_line(row: dict, epochs: int, epoch_seconds: Sequence[float], budget
     epochs_left = (epochs - row["epoch"]) * float(np.mean(epoch_seconds))
     eta = max(min(epochs_left, budget_left), 0.0)
     until = " (time limit)" if budget_left < epochs_left else ""
-    stage = "" if row.get("stage", "finetune") == "finetune" else f"{row['stage']} "
+    stage = "" if row.get("stage", FINETUNE) == FINETUNE else f"{row['stage']} "
     return (f"{stage}epoch {row['epoch']}/{epochs}  train {row['train_loss']:.4f}  val {row['val_loss']:.4f}  "
             f"dice {row['val_dice']:.3f}  iou {row['val_iou']:.3f}  acc {row['val_accuracy']:.3f}  "
             f"score {row['val_score']:.4f}  lr {row['lr']:.2e}  {row['images_per_s']:.1f} img/s  "
@@ -117,8 +135,7 @@ def progress_line(row: dict, epochs: int, epoch_seconds: Sequence[float], budget
 
 def clock(seconds: float) -> str:
     """``H:MM`` from a minute on, else whole seconds."""
-    minutes = int(round(seconds)) // 60
-    return f"{minutes // 60}:{minutes % 60:02d}" if seconds >= 60 else f"{seconds:.0f}s"
+    return format_time_limit(round(seconds)) if seconds >= 60 else f"{seconds:.0f}s"
 
 
 def write_metrics(path: Path, history: Sequence[dict]) -> None:

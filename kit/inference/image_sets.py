@@ -9,14 +9,15 @@ from typing import Mapping, Sequence
 
 import pandas as pd
 
-from kit import cell_type_classifier, data
+from kit.data import sartorius
+from kit.inference import type_classifier
 from kit.split import Split, of_weights, present
 
 logger = logging.getLogger(__name__)
 
 
-def select_images(layout: data.CompetitionLayout, train_df: pd.DataFrame, split: str,
-                  ids: Sequence[str] | None, classifier: cell_type_classifier.CellTypeClassifier | None = None,
+def select_images(layout: sartorius.CompetitionLayout, train_df: pd.DataFrame, split: str,
+                  ids: Sequence[str] | None, classifier: type_classifier.CellTypeClassifier | None = None,
                   held_out: Split | None = None) -> tuple[dict[str, Path], dict[str, str]]:
     """``({id: image path}, {id: cell type})`` of the images to predict, sorted by id.
 
@@ -24,10 +25,10 @@ def select_images(layout: data.CompetitionLayout, train_df: pd.DataFrame, split:
     images outside it ("train", ``ids``) are named in a warning. Annotated images keep their annotated
     type; test images get the one ``classifier`` predicts (None: one refitted on ``layout``'s training images).
     """
-    table = data.image_table(train_df)
+    table = sartorius.image_table(train_df)
     known = dict(zip(table["id"], table["cell_type"]))
     if split == "test":
-        found = data.test_image_paths(layout)
+        found = sartorius.test_image_paths(layout)
     else:
         if held_out is None:
             raise ValueError(f"--split {split} needs the weights' validation split (kit.split.of_weights)")
@@ -45,7 +46,7 @@ def select_images(layout: data.CompetitionLayout, train_df: pd.DataFrame, split:
     unlabelled = [image_id for image_id in found if image_id not in known]
     if unlabelled and classifier is None:
         logger.info(f"no cell-type classifier file: fitting one on the training images of {layout.root}")
-        classifier = cell_type_classifier.fit_classifier(layout, train_df)
+        classifier = type_classifier.fit_classifier(layout, train_df)
     predicted = classifier.predict_images([found[i] for i in unlabelled]) if unlabelled else []
     cell_types = {**{i: known[i] for i in found if i in known}, **dict(zip(unlabelled, predicted))}
     for image_id, cell_type in zip(unlabelled, predicted):
@@ -60,9 +61,9 @@ def annotated_images(data_dir: str | Path | None, split: str, max_images: int | 
     its first ``max_images``, in ``select_images``' order (``kit.infer --split``'s). "val" is the
     split of the weights whose (path, recorded split) ``weights_splits`` gives (``kit.split.of_weights``;
     none: the default split)."""
-    layout = data.find_competition(data_dir, need_test=False)
-    train_df = data.read_train_csv(layout.train_csv)
-    held_out = of_weights(weights_splits, data.image_table(train_df))
+    layout = sartorius.find_competition(data_dir, need_test=False)
+    train_df = sartorius.read_train_csv(layout.train_csv)
+    held_out = of_weights(weights_splits, sartorius.image_table(train_df))
     image_paths, cell_types = select_images(layout, train_df, split, None, None, held_out)
     ids = list(image_paths)[:max_images]
     annotations = train_df.groupby("id")["annotation"].apply(list)

@@ -22,7 +22,7 @@ MINIMUM = {
     "pandas": (2, 1),
     "numba": (0, 58, 1),  # the first release supporting numpy 1.26 (numba 0.58.1 release notes)
     "opencv": (4, 9),
-    "scikit-image": (0, 22),  # kit.livecell draws LIVECell's polygons with skimage.draw
+    "scikit-image": (0, 22),  # kit.data.livecell draws LIVECell's polygons with skimage.draw
     "scikit-learn": (1, 2),
     "scipy": (1, 11),
     "matplotlib": (3, 7),

@@ -28,8 +28,8 @@ of its annotations or images unusable stops with a ``LivecellError`` naming it.
 
 Each annotation's polygon(s) are drawn into a label image where, as for ``train.csv``
 (``kit.rle.decode_labels``), an overlapped pixel belongs to the first-listed cell; a
-``kit.data.Sample`` then takes the same path as a competition image (flow targets, crops,
-rescaling in ``kit.batches``). The rasteriser is ``skimage.draw.polygon`` (a pixel belongs to the
+``kit.data.sartorius.Sample`` then takes the same path as a competition image (flow targets, crops,
+rescaling in ``kit.training.batches``). The rasteriser is ``skimage.draw.polygon`` (a pixel belongs to the
 cell when its centre lies inside), not pycocotools and not ``cv2.fillPoly``: scikit-image is on
 Kaggle's image and in the kit's requirements, pycocotools is neither (a kernel installs nothing),
 and it draws the cells pycocotools draws (mean IoU 0.98, the same area), where ``cv2.fillPoly``
@@ -54,8 +54,9 @@ import numba
 import numpy as np
 import skimage.draw
 
-from kit import data, rle
-from kit.competition import IMAGE_SHAPE, LIVECELL_CELL_LINES
+from kit import rle
+from kit.competition import COMPETITION_SLUG, IMAGE_SHAPE, LIVECELL_CELL_LINES
+from kit.data import sartorius
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +74,7 @@ SKIP_REASONS = {  # why an annotation cannot become a cell, in the summary's wor
     "no_image": "image_id not in 'images'",
 }
 _HINT = ("the competition's input ships LIVECell_dataset_2021/ beside train.csv (kaggle competitions download "
-         "-c sartorius-cell-instance-segmentation); drop --pretrain to train without it")
+         f"-c {COMPETITION_SLUG}); drop --pretrain to train without it")
 _REPLACE = ("not LIVECell as the competition ships it: check that --data is the competition's input, or drop "
             "--pretrain (or pick other lines with --pretrain livecell:LINE,...)")
 
@@ -167,13 +168,13 @@ class LivecellSet:
     images: list[ImageAnnotations]
     summaries: list[ReadSummary]
 
-    def samples(self) -> list[data.Sample]:
-        """The images drawn as ``kit.data.Sample``s whose cell type is their line."""
+    def samples(self) -> list[sartorius.Sample]:
+        """The images drawn as ``kit.data.sartorius.Sample``s whose cell type is their line."""
         samples = []
         for image in self.images:
             labels = image.labels()
-            samples.append(data.Sample(Path(image.file_name).stem, image.cell_line,
-                                       data.load_image(image_path(self.root, image.file_name, image.split)),
+            samples.append(sartorius.Sample(Path(image.file_name).stem, image.cell_line,
+                                       sartorius.load_image(image_path(self.root, image.file_name, image.split)),
                                        labels, [run for run in rle.encode_labels(labels) if run]))
         return samples
 
@@ -272,8 +273,8 @@ def read_livecell(livecell_root: str | Path, cell_lines: Sequence[str] | None = 
 
 
 def load_samples(livecell_root: str | Path, cell_lines: Sequence[str] | None = None,
-                 splits: Iterable[str] = PRETRAIN_SPLITS, max_images: int | None = None) -> list[data.Sample]:
-    """``read_livecell``'s images drawn as ``kit.data.Sample``s whose cell type is their line."""
+                 splits: Iterable[str] = PRETRAIN_SPLITS, max_images: int | None = None) -> list[sartorius.Sample]:
+    """``read_livecell``'s images drawn as ``kit.data.sartorius.Sample``s whose cell type is their line."""
     return read_livecell(livecell_root, cell_lines, splits, max_images).samples()
 
 
@@ -335,7 +336,7 @@ def _checked_polygons(one: _ParsedFile, slot: int, summary: ReadSummary) -> Imag
         parts += good
         ids.append(one.annotation_id(a))
         summary.kept += 1
-        summary.crossing += any(_crosses(points) for points in good)
+        summary.crossing += any(self_crossing(points) for points in good)
     if not ids:
         return None
     starts = np.cumsum([0, *map(len, parts)]).astype(np.int64)
@@ -495,11 +496,6 @@ def _return_freed_memory() -> None:
         pass
 
 
-def polygon_area(points: np.ndarray) -> float:
-    """Absolute shoelace area of a closed polygon float[n, 2]."""
-    return float(_twice_area(np.ascontiguousarray(points, dtype=np.float64))) / 2.0
-
-
 def self_crossing(points: np.ndarray) -> bool:
     """Whether two non-adjacent edges of the closed polygon float[n, 2] cross properly (touching
     is no crossing). Compiled: the n (n - 3) / 2 edge pairs of each of LIVECell's 1.6 million
@@ -573,15 +569,6 @@ def _crosses(points):
                     and _turn(cx, cy, dx, dy, ax, ay) * _turn(cx, cy, dx, dy, bx, by) < 0):
                 return True
     return False
-
-
-@numba.njit(cache=True)
-def _twice_area(points):
-    total = 0.0
-    n = len(points)
-    for i in range(n):
-        total += points[i, 0] * points[(i + 1) % n, 1] - points[i, 1] * points[(i + 1) % n, 0]
-    return abs(total)
 
 
 def label_image(polygons: Sequence[Sequence[np.ndarray]], shape: tuple[int, int] = IMAGE_SHAPE) -> np.ndarray:

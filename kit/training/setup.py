@@ -1,128 +1,42 @@
-"""What a training run holds before its first step: the run's settings (``RunConfig``), the devices
-and process group, the precision, the data split, the optimiser, the lr schedule with its time
-``Budget``, and a ``--resume``'s saved state (``TrainingState``)."""
+"""What a training run holds before its first step: the devices and process group, the precision, the
+data split, the optimiser, the lr schedule with its time ``Budget``, and a ``--resume``'s saved state
+(``kit.training.config.TrainingState``)."""
 from __future__ import annotations
 
 import math
 import os
-import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from kit import data, models
-from kit.batches import TrainData, load_split, split_from_samples
-from kit.rescale import type_scales
-from kit.losses import build_loss
+from kit.data import sartorius
+from kit.data.rescale import type_scales
+from kit.model.checkpoints import InferenceSettings, load_checkpoint, read_checkpoint
+from kit.model.hardware import autocast_dtype, memory_format, resolve_device
+from kit.model.losses import build_loss
+from kit.model.network import build_model
+from kit.model.variants import Variant
 from kit.split import Split, some_ids
-from kit.stages import (PRETRAIN, Stage, StageRequest, line_diameters, stage_elapsed, stage_records,
-                        start_from_previous, training_samples)
-from kit.variants import Variant
-
-
-@dataclass(frozen=True)
-class RunConfig:
-    """One training run as the command line asks for it, built once by ``kit.train.run_config``;
-    everything below ``kit.train.main`` takes this, never the argparse Namespace."""
-
-    variant: Variant  # the registered variant with the command line's overrides
-    data: Path | None
-    out: Path
-    crop: tuple[int, int] | None  # training and validation crop (None: whole images)
-    time_limit: float  # seconds
-    device: str | None
-    precision: str
-    compile: bool
-    resume: bool
-    restart: bool
-    seed: int
-    max_images: int | None
-    val_fraction: float
-    stages: StageRequest = StageRequest()  # the command line's --pretrain / --extra-data
-    keep_steps: tuple[int, ...] = ()  # --keep-steps: optimiser steps after which NAME-stepN.pt is kept
-    stage: Stage | None = None  # the stage this train() call trains (kit.stages.train_in_stages sets it)
-
-
-@dataclass
-class Budget:
-    """The time limit and the run's clock, which the cosine schedule, the stops and the ETA read.
-
-    ``started``: when this process started (``time.monotonic``); ``resumed``: the training seconds
-    of the epochs a ``--resume`` continues from; ``reserve``: the last validation's and save's
-    seconds, kept back from the limit; ``out_of_time``: set once a single process has spent it.
-    """
-
-    limit: float  # seconds; 0 or less: no limit for the schedule and the stop within an epoch
-    started: float = field(default_factory=time.monotonic)
-    resumed: float = 0.0
-    reserve: float = 0.0
-    out_of_time: bool = False
-
-    @property
-    def limited(self) -> bool:
-        return self.limit > 0
-
-    def process_seconds(self) -> float:
-        """Seconds since this process started."""
-        return time.monotonic() - self.started
-
-    def run_seconds(self) -> float:
-        """The run's training seconds, a resumed run's earlier epochs included."""
-        return self.process_seconds() + self.resumed
-
-    def left(self) -> float:
-        """Seconds left of the limit (infinite without one)."""
-        return self.limit - self.run_seconds() if self.limited else math.inf
-
-    def progress(self) -> float:
-        """The share of the limit, less the reserve, spent so far (the cosine schedule's time axis)."""
-        return self.run_seconds() / max(self.limit - self.reserve, 1.0)
-
-    def spent(self) -> bool:
-        """Whether the limit less the reserve is spent; remembered in ``out_of_time``."""
-        self.out_of_time = self.run_seconds() >= self.limit - self.reserve
-        return self.out_of_time
-
-
-@dataclass
-class TrainingState:
-    """What one training process updates and checkpoints; ``model`` may wrap ``raw_model`` (compile, DDP)."""
-
-    variant: Variant
-    out: Path
-    rank: int
-    world: int
-    raw_model: nn.Module
-    model: nn.Module
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-    scaler: torch.amp.GradScaler
-    amp_dtype: torch.dtype | None
-    criterion: nn.Module
-    history: list[dict]
-    crop: tuple[int, int] | None  # training and validation crop (None: whole images)
-    inference: models.InferenceSettings  # what kit.infer needs beyond the variant (the per-type scales)
-    step_lr_per_batch: bool  # the cosine schedule moves at every step, the step schedule every epoch
-    budget: Budget
-    stage: Stage | None = None
-    stage_records: list[dict] = field(default_factory=list)  # the checkpoints' ``stages``
-    steps: int = 0  # this process' optimiser steps over the whole run, a resumed run's included
-    keep_steps: tuple[int, ...] = ()
+from kit.training.batches import TrainData, load_split, split_from_samples
+from kit.training.config import Budget, RunConfig, TrainingState
+from kit.training.run_folder import last_checkpoint
+from kit.training.stage_options import PRETRAIN
+from kit.training.stages import (Stage, stage_elapsed, stage_records, start_from_previous, training_samples)
 
 
 def setup_distributed(device_name: str | None) -> tuple[int, int, torch.device]:
-    """(rank, world size, device); ``device_name`` is resolved by ``models.resolve_device`` (cuda, cuda:N,
-    cpu), as every command's ``--device``. Under torchrun (RANK set) each process joins the process group
+    """(rank, world size, device); ``device_name`` is resolved by ``kit.model.hardware.resolve_device``
+    (cuda, cuda:N, cpu), as every command's ``--device``. Under torchrun (RANK set) each process joins the process group
     as nanoGPT does and trains on the GPU of its LOCAL_RANK, so cuda:N has no meaning there and is refused."""
     if device_name is None and not torch.cuda.is_available():
         # Not a silent fallback: the default schedule is 50 full-image epochs, days on a CPU.
         raise ValueError("no CUDA GPU is visible, and a full training run on the CPU takes days: pass "
                          "--device cpu to train there anyway (a smoke run: --device cpu --epochs 1 "
                          "--max-images 8 --crop 256x256)")
-    device = models.resolve_device(device_name or "cuda")
+    device = resolve_device(device_name or "cuda")
     torch.backends.cudnn.benchmark = device.type == "cuda"  # fixed image sizes: let cuDNN pick its fastest kernels
     if int(os.environ.get("RANK", -1)) < 0:
         if device.index is not None:
@@ -159,7 +73,7 @@ def teardown_distributed(world: int) -> None:
 
 
 def load_splits(config: RunConfig, device: torch.device, rank: int
-                ) -> tuple[TrainData, TrainData | None, models.InferenceSettings, Stage | None]:
+                ) -> tuple[TrainData, TrainData | None, InferenceSettings, Stage | None]:
     """The stratified split (or its ``--max-images`` head), decoded; validation on rank 0 only.
 
     Also returns the checkpoint's inference settings (for a rescaling variant, the training
@@ -169,16 +83,16 @@ def load_splits(config: RunConfig, device: torch.device, rank: int
     variant, cache_dir = config.variant, config.out / "cache"
     if not 0.0 < config.val_fraction < 1.0:
         raise ValueError(f"--val-fraction must be in (0, 1), got {config.val_fraction}")
-    layout = data.find_competition(config.data, need_test=False)
-    df = data.read_train_csv(layout.train_csv)
-    images = data.image_table(df)
+    layout = sartorius.find_competition(config.data, need_test=False)
+    df = sartorius.read_train_csv(layout.train_csv)
+    images = sartorius.image_table(df)
     held_out = Split.compute(images, config.seed, config.val_fraction)
     if config.resume:
-        check_resumed_split(config.out / f"{variant.name}-last.pt", held_out)
+        check_resumed_split(last_checkpoint(config.out, variant.name), held_out)
     train_ids, val_ids = held_out.train_ids(images), list(held_out.val_ids)
-    inference, scales = models.InferenceSettings(split=held_out.to_dict()), None
+    inference, scales = InferenceSettings(split=held_out.to_dict()), None
     if variant.cell_diameter > 0:  # measured on the whole training split: --max-images may miss a type
-        diameters = data.cell_diameters(df, train_ids)
+        diameters = sartorius.cell_diameters(df, train_ids)
         scales = type_scales(diameters, variant.cell_diameter)
         inference = replace(inference, cell_diameters=diameters, scales=scales)
     if config.max_images is not None:
@@ -208,7 +122,7 @@ def check_resumed_split(last: Path, asked: Split) -> None:
     train on some of its validation images. Weights from before the split was recorded pass."""
     if not last.is_file():
         return  # resume() says what is missing
-    recorded = models.InferenceSettings.of(models.read_checkpoint(last), last).split
+    recorded = InferenceSettings.of(read_checkpoint(last), last).split
     if recorded is None or Split.from_dict(recorded).val_ids == asked.val_ids:
         return
     before = Split.from_dict(recorded)
@@ -223,18 +137,18 @@ def _training_scales(config: RunConfig, scales: dict | None, samples) -> dict | 
     """The split's per-type scales, and for LIVECell's images their lines' (pretraining a rescaling variant)."""
     if scales is None or config.stage is None or config.stage.name != PRETRAIN:
         return scales
-    return {**scales, **type_scales(line_diameters(samples), config.variant.cell_diameter)}
+    return {**scales, **type_scales(sartorius.sample_diameters(samples), config.variant.cell_diameter)}
 
 
-def training_state(config: RunConfig, device: torch.device, world: int, inference: models.InferenceSettings,
+def training_state(config: RunConfig, device: torch.device, world: int, inference: InferenceSettings,
                    budget: Budget, n_train: int) -> TrainingState:
     """Fresh model, optimizer, lr schedule and scaler; loaded from ``OUT/NAME-last.pt`` with ``--resume``
     (which also moves ``budget`` on by the saved epochs' training time)."""
     variant, out = config.variant, config.out
     torch.manual_seed(config.seed)  # same initial weights on every rank
-    raw_model = models.build_model(variant).to(device)
+    raw_model = build_model(variant).to(device)
     optimizer = build_optimizer(raw_model, variant)
-    stage, last = config.stage, out / f"{variant.name}-last.pt"
+    stage, last = config.stage, last_checkpoint(out, variant.name)
     scheduler = build_scheduler(optimizer, variant, n_train // world, budget, stage.epochs if stage else None)
     amp_dtype = autocast_dtype(device, config.precision)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
@@ -249,7 +163,7 @@ def training_state(config: RunConfig, device: torch.device, world: int, inferenc
                          optimizer=optimizer, scheduler=scheduler, scaler=scaler, amp_dtype=amp_dtype,
                          criterion=build_loss(variant), history=history, crop=config.crop, inference=inference,
                          step_lr_per_batch=variant.schedule == "cosine", budget=budget, stage=stage,
-                         stage_records=stage_records(models.read_checkpoint(last) if config.resume else None, stage)
+                         stage_records=stage_records(read_checkpoint(last) if config.resume else None, stage)
                          if stage else [], steps=steps_done(history, n_train // world, variant.batch_size),
                          keep_steps=config.keep_steps)
 
@@ -265,7 +179,7 @@ def steps_done(history: list[dict], images_per_epoch: int, batch_size: int) -> i
 
 
 def build_optimizer(model: nn.Module, variant: Variant) -> torch.optim.Optimizer:
-    """The variant's optimiser (``variant.optimizer``: one of ``kit.variants.OPTIMIZERS``)."""
+    """The variant's optimiser (``variant.optimizer``: one of ``kit.model.variants.OPTIMIZERS``)."""
     if variant.optimizer == "adam":
         return torch.optim.Adam(model.parameters(), lr=variant.lr, weight_decay=variant.weight_decay)
     if variant.optimizer == "adamw":
@@ -300,32 +214,12 @@ def cosine_factor(warmup: float, total_steps: int, budget: Budget):
     return factor
 
 
-def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
-    """Autocast dtype of ``--precision`` on ``device`` (None: fp32); auto is ``models.amp_dtype``."""
-    if precision == "auto":
-        return models.amp_dtype(device)
-    if precision == "fp32":
-        return None
-    has_bf16 = device.type != "cuda" or models.amp_dtype(device) == torch.bfloat16
-    if precision == "bf16" and not has_bf16:
-        raise ValueError(f"{torch.cuda.get_device_name(device)} has no bf16; use --precision fp16")
-    if precision == "fp16" and device.type != "cuda":
-        raise ValueError("--precision fp16 needs a CUDA GPU (--device cuda); on the CPU use --precision auto, "
-                         "bf16 or fp32")
-    return torch.bfloat16 if precision == "bf16" else torch.float16
-
-
-def precision_name(amp_dtype: torch.dtype | None) -> str:
-    """How the run's log names its precision."""
-    return {None: "fp32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast + GradScaler"}[amp_dtype]
-
-
 def resume(path: Path, variant: Variant, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler,
            scaler: torch.amp.GradScaler) -> list[dict]:
     """Load the resumable checkpoint into the fresh training state; returns its per-epoch history."""
     if not path.is_file():
         raise FileNotFoundError(f"--resume: no checkpoint {path}; run without --resume to start training")
-    saved_model, saved, checkpoint = models.load_checkpoint(path, expected_variant=variant)
+    saved_model, saved, checkpoint = load_checkpoint(path, expected_variant=variant)
     if "optimizer" not in checkpoint or "scheduler" not in checkpoint:
         raise ValueError(f"--resume: {path} holds weights only (no optimizer state); it cannot be resumed")
     if saved.optimizer != variant.optimizer:
@@ -342,9 +236,9 @@ def resume(path: Path, variant: Variant, model: nn.Module, optimizer: torch.opti
 
 
 def wrap_model(model: nn.Module, device: torch.device, world: int, compile_model: bool) -> nn.Module:
-    """The device's memory format (``models.memory_format``), then SyncBatchNorm, torch.compile and DDP as
+    """The device's memory format (``memory_format``), then SyncBatchNorm, torch.compile and DDP as
     asked; ``model`` keeps the plain weights."""
-    model = model.to(memory_format=models.memory_format(device))
+    model = model.to(memory_format=memory_format(device))
     if device.type == "cuda":
         if world > 1:  # batch 2 per GPU: statistics over both GPUs' images (parameters are shared, not copied)
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
