@@ -109,3 +109,22 @@ def sigterm_handler_of(module: str) -> str:
     done = subprocess.run([sys.executable, "-c", probe], cwd=Path(__file__).resolve().parent.parent,
                           capture_output=True, text=True, check=True, timeout=120)
     return done.stdout.splitlines()[-1]
+
+
+KAGGLE_TEST_USER = "kit-tester"
+KAGGLE_DUMMY_KEY = "0123456789abcdef-dummy-key"
+
+
+@pytest.fixture
+def kaggle_credentials(tmp_path, monkeypatch) -> Path:
+    """Dummy kaggle credentials in a temporary home: no KAGGLE_* of the machine, never a real kaggle.json.
+    Returns the client's config folder (``kaggle.api.config`` must be pointed at its kaggle.json)."""
+    for name in [k for k in os.environ if k.startswith("KAGGLE_")]:
+        monkeypatch.delenv(name)
+    config_dir = tmp_path / "kaggle-config"
+    config_dir.mkdir()
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(config_dir))
+    monkeypatch.setenv("KAGGLE_USERNAME", KAGGLE_TEST_USER)
+    monkeypatch.setenv("KAGGLE_KEY", KAGGLE_DUMMY_KEY)
+    return config_dir

@@ -13,15 +13,16 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from conftest import KAGGLE_DUMMY_KEY, KAGGLE_TEST_USER
 from kit import build_kernel
 from kit.competition import COMPETITION_SLUG
 from kit.kaggle import kernels
 from kit.model import variants
 
-USER = "kit-tester"
+USER = KAGGLE_TEST_USER
 REPO = Path(__file__).resolve().parent.parent
 KIT_DIR = REPO / "kit"
-DUMMY_KEY = "0123456789abcdef-dummy-key"
+DUMMY_KEY = KAGGLE_DUMMY_KEY
 DUMMY_TOKEN = "KGAT_dummy-token-fedcba9876543210"
 
 
@@ -75,20 +76,13 @@ def test_every_notebook_embeds_the_package_tree_checked_and_stays_well_under_kag
 # --- the real kaggle client, network intercepted ---------------------------------------------
 
 @pytest.fixture
-def kaggle_push(tmp_path, monkeypatch):
+def kaggle_push(kaggle_credentials, monkeypatch):
     """``push(folder)`` runs ``kaggle kernels push -p folder`` in-process; returns (request, stdout).
 
     Dummy credentials, a temporary home and config folder; ``KernelsApiClient.save_kernel`` (the
     one network call of a push) is replaced by a recorder, and any other HTTP request fails the test.
     """
-    for name in [k for k in os.environ if k.startswith("KAGGLE_")]:
-        monkeypatch.delenv(name)
-    config_dir = tmp_path / "kaggle-config"
-    config_dir.mkdir()
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(config_dir))
-    monkeypatch.setenv("KAGGLE_USERNAME", USER)
-    monkeypatch.setenv("KAGGLE_KEY", DUMMY_KEY)
+    config_dir = kaggle_credentials
 
     import kaggle
     import kaggle.cli

@@ -11,7 +11,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -344,21 +343,8 @@ def test_enospc_from_a_plain_write_names_the_file_and_keeps_the_old_one(tmp_path
 # ---------------------------------------------------------------- 6. an unwritable --out
 
 @pytest.fixture
-def read_only(tmp_path, monkeypatch) -> Path:
-    """A folder nothing can be written to: read-only bits, and (root ignores those) a refusing mkstemp."""
-    folder = tmp_path / "read-only"
-    folder.mkdir()
-    folder.chmod(0o555)
-    real_mkstemp = tempfile.mkstemp
-
-    def mkstemp(*args, dir=None, **kwargs):
-        if dir is not None and Path(dir).resolve().is_relative_to(folder.resolve()):
-            raise PermissionError(errno.EACCES, "Permission denied", str(dir))
-        return real_mkstemp(*args, dir=dir, **kwargs)
-
-    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
-    yield folder
-    folder.chmod(0o755)
+def read_only(unwritable_dir) -> Path:
+    return unwritable_dir
 
 
 def test_train_into_an_unwritable_out_fails_before_the_first_epoch(shared_dir, read_only, monkeypatch):

@@ -9,25 +9,19 @@ import sys
 
 import pytest
 
+from conftest import KAGGLE_TEST_USER
 from kit import push
 from kit.kaggle import kernels as kaggle_kernels
 
-USER = "kit-tester"
+USER = KAGGLE_TEST_USER
 
 
 @pytest.fixture
-def kaggle(tmp_path, monkeypatch):
+def kaggle(kaggle_credentials, monkeypatch):
     """The real kaggle CLI run in-process for ``push.run_client``, with dummy credentials; Kaggle's
     answers are set per test: ``replies["push"]`` (an error text, or None for success) and
     ``replies["status"]`` ({kernel: status name}). Any other HTTP request fails the test."""
-    for name in [k for k in os.environ if k.startswith("KAGGLE_")]:
-        monkeypatch.delenv(name)
-    config_dir = tmp_path / "kaggle-config"
-    config_dir.mkdir()
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(config_dir))
-    monkeypatch.setenv("KAGGLE_USERNAME", USER)
-    monkeypatch.setenv("KAGGLE_KEY", "0123456789abcdef-dummy-key")
+    config_dir = kaggle_credentials
 
     import kaggle as client
     import kaggle.cli
