@@ -32,7 +32,7 @@ import pandas as pd
 
 from kit import cli, metrics, postprocess
 from kit.competition import CELL_TYPES, IMAGE_SHAPE
-from kit.files import atomic_output, write_text_atomic
+from kit.files import atomic_output, save_png, write_text_atomic
 from kit.inference.ensemble import load_ensemble, split_records
 from kit.inference.image_sets import annotated_images
 from kit.inference.tuning import fit_settings, predict_outputs
@@ -205,8 +205,7 @@ def plot(table: pd.DataFrame, path: Path, kernel_images: float, name: str) -> No
     axes.set_title(f"{name}: learning curve on the whole validation images")
     axes.legend(fontsize="small")
     figure.tight_layout()
-    with atomic_output(path) as tmp:
-        figure.savefig(tmp, format="png", dpi=100)
+    save_png(figure, path)
 
 
 if __name__ == "__main__":

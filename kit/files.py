@@ -59,6 +59,27 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     return Path(path)
 
 
+def save_png(figure, path: str | os.PathLike) -> None:
+    """A matplotlib figure as a PNG at ``path``, atomically (the run's curves, the learning curve)."""
+    with atomic_output(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=100)
+
+
+def read_npz(path: str | os.PathLike, what: str, make: str) -> dict:
+    """The arrays of an ``.npz`` file the kit wrote (no pickles); a missing or unreadable file is one
+    line naming ``what`` it should be and ``make``, the command that writes it."""
+    import numpy as np  # here, not at the top: the light commands import this module
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {path} does not exist; make it with `{make}`")
+    try:
+        with np.load(path, allow_pickle=False) as stored:
+            return {key: stored[key] for key in stored.files}
+    except (OSError, ValueError, EOFError) as err:
+        raise ValueError(f"{what} {path} is not a readable .npz file ({err}); make it again with `{make}`") from None
+
+
 def no_space_error(path: Path, detail: str) -> OutputError:
     """The error of a write to ``path`` that ran out of space (``detail``: what the writer said)."""
     free = shutil.disk_usage(path.parent).free if path.parent.is_dir() else 0

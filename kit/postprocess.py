@@ -27,7 +27,7 @@ import numpy as np
 
 from kit import flows
 from kit.competition import CELL_TYPES
-from kit.files import atomic_output
+from kit.files import atomic_output, read_npz
 
 SOBEL_STEP = 2.0  # Sobel magnitude units per code: 255 codes reach 510, above the 99.8th percentile here
 BAND_RADIUS = 2  # pixels on each side of a boundary that boundary tuning re-decides
@@ -232,15 +232,7 @@ def save_boundary_lut(path: str | Path, lut: BoundaryLUT) -> Path:
 
 def load_boundary_lut(path: str | Path) -> BoundaryLUT:
     """A table written by ``save_boundary_lut``; a clear error naming the file otherwise."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"boundary table {path} does not exist; make one with "
-                                f"`python -m kit.boundary_table fit --data DIR --out {path}`")
-    try:
-        with np.load(path, allow_pickle=False) as stored:
-            fields = {key: stored[key] for key in stored.files}
-    except (OSError, ValueError) as err:
-        raise ValueError(f"boundary table {path} is not a readable .npz file ({err})") from None
+    fields = read_npz(path, "boundary table", f"python -m kit.boundary_table fit --data DIR --out {path}")
     if str(fields.get("format")) != LUT_FORMAT:
         raise ValueError(f"{path} is not a boundary table of this kit (format {LUT_FORMAT!r} expected)")
     if float(fields["sobel_step"]) != SOBEL_STEP:

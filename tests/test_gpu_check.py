@@ -49,12 +49,7 @@ def test_the_pretrain_flag_adds_the_pretrain_then_fine_tune_path(tmp_path):
 
 @pytest.mark.slow
 def test_the_cpu_mode_runs_the_pretrain_path(shared_dir, tmp_path):
-    args = gpu_check.get_args_parser().parse_args(
-        ["--out", str(tmp_path), "--data", str(shared_dir), "--cpu", "--pretrain",
-         "--skip", "speed", "variants", "scores", "kernels"])
-    status = gpu_check.main(args)
-    report = (tmp_path / "report.md").read_text()
-    assert status == 0, report
+    report = _cpu_mode_alone(shared_dir, tmp_path, "--pretrain")
     assert report.count("exit 0") == 3 and "LIVECell-format copy of the 96 training-split images" in report
     assert "stage pretrain (new)" in report and "leaderboard score over 2 images" in report
     stages = torch.load(tmp_path / "pretrain" / f"{gpu_check.PRETRAINED}-last.pt", weights_only=True)["stages"]
@@ -63,12 +58,7 @@ def test_the_cpu_mode_runs_the_pretrain_path(shared_dir, tmp_path):
 
 @pytest.mark.slow
 def test_the_cpu_mode_runs_the_learning_curve(shared_dir, tmp_path):
-    args = gpu_check.get_args_parser().parse_args(
-        ["--out", str(tmp_path), "--data", str(shared_dir), "--cpu", "--curve",
-         "--skip", "speed", "variants", "scores", "kernels"])
-    status = gpu_check.main(args)
-    report = (tmp_path / "report.md").read_text()
-    assert status == 0, report
+    report = _cpu_mode_alone(shared_dir, tmp_path, "--curve")
     assert report.count("exit 0") == 2 and "kept " in report
     table = pd.read_csv(tmp_path / "curve" / "learning-curve.csv")
     assert table["steps"].tolist() == [1, 2] and (table["images"] == 3).all()
@@ -77,3 +67,14 @@ def test_the_cpu_mode_runs_the_learning_curve(shared_dir, tmp_path):
     assert (table["tuned_type_mean"] >= table["untuned_type_mean"] - 1e-9).all()  # the defaults are a grid point
     assert (tmp_path / "curve" / "learning-curve.png").read_bytes()[:4] == b"\x89PNG"
     assert "Projection (an extrapolation, not a measurement)" in (tmp_path / "curve" / "learning-curve.md").read_text()
+
+
+def _cpu_mode_alone(shared_dir, tmp_path, flag: str) -> str:
+    """The CPU mode with only ``flag``'s optional steps (the others skipped); its report, once it passed."""
+    args = gpu_check.get_args_parser().parse_args(
+        ["--out", str(tmp_path), "--data", str(shared_dir), "--cpu", flag, "--skip", "speed", "variants", "scores",
+         "kernels"])
+    status = gpu_check.main(args)
+    report = (tmp_path / "report.md").read_text()
+    assert status == 0, report
+    return report

@@ -13,7 +13,7 @@ import pandas as pd
 
 from kit.competition import CELL_TYPES
 from kit.data import sartorius
-from kit.files import atomic_output, check_writable_dir
+from kit.files import atomic_output, check_writable_dir, read_npz
 from kit.progress import module_logger
 
 logger = module_logger(__name__)
@@ -127,15 +127,9 @@ def save_classifier(path: str | Path, classifier: CellTypeClassifier) -> Path:
 def load_classifier(path: str | Path) -> CellTypeClassifier:
     """A classifier written by ``save_classifier``; a clear error naming the file otherwise."""
     path = Path(path)
-    refit = f"fit it again with `python -m kit.cell_type_classifier fit --data DIR --out {path}`"
-    if not path.is_file():
-        raise FileNotFoundError(f"cell-type classifier {path} does not exist; make it with "
-                                f"`python -m kit.cell_type_classifier fit --data DIR --out {path}`")
-    try:
-        with np.load(path, allow_pickle=False) as stored:
-            fields = {key: stored[key] for key in stored.files}
-    except (OSError, ValueError, EOFError) as err:
-        raise ValueError(f"cell-type classifier {path} is not a readable .npz file ({err}); {refit}") from None
+    make = f"python -m kit.cell_type_classifier fit --data DIR --out {path}"
+    refit = f"fit it again with `{make}`"
+    fields = read_npz(path, "cell-type classifier", make)
     if str(fields.get("format")) != FORMAT or any(key not in fields for key in _ARRAYS):
         raise ValueError(f"{path} is not a cell-type classifier of this kit (format {FORMAT!r} with "
                          f"{', '.join(_ARRAYS)} expected); {refit}")

@@ -14,8 +14,8 @@ from typing import Sequence
 import numpy as np
 
 from kit.cli import format_time_limit
-from kit.files import (atomic_output, check_free_space, check_writable_dir, guard_existing_run,
-                       remove_stale_temporaries, write_text_atomic)
+from kit.files import (check_free_space, check_writable_dir, guard_existing_run,
+                       remove_stale_temporaries, save_png, write_text_atomic)
 from kit.model.checkpoints import checkpoint_bytes, save_checkpoint
 from kit.model.variants import Variant
 from kit.training.stage_options import FINETUNE
@@ -168,5 +168,4 @@ def plot_curves(path: Path, history: Sequence[dict], title: str) -> None:
         axes.set_title(f"{title}: {name}")
         axes.legend(fontsize="small")
     figure.tight_layout()
-    with atomic_output(path) as tmp:
-        figure.savefig(tmp, format="png", dpi=100)
+    save_png(figure, path)
